@@ -29,6 +29,8 @@ def atomic_open(path: Path, mode: str = "wb", *, fsync: bool = False) -> Iterato
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        # mkstemp creates 0600 files; outputs are data for other users and tools to read.
+        os.fchmod(fd, 0o644)
         encoding = None if "b" in mode else "utf-8"
         newline = None if "b" in mode else ""
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as handle:
