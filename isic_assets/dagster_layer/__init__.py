@@ -1,0 +1,1 @@
+"""The thin Dagster layer: assets, checks, sensors and resources over the pure core."""

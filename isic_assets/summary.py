@@ -1,0 +1,63 @@
+"""Print where each stage's outputs are and the headline counts (the end of ``make demo``).
+
+Reads only the files the assets wrote, so it works after any way of running the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .core import layout
+from .core.quality import class_counts
+
+
+def _data_root() -> Path:
+    from .dagster_layer.resources import default_data_dir
+
+    return Path(os.environ.get("ISIC_DATA_DIR") or default_data_dir()).resolve()
+
+
+def _csv_rows(path: Path) -> int | None:
+    return len(pd.read_csv(path, dtype=str, keep_default_na=False)) if path.is_file() else None
+
+
+def summarize(root: Path) -> list[str]:
+    """Human-readable lines describing the outputs under ``root``."""
+    lines = [f"ISIC data root: {root}"]
+    manifest = root / layout.DOWNLOADS / "manifest.json"
+    if manifest.is_file():
+        files = json.loads(manifest.read_text())
+        total = sum(f.get("size", 0) for f in files.values() if isinstance(f, dict))
+        lines.append(f"  {layout.DOWNLOADS}/       {len(files)} files, {total / 1e6:.1f} MB")
+    metadata = root / layout.MERGED / "metadata.csv"
+    if metadata.is_file():
+        frame = pd.read_csv(metadata, dtype=str, keep_default_na=False)
+        counts = ", ".join(f"{k} {v}" for k, v in class_counts(frame).items())
+        dups = _csv_rows(root / layout.MERGED / "duplicates.csv")
+        quarantined = _csv_rows(root / layout.MERGED / "quarantine.csv")
+        lines.append(f"  {layout.MERGED}/          {len(frame)} images ({counts}); "
+                     f"{dups} duplicates dropped, {quarantined} quarantined")
+    for folder in (layout.TRANSFORMED, layout.EDA, layout.SPLITS):
+        path = root / folder
+        if path.is_dir():
+            n = sum(1 for p in path.rglob("*") if p.is_file())
+            lines.append(f"  {folder}/  {n} files")
+    return lines
+
+
+def main() -> int:
+    root = _data_root()
+    if not root.is_dir():
+        print(f"no outputs yet under {root}; run `make demo`", file=sys.stderr)
+        return 1
+    print("\n".join(summarize(root)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
