@@ -27,7 +27,7 @@ demo: $(VENV)/.installed
 
 ## test: install with dev extras and run the whole test suite
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -n 2 -p no:cacheprovider
+	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider
 
 ## ui: the Dagster UI and daemon on http://127.0.0.1:3000 with the same instance as `make demo`
 ui: $(VENV)/.installed

@@ -176,3 +176,93 @@ def test_cli_materialize_uses_the_project_instance(tmp_path):
     assert set(frame["source"]) == {"demo_isic2016", "demo_isic2018"}
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert instance.get_latest_materialization_event(dg.AssetKey("merged_metadata")) is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# transformed_images, eda_plots, balanced_splits on the demo
+
+
+def test_transformed_images_cover_every_merged_image(demo_runs):
+    data_dir, first, second, _ = demo_runs
+    merged = pd.read_csv(data_dir / layout.MERGED / "metadata.csv", dtype=str, keep_default_na=False)
+    transformed = pd.read_csv(data_dir / layout.TRANSFORMED / "metadata.csv", dtype=str, keep_default_na=False)
+    assert sorted(transformed["isic_id"]) == sorted(merged["isic_id"])
+    assert set(transformed["width"]) == {"256"} and set(transformed["height"]) == {"256"}
+    assert set(transformed["transform"]) == {"pad 256x256; jpeg q95"}
+    norm = json.loads((data_dir / layout.TRANSFORMED / "normalization.json").read_text())
+    assert norm["image_count"] == len(merged) and len(norm["mean"]) == 3
+    assert _metadata(first, "transformed_images")["processed_this_run"] == len(merged)
+    assert _metadata(second, "transformed_images")["processed_this_run"] == 0
+
+
+def test_eda_plots_written_with_figures_in_the_ui(demo_runs):
+    data_dir, first, _, _ = demo_runs
+    eda = data_dir / layout.EDA
+    pngs = sorted(p.name for p in eda.glob("*.png"))
+    assert {"class_distribution.png", "image_dimensions.png", "missing_values.png"} <= set(pngs)
+    assert all((eda / name).stat().st_size > 5000 for name in pngs)
+    meta = _metadata(first, "eda_plots")
+    assert meta["figures"].count("data:image/png;base64,") == len(pngs)
+    assert Path(meta["report"]).is_file()
+
+
+def test_balanced_splits_are_balanced_and_leak_free(demo_runs):
+    data_dir, first, _, _ = demo_runs
+    out = data_dir / layout.SPLITS
+    manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    counts = manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
+    assert (counts["benign"] == counts["malignant"]).all(), counts
+    for split in ("train", "validation", "test"):
+        for label in ("benign", "malignant"):
+            files = {p.stem for p in (out / split / label).glob("*.jpg")}
+            expected = set(manifest.loc[(manifest["split"] == split) & (manifest["label"] == label), "isic_id"])
+            assert files == expected
+    checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in first.get_asset_check_evaluations()}
+    assert checks[("balanced_splits", "no_leakage")] is True
+    assert checks[("balanced_splits", "class_balance")] is True
+    assert checks[("merged_images", "images_readable")] is True
+    assert checks[("transformed_images", "images_readable")] is True
+    assert checks[("merged_metadata", "class_balance")] is False  # the natural imbalance, reported as WARN
+
+
+def test_failing_blocking_check_stops_downstream_in_the_same_run(demo_runs):
+    """missing_data is ERROR + blocking: transformed_images and everything after must not run."""
+    data_dir, _, _, _ = demo_runs
+    with dg.instance_for_test() as instance:
+        result = _materialize(
+            data_dir, instance, selection=["merged_images", "merged_metadata", "transformed_images"],
+            run_config={"ops": {"merged_metadata_missing_data": {"config": {"max_missing_label_pct": 0.0}}}},
+        )
+    assert not result.success
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "transformed_images" not in materialized
+    skipped = [e for e in result.all_events if e.event_type_value == "STEP_SKIPPED"]
+    failures = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failures or skipped
+
+
+def test_failing_class_balance_blocks_an_asset_downstream_of_balanced_splits(demo_runs):
+    """A consumer of the splits (here a stand-in training asset) must never see unbalanced splits."""
+    data_dir, _, _, _ = demo_runs
+    ran = []
+
+    @dg.asset(deps=["balanced_splits"])
+    def train_model() -> None:
+        ran.append(True)
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks, train_model], instance=instance,
+            resources={"isic": IsicSettings(data_dir=str(data_dir), sources="demo")},
+            selection=["balanced_splits", "train_model"],
+            run_config={"ops": {
+                "balanced_splits": {"config": {"strategy": "none"}},
+                "balanced_splits_class_balance": {"config": {"tolerance": 0.0}},
+            }},
+            raise_on_error=False,
+        )
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()
+                   if e.asset_key.to_user_string() == "balanced_splits"}
+    assert evaluations["class_balance"].passed is False
+    assert not ran
+    assert not result.success
