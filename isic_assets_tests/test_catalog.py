@@ -105,4 +105,33 @@ def test_demo_placeholder_must_be_filled():
 
 
 def test_formats_match_the_documented_list():
-    assert set(FORMATS) == {"isic2016", "isic2017", "isic2018", "isic2019", "isic2020", "isic_archive_zip"}
+    assert set(FORMATS) == {"isic2016", "isic2017", "isic2018", "isic2019", "isic2020", "isic_archive_zip", "isic_api"}
+
+
+def test_api_source_shape(tmp_path):
+    """issue 6: the live Archive as a source, searched by query and collections."""
+    path = _write(tmp_path, """
+sources:
+  melanoma_2024:
+    format: isic_api
+    query: 'diagnosis_3:"Melanoma Invasive" AND age_approx:[20 TO 80]'
+    collections: [70, 249]
+    limit: 0
+""")
+    source = load_catalog(path).select("melanoma_2024")[0]
+    assert source.api is not None
+    assert source.api.collections == (70, 249)
+    assert source.api.api_url == "https://api.isic-archive.com/api/v2/"
+    assert source.files == {}
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("collections: [seventy]", "collections"),
+    ("limit: -1", "limit"),
+    ("files: {images: https://h/a.zip}", "format isic_api takes"),
+    ("api_url: notaurl", "not a usable URL"),
+])
+def test_api_source_errors(tmp_path, body, message):
+    path = _write(tmp_path, f"sources:\n  bad:\n    format: isic_api\n    {body}\n")
+    with pytest.raises(CatalogError, match=message):
+        load_catalog(path)

@@ -28,7 +28,10 @@ FORMAT_ROLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "isic2019": (frozenset({"images", "ground_truth", "metadata"}), frozenset()),
     "isic2020": (frozenset({"images", "ground_truth"}), frozenset({"duplicates"})),
     "isic_archive_zip": (frozenset({"archive"}), frozenset()),
+    # The live Archive: no files, a query (issue 6; ISIC_SOURCES.md 2).
+    "isic_api": (frozenset(), frozenset()),
 }
+DEFAULT_API_URL = "https://api.isic-archive.com/api/v2/"
 FORMATS = tuple(FORMAT_ROLES)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -55,6 +58,16 @@ class SourceFile:
 
 
 @dataclass(frozen=True)
+class ApiSpec:
+    """What an ``isic_api`` source downloads: a search query and/or collections, up to ``limit`` images."""
+
+    query: str = ""
+    collections: tuple[int, ...] = ()
+    limit: int = 0
+    api_url: str = DEFAULT_API_URL
+
+
+@dataclass(frozen=True)
 class Source:
     """A named ISIC source in one format."""
 
@@ -63,6 +76,7 @@ class Source:
     files: Mapping[str, SourceFile]
     description: str = ""
     origin: str = "built-in"
+    api: ApiSpec | None = None
 
     def with_substitutions(self, values: Mapping[str, str]) -> Source:
         """Return the source with ``{placeholder}`` URL parts filled in (e.g. the demo mirror URL)."""
@@ -70,7 +84,7 @@ class Source:
         for role, spec in self.files.items():
             urls = tuple(_substitute(url, values, self.name) for url in spec.urls)
             files[role] = SourceFile(role=role, urls=urls, sha256=spec.sha256)
-        return Source(self.name, self.format, files, self.description, self.origin)
+        return Source(self.name, self.format, files, self.description, self.origin, self.api)
 
     @property
     def placeholders(self) -> set[str]:
@@ -152,12 +166,14 @@ def _parse_source(name: str, entry: Any, origin: str) -> Source:
         raise CatalogError(f"{where}: names use letters, digits, '_', '.', '-' (they become folder names)")
     if not isinstance(entry, dict):
         raise CatalogError(f"{where}: expected a mapping with 'format' and 'files'")
-    unknown_keys = set(entry) - {"format", "files", "sha256", "description"}
+    unknown_keys = set(entry) - {"format", "files", "sha256", "description", *_API_KEYS}
     if unknown_keys:
         raise CatalogError(f"{where}: unknown keys {sorted(unknown_keys)}; expected format, files, sha256")
     fmt = entry.get("format")
     if fmt not in FORMAT_ROLES:
         raise CatalogError(f"{where}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt == "isic_api":
+        return _parse_api_source(name, entry, where, origin)
     files = entry.get("files")
     if not isinstance(files, dict) or not files:
         raise CatalogError(f"{where}: 'files' must map roles to URLs")
@@ -190,6 +206,31 @@ def _parse_source(name: str, entry: Any, origin: str) -> Source:
     if len(set(filenames)) != len(filenames):
         raise CatalogError(f"{where}: two roles share a file name {filenames}; each file needs its own name")
     return Source(name, fmt, parsed, str(entry.get("description", "")), origin)
+
+
+_API_KEYS = ("query", "collections", "limit", "api_url")
+
+
+def _parse_api_source(name: str, entry: dict, where: str, origin: str) -> Source:
+    """An ``isic_api`` source: the live ISIC Archive searched with a query and/or collections."""
+    stray = sorted(set(entry) - {"format", "description", *_API_KEYS})
+    if stray:
+        raise CatalogError(f"{where}: format isic_api takes {', '.join(_API_KEYS)}; unexpected {stray}")
+    query = entry.get("query") or ""
+    if not isinstance(query, str):
+        raise CatalogError(f"{where}: 'query' must be a search string like 'diagnosis_1:\"Malignant\"'")
+    collections = entry.get("collections") or []
+    if not isinstance(collections, list) or not all(isinstance(c, int) and c > 0 for c in collections):
+        raise CatalogError(f"{where}: 'collections' must be a list of collection ids, e.g. [70, 249]")
+    limit = entry.get("limit", 0)
+    if not isinstance(limit, int) or limit < 0:
+        raise CatalogError(f"{where}: 'limit' must be an integer >= 0 (0 = all matching images)")
+    api_url = entry.get("api_url") or DEFAULT_API_URL
+    _validate_url(api_url.rstrip("/") + "/x", f"{where}, api_url")
+    if not api_url.endswith("/"):
+        api_url += "/"
+    spec = ApiSpec(query=query, collections=tuple(collections), limit=limit, api_url=api_url)
+    return Source(name, "isic_api", {}, str(entry.get("description", "")), origin, spec)
 
 
 def _validate_url(url: str, where: str) -> None:

@@ -28,15 +28,9 @@ from .atomic import atomic_open, atomic_write_bytes, remove_stale_temporaries
 from .combine import combine_sources
 from .harmonize import Harmonized, harmonize
 from .image_check import ImageFacts, ImageRejected, inspect_many
+from .member_source import FolderMembers, MemberSource, ZipMembers
 from .scan_state import JsonlLog
-from .zip_stream import (
-    ZipEntry,
-    ZipLimits,
-    is_suspicious_member_name,
-    iter_member_bytes,
-    read_member,
-    scan_zip,
-)
+from .zip_stream import ZipEntry, ZipLimits, is_suspicious_member_name, read_member, scan_zip
 
 Log = Callable[[str], None]
 
@@ -65,6 +59,12 @@ class SourceArchive:
     @property
     def image_zip(self) -> Path:
         return self.files["archive"] if self.format == "isic_archive_zip" else self.files["images"]
+
+    def members(self, limits: ZipLimits) -> MemberSource:
+        """The images zip, or for an API source the folder its images were downloaded to."""
+        if self.format == "isic_api":
+            return FolderMembers(self.files["folder"] / "images", limits)
+        return ZipMembers(self.image_zip, limits)
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,10 @@ def merge_sources(
 def harmonize_source(source: SourceArchive, limits: ZipLimits) -> Harmonized:
     """Harmonize one source's CSVs, reading the ones that live inside its zip (2017, archive)."""
     files: dict[str, Any] = {role: path for role, path in source.files.items() if role not in ("images", "archive")}
+    if source.format == "isic_api":
+        # The API download is written in the isic-cli metadata.csv shape, the same current schema as
+        # an Archive export (ISIC_SOURCES.md 2.5), so one harmonizer serves both.
+        return harmonize("isic_archive_zip", {"metadata": source.files["folder"] / "metadata.csv"})
     if source.format == "isic_archive_zip":
         files["metadata"] = io.BytesIO(_read_csv_member(source.image_zip, "metadata.csv", limits))
     elif source.format == "isic2017" and "metadata" not in files:
@@ -267,8 +271,8 @@ def scan_source(
     log: Log,
 ) -> list[dict[str, Any]]:
     """Facts about every image member of the source's zip, checking only members not seen before."""
-    archive = source.image_zip
-    entries = scan_zip(archive, options.limits)
+    members = source.members(options.limits)
+    entries = members.entries()
     state = JsonlLog(out_dir / STATE_DIR / f"{source.name}.members.jsonl", ("name", "crc", "size"))
     stats.members = len(entries)
     images = [e for e in entries if e.kind == "image"]
@@ -278,10 +282,10 @@ def scan_source(
     todo = [e for e in images if state.get(e.name, e.crc, e.file_size) is None]
     stats.reused = len(images) - len(todo)
     if todo:
-        log(f"{source.name}: checking {len(todo)} new image members of {archive.name} "
+        log(f"{source.name}: checking {len(todo)} new image members of {members.label} "
             f"({stats.reused} already known)")
     try:
-        for done, (entry, outcome) in enumerate(_check_members(archive, todo, options), start=1):
+        for done, (entry, outcome) in enumerate(_check_members(members, todo, options), start=1):
             record = _member_record(source, entry, outcome)
             data = outcome.data
             if record["status"] == "ok" and data is not None and _write_if_best(record, data, images_dir,
@@ -313,13 +317,14 @@ class _Checked:
     reason: str | None
 
 
-def _check_members(archive: Path, todo: list[ZipEntry], options: MergeOptions) -> Iterator[tuple[ZipEntry, _Checked]]:
+def _check_members(members: MemberSource, todo: list[ZipEntry], options: MergeOptions
+                   ) -> Iterator[tuple[ZipEntry, _Checked]]:
     """Read each member once and check it on a bounded thread pool, in member order."""
     read_errors: dict[str, str] = {}
     payloads: dict[str, bytes] = {}
 
     def readable() -> Iterator[tuple[ZipEntry, bytes, str]]:
-        for read in iter_member_bytes(archive, todo, options.limits):
+        for read in members.iter_bytes(todo):
             if read.error is not None:
                 read_errors[read.entry.name] = read.error
                 yield read.entry, b"", read.entry.name
@@ -510,7 +515,7 @@ def _sync_images(kept: Mapping[str, dict[str, Any]], sources_by_name: Mapping[st
         if current is not None and current["sha256"] == rec["sha256"] and path.is_file() \
                 and path.stat().st_size == rec["file_bytes"]:
             continue
-        data = read_member(sources_by_name[rec["source"]].image_zip, rec["name"], options.limits)
+        data = sources_by_name[rec["source"]].members(options.limits).read(rec["name"])
         atomic_write_bytes(path, data)
         written.append({**_file_facts(rec), "isic_id": isic_id})
         report.images_written += 1
