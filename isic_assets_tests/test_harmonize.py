@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -651,3 +654,21 @@ def test_vocab_tables_render_for_readme() -> None:
     markdown = vocab.render_markdown()
     assert "`actinic keratosis / intraepithelial carcinoma`" in markdown
     assert markdown.count("\n") > len(rows)
+
+
+def test_vocab_markdown_is_stable_across_hash_seeds() -> None:
+    """The README embeds render_markdown(); set iteration order must not leak into it (it once did)."""
+    repo = Path(__file__).resolve().parents[1]
+    script = "from isic_assets.core.vocab import render_markdown; print(render_markdown())"
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=repo,
+            env={**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(repo)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2", "3")
+    }
+    assert len(outputs) == 1
