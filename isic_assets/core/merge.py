@@ -414,14 +414,14 @@ def resolve_duplicates(
     publisher (2020 duplicates CSV). The last two are transitive, so they are resolved as connected
     components; each keeps the id that has a label, then the earliest source, then the lowest id.
     """
-    candidates: dict[str, list[dict[str, Any]]] = {}
+    candidates: dict[str, list[Mapping[str, Any]]] = {}
     rejected: list[dict[str, Any]] = []
     for source_records in records.values():
         for rec in source_records:
             if rec.get("isic_id") is None:
                 continue
             if rec["status"] == "ok":
-                candidates.setdefault(rec["isic_id"], []).append(dict(rec))
+                candidates.setdefault(rec["isic_id"], []).append(rec)  # no copy: 20k+ records
             else:
                 rejected.append(dict(rec))
     dropped: list[dict[str, Any]] = []
