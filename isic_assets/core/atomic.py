@@ -72,3 +72,16 @@ def remove_stale_temporaries(folder: Path) -> int:
             leftover.unlink()
             removed += 1
     return removed
+
+
+def write_bytes_if_changed(path: Path, data: bytes) -> bool:
+    """Atomically write ``data`` unless ``path`` already holds exactly it; True when written.
+
+    Re-runs then leave unchanged outputs untouched (same mtime), which keeps downstream tools that
+    watch timestamps quiet and makes "nothing changed" visible.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        if Path(path).read_bytes() == data:
+            return False
+    atomic_write_bytes(path, data)
+    return True

@@ -36,7 +36,7 @@ from typing import Any
 
 import pandas as pd
 
-from .atomic import atomic_write_bytes
+from .atomic import write_bytes_if_changed
 from .grouping import clean_keys
 from .splits import SPLITS
 
@@ -335,13 +335,6 @@ def render_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, config: 
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
-    try:
-        if path.read_bytes() == data:
-            return
-    except FileNotFoundError:
-        pass
-    atomic_write_bytes(path, data)
 
 
 def write_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, out_dir: Path,
@@ -363,9 +356,9 @@ def write_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, out_dir: 
         path = folder / f"{license_}.txt"
         if license_ in facts_licenses:
             folder.mkdir(parents=True, exist_ok=True)
-            _write_if_changed(path, license_text(license_).encode("utf-8"))
+            write_bytes_if_changed(path, license_text(license_).encode("utf-8"))
         else:
             path.unlink(missing_ok=True)
     path = out_dir / CARD_NAME
-    _write_if_changed(path, card.encode("utf-8"))
+    write_bytes_if_changed(path, card.encode("utf-8"))
     return path

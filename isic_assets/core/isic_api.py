@@ -50,7 +50,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
 
-from .atomic import atomic_open, atomic_write_bytes, remove_stale_temporaries
+from .atomic import atomic_open, remove_stale_temporaries, write_bytes_if_changed
 from .dataset_card import order_attributions
 from .download import DownloadPolicy, _describe_exception, _http_status, parse_retry_after
 from .ids import ISIC_ID_RE, member_extension
@@ -586,13 +586,6 @@ def _csv_bytes(header: list[str], rows: list[dict[str, str]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
-    try:
-        if path.read_bytes() == data:
-            return
-    except FileNotFoundError:
-        pass
-    atomic_write_bytes(path, data)
 
 
 def format_bytes(n: int) -> str:
@@ -782,7 +775,7 @@ def _write_licenses(client: IsicApiClient, query: ApiQuery, folder: Path, licens
         except IsicApiError as exc:
             failures.append(ApiFailure(f"licenses/{license_}.txt", str(exc)))
             continue
-        _write_if_changed(folder / f"{license_}.txt", text.encode("utf-8"))
+        write_bytes_if_changed(folder / f"{license_}.txt", text.encode("utf-8"))
         written.append(license_)
     for name in _ARCHIVE_LICENSE_NAMES:
         if name not in licenses:
@@ -794,9 +787,9 @@ def _write_outputs(client: IsicApiClient, query: ApiQuery, dest_dir: Path, recor
                    failures: list[ApiFailure]) -> tuple[int, list[str]]:
     """metadata.csv, attribution.txt and licenses/ for the listed records; returns (rows, licences)."""
     header, rows = metadata_table(records)
-    _write_if_changed(dest_dir / METADATA_NAME, _csv_bytes(header, rows))
+    write_bytes_if_changed(dest_dir / METADATA_NAME, _csv_bytes(header, rows))
     attributions = order_attributions(row["attribution"] for row in rows if row["attribution"])
-    _write_if_changed(dest_dir / ATTRIBUTION_NAME, "\n\n".join(attributions).encode("utf-8"))
+    write_bytes_if_changed(dest_dir / ATTRIBUTION_NAME, "\n\n".join(attributions).encode("utf-8"))
     folder = dest_dir / LICENSES_DIR
     folder.mkdir(exist_ok=True)
     licenses = {row["copyright_license"] for row in rows if row["copyright_license"]}

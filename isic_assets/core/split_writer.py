@@ -33,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from .atomic import TMP_PREFIX, atomic_write_bytes, remove_stale_temporaries
+from .atomic import TMP_PREFIX, remove_stale_temporaries, write_bytes_if_changed
 from .grouping import clean_keys
 from .splits import MANIFEST_COLUMNS, SPLITS, SplitPlan
 
@@ -259,7 +259,7 @@ def _write_augmented(
         state[row.image] = {**wanted, "sha256": _file_sha256(dest)}
         written += 1
     if state:
-        _write_if_changed(state_path, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
+        write_bytes_if_changed(state_path, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
     else:
         # No copies planned: no record either, exactly as a fresh write without oversampling.
         state_path.unlink(missing_ok=True)
@@ -333,13 +333,13 @@ def _write_tables(plan: SplitPlan, extras: pd.DataFrame, out_dir: Path) -> list[
     for split in _written_splits(plan):
         rows = plan.manifest[plan.manifest["split"] == split]
         name = f"{split}/{SPLIT_METADATA_NAME}"
-        if _write_if_changed(out_dir / name, _csv_bytes(_split_metadata(rows, extras))):
+        if write_bytes_if_changed(out_dir / name, _csv_bytes(_split_metadata(rows, extras))):
             written.append(name)
     manifest = plan.manifest[MANIFEST_COLUMNS]
-    if _write_if_changed(out_dir / MANIFEST_NAME, _csv_bytes(manifest)):
+    if write_bytes_if_changed(out_dir / MANIFEST_NAME, _csv_bytes(manifest)):
         written.append(MANIFEST_NAME)
     summary = (json.dumps(plan.summary(), indent=2, sort_keys=True) + "\n").encode()
-    if _write_if_changed(out_dir / SUMMARY_NAME, summary):
+    if write_bytes_if_changed(out_dir / SUMMARY_NAME, summary):
         written.append(SUMMARY_NAME)
     return written
 
@@ -389,10 +389,3 @@ def _csv_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _write_if_changed(path: Path, data: bytes) -> bool:
-    """Atomically write ``data`` unless the file already holds exactly it; True when written."""
-    with contextlib.suppress(FileNotFoundError):
-        if path.read_bytes() == data:
-            return False
-    atomic_write_bytes(path, data)
-    return True
