@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -307,19 +309,25 @@ def _finished_in_journals(state_dir: Path) -> int:
     return sum('"status": "ok"' in line for line in lines)
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_a_run_killed_mid_way_resumes_where_it_stopped(tmp_path: Path) -> None:
-    """The whole run (parent and workers) is killed, as when a Dagster run process is. Outputs on
-    disk are all complete, and the next run redoes only what was not finished."""
+    """The run process is SIGKILLed, as when a Dagster run worker is. Its pool workers must die
+    with it (no orphans holding the run lock), outputs on disk are all complete, and the next run
+    redoes only what was not finished."""
     jobs = _make_jobs(tmp_path, 20)
     out = tmp_path / "out"
     payload = json.dumps([{"isic_id": j.isic_id, "src": str(j.src), "sha": j.src_sha256} for j in jobs])
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    }
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [sys.executable, "-c", _SLOW_RUN, payload, str(out)],
-        env=env,
+        env={**os.environ, "PYTHONPATH": pythonpath},
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -329,9 +337,15 @@ def test_a_run_killed_mid_way_resumes_where_it_stopped(tmp_path: Path) -> None:
         while _finished_in_journals(out / "_state") < 4 and time.monotonic() < deadline:
             assert process.poll() is None, "the run ended before it could be killed"
             time.sleep(0.02)
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        process.kill()  # the parent only: its workers must follow by themselves
         process.wait()
+        deadline = time.monotonic() + 10
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _group_alive(process.pid), "pool workers outlived the killed run"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
     finished = _finished_in_journals(out / "_state")
     assert 4 <= finished < 20
     for path in (out / "images").glob("*.jpg"):  # only complete files under final names
@@ -343,6 +357,18 @@ def test_a_run_killed_mid_way_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert len(resumed.images) == 20
     _assert_clean_outputs(out)
     assert list((out / "_state").glob("transform.worker-*")) == []
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_one_is_going(tmp_path: Path) -> None:
+    """Two materializations at once would delete each other's temporaries: the second must stop."""
+    jobs = _make_jobs(tmp_path, 1)
+    out = tmp_path / "out"
+    (out / "_state").mkdir(parents=True)
+    with (out / "_state" / "transform.lock").open("a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="another transform run"):
+            transform_images(jobs, out, SETTINGS, log=_quiet)
+    assert transform_images(jobs, out, SETTINGS, log=_quiet).processed == 1
 
 
 _BUSY_PARENT_RUN = textwrap.dedent(

@@ -15,7 +15,9 @@ shared generator pair seeded with ``s`` (``Compose.set_random_state``): still re
 independent draws. Consequences: a freshly built pipeline with the same seed gives the same result
 for the same image; each further call on the same instance advances the shared stream (a
 reproducible *sequence*, as a training loader wants); calling ``set_random_seed`` on the returned
-Compose would bring the correlation back, so rebuild instead.
+Compose would bring the correlation back, so rebuild instead. Forked data-loader workers inherit
+the same generator state and would repeat each other's augmentations: build one pipeline per
+worker with a worker-specific seed (e.g. in the loader's ``worker_init_fn``).
 """
 
 from __future__ import annotations

@@ -28,12 +28,15 @@ records, never pixels.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import hashlib
 import json
 import math
 import multiprocessing
 import os
 import re
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +58,7 @@ Log = Callable[[str], None]
 IMAGES_DIR = "images"
 STATE_DIR = "_state"
 STATE_FILE = "transform.jsonl"
+LOCK_FILE = "transform.lock"
 NORMALIZATION_FILE = "normalization.json"
 OUTPUT_SUFFIX = ".jpg"
 _JOURNAL_PREFIX = "transform.worker-"
@@ -212,13 +216,33 @@ class _WorkerContext:
 _WORKER: _WorkerContext | None = None
 
 
-def _init_worker(settings: TransformSettings, out_dir: Path, state_dir: Path) -> None:
+def _init_worker(
+    settings: TransformSettings, out_dir: Path, state_dir: Path, parent_pid: int, lock_fd: int | None
+) -> None:
     """Pool initializer: one OpenCV thread per process (PERFORMANCE.md 7: its threads add nothing
     here and oversubscribe the cores) and the per-process context. Safe only because the parent
     parked its own cv2 pool before forking (``_parent_cv2_threads_parked``)."""
     global _WORKER
+    _die_with_parent(parent_pid)
+    if lock_fd is not None:
+        os.close(lock_fd)  # the run lock belongs to the parent alone
     cv2.setNumThreads(1)
     _WORKER = _WorkerContext(settings, settings.fingerprint(), out_dir, state_dir)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this worker when the run process dies.
+
+    ProcessPoolExecutor workers of a killed parent otherwise wait forever on their task queue
+    (checked: both stayed alive after the parent got SIGKILL), leaking processes on a shared box.
+    The parent forks the workers from the thread that runs ``transform_images``, which outlives
+    the pool, so the signal cannot fire early. No-op where prctl is unavailable.
+    """
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _run_batch(jobs: list[TransformJob]) -> list[dict]:
@@ -259,6 +283,36 @@ def transform_images(
     images_dir, state_dir = out_dir / IMAGES_DIR, out_dir / STATE_DIR
     images_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_run(state_dir / LOCK_FILE) as lock_fd:
+        return _transform_locked(jobs, out_dir, settings, workers, log, started, lock_fd)
+
+
+@contextlib.contextmanager
+def _exclusive_run(lock_path: Path) -> Iterator[int]:
+    """One run per ``out_dir`` at a time: a second one would delete the first one's temporaries
+    and interleave its state. ``flock`` is released by the kernel when the holder dies; forked
+    workers close their inherited copy of the descriptor so they never keep it alive."""
+    with lock_path.open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise RuntimeError(f"another transform run is using {lock_path.parent.parent}") from exc
+        try:
+            yield handle.fileno()
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _transform_locked(
+    jobs: Sequence[TransformJob],
+    out_dir: Path,
+    settings: TransformSettings,
+    workers: int,
+    log: Log,
+    started: float,
+    lock_fd: int,
+) -> TransformReport:
+    images_dir, state_dir = out_dir / IMAGES_DIR, out_dir / STATE_DIR
     for folder in (out_dir, images_dir, state_dir):
         remove_stale_temporaries(folder)
     fingerprint = settings.fingerprint()
@@ -275,6 +329,7 @@ def transform_images(
         )
         if todo:
             runner = _PoolRunner(settings, out_dir, state_dir, state, report, workers, log, len(todo))
+            runner.lock_fd = lock_fd
             with _parent_cv2_threads_parked():
                 runner.run(todo)
     finally:
@@ -391,6 +446,7 @@ class _PoolRunner:
         self.state, self.report, self.workers, self.log, self.total = state, report, workers, log, total
         self.jobs_by_id: dict[str, TransformJob] = {}
         self.last_journal: tuple[dict[str, dict], set[str]] = ({}, set())
+        self.lock_fd: int | None = None
         self.done = 0
         self.started = time.perf_counter()
         self.last_progress = self.started
@@ -408,8 +464,8 @@ class _PoolRunner:
             self.report.worker_restarts += 1
             requeue, isolate, finished = self._sort_out(broken)
             suspects.extend(isolate)
-            if requeue:
-                pending.appendleft(requeue)
+            for start in reversed(range(0, len(requeue), batch)):  # never started: back to the front
+                pending.appendleft(requeue[start : start + batch])
             fruitless = 0 if (isolate or finished) else fruitless + 1
             if fruitless > _MAX_FRUITLESS_RESTARTS:
                 raise RuntimeError(
@@ -426,7 +482,7 @@ class _PoolRunner:
             max_workers=workers,
             mp_context=multiprocessing.get_context("fork"),
             initializer=_init_worker,
-            initargs=(self.settings, self.out_dir, self.state_dir),
+            initargs=(self.settings, self.out_dir, self.state_dir, os.getpid(), self.lock_fd),
         )
 
     def _run_pool(self, pending: deque[list[TransformJob]], workers: int) -> list[list[TransformJob]]:
