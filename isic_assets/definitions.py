@@ -2,8 +2,22 @@
 
 import dagster as dg
 
-from .dagster_layer import checks, ingest, splits, transform
+from .dagster_layer import checks, cleanup, ingest, sensors, splits, transform
 from .dagster_layer.resources import IsicSettings
+
+# The whole graph on the multiprocess executor, for a machine with memory to spare. max_concurrent is
+# explicit because memory, not the CPU count (the executor's default), bounds image steps: a step
+# process holds ~270 MB before any work (measured), transformed_images adds `workers` processes each
+# holding a decoded full-size image, and the merge keeps its worker threads' images in memory. A
+# default (editable in the launchpad or with -c), not `.configured()`: a configured executor silently
+# ignores the run config's execution block (DAGSTER_NOTES section 6).
+materialize_all_multiprocess = dg.define_asset_job(
+    "materialize_all_multiprocess",
+    selection=dg.AssetSelection.all(),
+    executor_def=dg.multiprocess_executor,
+    config={"execution": {"config": {"max_concurrent": 2}}},
+    description="The whole graph with one process per step, at most 2 at once (see definitions.py).",
+)
 
 defs = dg.Definitions(
     assets=[
@@ -22,8 +36,12 @@ defs = dg.Definitions(
         checks.no_leakage,
         checks.split_proportions_check,
     ],
+    sensors=[sensors.isic_sources_sensor, sensors.dropzone_sensor],
+    schedules=[sensors.isic_weekly_refresh],
+    jobs=[cleanup.clean_intermediates_job, materialize_all_multiprocess],
     resources={"isic": IsicSettings()},
     # Image-heavy steps parallelise inside themselves (process/thread pools); one process per step
-    # would only add 1.5-2 s of imports each (DAGSTER_NOTES section 8).
+    # would only add 1.5-2 s of imports each (DAGSTER_NOTES section 8), and the graph is a chain with
+    # little to overlap. materialize_all_multiprocess above is the explicit alternative.
     executor=dg.in_process_executor,
 )

@@ -3,6 +3,7 @@
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,15 +15,24 @@ from ..core import layout
 from ..core.catalog import Source
 from ..core.download import DownloadJob, DownloadPolicy, FileRecord, download_all
 from ..core.http_mirror import serve_folder
+from ..core.isic_api import ApiDownloadReport, ApiQuery, api_token_from_env, download_api_source
 from ..core.merge import MergeOptions, MergeReport, SourceArchive, merge_sources
 from ..core.quality import class_counts
 from ..core.zip_stream import ZipLimits
 from ..demo.generate import generate_demo_mirror
 from .metadata import md_table, table_metadata
-from .resources import IsicSettings
+from .resources import WRITE_POOL, IsicSettings
 
 GROUP = "ingest"
 DEMO_PLACEHOLDER = "demo_mirror"
+# A demo mirror served elsewhere (`python -m isic_assets.demo serve DIR`): raw_zips and the sources
+# sensor then use that URL for {demo_mirror} instead of generating and serving one per run.
+DEMO_MIRROR_URL_ENV = "ISIC_DEMO_MIRROR_URL"
+
+
+def demo_mirror_url() -> str | None:
+    """The external demo mirror's base URL from $ISIC_DEMO_MIRROR_URL, or None when unset."""
+    return os.environ.get(DEMO_MIRROR_URL_ENV, "").strip().rstrip("/") or None
 
 
 class RawZipsConfig(dg.Config):
@@ -42,6 +52,7 @@ class RawZipsConfig(dg.Config):
     code_version="1",
     kinds={"python", "http"},
     description="Downloads every file of the selected ISIC sources into downloaded_zips/<source>/.",
+    pool=WRITE_POOL,
 )
 def raw_zips(context: dg.AssetExecutionContext, config: RawZipsConfig, isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
@@ -62,19 +73,50 @@ def raw_zips(context: dg.AssetExecutionContext, config: RawZipsConfig, isic: Isi
             for s in resolved
             for role, spec in s.files.items()
         ]
-        records = download_all(jobs, root / layout.DOWNLOADS, policy, log=context.log.info)
+        records = download_all(jobs, root / layout.DOWNLOADS, policy, log=context.log.info) if jobs else []
+    api_reports = {s.name: _download_api(root, s, policy, config, context) for s in sources if s.api is not None}
+    metadata = _download_metadata(root, sources, records)
+    if api_reports:
+        metadata["api_sources"] = dg.MetadataValue.json({k: v.summary() for k, v in api_reports.items()})
+    api_parts = [f"{name}:{_file_sha256(layout.api_folder(root, s) / 'metadata.csv')}"
+                 for name, s in ((s.name, s) for s in sources if s.api is not None)]
     return dg.MaterializeResult(
-        metadata=_download_metadata(root, sources, records),
-        data_version=dg.DataVersion(_fingerprint(f"{r.path}:{r.sha256}" for r in records)),
+        metadata=metadata,
+        data_version=dg.DataVersion(_fingerprint([*(f"{r.path}:{r.sha256}" for r in records), *api_parts])),
     )
+
+
+def _download_api(root: Path, source: Source, policy: DownloadPolicy, config: RawZipsConfig,
+                  context: dg.AssetExecutionContext) -> ApiDownloadReport:
+    """Download an isic_api source: count and size first (disk check), then images and metadata."""
+    assert source.api is not None
+    query = ApiQuery(query=source.api.query, collections=source.api.collections, limit=source.api.limit,
+                     api_url=source.api.api_url)
+    context.log.info(f"{source.name}: searching {query.api_url} (query {query.query!r}, "
+                     f"collections {list(query.collections)}, limit {query.limit or 'all'})")
+    return download_api_source(query, layout.api_folder(root, source), policy, token=api_token_from_env(),
+                               log=context.log.info, concurrency=config.concurrency)
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
 
 @contextlib.contextmanager
 def _substitutions(root: Path, sources: list[Source], seed: int, context: dg.AssetExecutionContext
                    ) -> Iterator[dict[str, str]]:
-    """Generate and serve the demo mirror over loopback while downloads run, when it is selected."""
+    """Generate and serve the demo mirror over loopback while downloads run, when it is selected.
+
+    With $ISIC_DEMO_MIRROR_URL set, the mirror is someone else's to serve (and to change, which is
+    what the sources sensor watches): its URL is used as is, nothing is generated or served.
+    """
     if not any(DEMO_PLACEHOLDER in s.placeholders for s in sources):
         yield {}
+        return
+    external = demo_mirror_url()
+    if external:
+        context.log.info(f"demo mirror: using {external} from ${DEMO_MIRROR_URL_ENV}; nothing generated or served")
+        yield {DEMO_PLACEHOLDER: external}
         return
     mirror_dir = root / layout.DEMO_MIRROR
     info = generate_demo_mirror(mirror_dir, seed=seed)
@@ -134,6 +176,7 @@ MERGED_METADATA = dg.AssetKey("merged_metadata")
     ],
     name="merge_sources",
     can_subset=False,
+    pool=WRITE_POOL,
 )
 def merge_sources_asset(context: dg.AssetExecutionContext, config: MergeConfig, isic: IsicSettings):
     """Streams each images zip once, checks and deduplicates images, and harmonizes the metadata."""

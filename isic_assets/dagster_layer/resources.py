@@ -9,11 +9,15 @@ import os
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
+from ..core import data_lock, dropzone
 from ..core.catalog import Catalog, Source, load_catalog
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# Every op that writes under the data root is in this pool; dagster.yaml limits it to one run at a
+# time (granularity: run), so a queued run waits while another one writes (README "Safe operation").
+WRITE_POOL = "isic_data"
 
 
 def default_data_dir() -> Path:
@@ -35,6 +39,11 @@ class IsicSettings(dg.ConfigurableResource):
     catalog: str | None = Field(
         default=None, description="Path of a user YAML catalog added to the built-in one. Empty: $ISIC_CATALOG."
     )
+    dropzone: str | None = Field(
+        default=None, description="Folder of dropped sources (named dropzone_<name>, group 'dropzone'). "
+                                  "Empty: $ISIC_DROPZONE, else <data root>/dropzone.",
+    )
+    _data_lock: data_lock.DataRootLock | None = PrivateAttr(default=None)
 
     def root(self) -> Path:
         raw = self.data_dir or os.environ.get("ISIC_DATA_DIR") or str(default_data_dir())
@@ -48,8 +57,26 @@ class IsicSettings(dg.ConfigurableResource):
     def selection(self) -> str:
         return self.sources or os.environ.get("ISIC_SOURCES") or "demo"
 
+    def dropzone_dir(self) -> Path:
+        raw = self.dropzone or os.environ.get("ISIC_DROPZONE")
+        return Path(raw).expanduser().resolve() if raw else self.root() / dropzone.DEFAULT_FOLDER
+
     def load_catalog(self) -> Catalog:
-        return load_catalog(self.catalog or os.environ.get("ISIC_CATALOG") or None)
+        """Built-in + user catalog, then every usable drop of the dropzone (after them, in name order)."""
+        catalog = load_catalog(self.catalog or os.environ.get("ISIC_CATALOG") or None)
+        return dropzone.add_to_catalog(catalog, dropzone.drop_sources(self.dropzone_dir()))
 
     def selected_sources(self) -> list[Source]:
         return self.load_catalog().select(self.selection())
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """In a run, hold the data root's lock: a run that bypasses the queue (CLI) waits here instead
+        of writing next to another run (core/data_lock.py). Sensors and schedules only read: no lock."""
+        if context.dagster_run is None:
+            return
+        self._data_lock = data_lock.acquire(self.root(), context.dagster_run.run_id, on_wait=context.log.info)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._data_lock is not None:
+            self._data_lock.release()
+            self._data_lock = None

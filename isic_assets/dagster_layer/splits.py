@@ -13,11 +13,12 @@ from pydantic import Field
 
 from ..core import layout
 from ..core.augment import DEFAULT_AUGMENTATIONS, augment_file
+from ..core.dataset_card import write_dataset_card
 from ..core.grouping import build_groups
 from ..core.split_writer import write_splits
 from ..core.splits import SPLITS, SplitConfig, SplitPlan, assign_splits
 from .metadata import md_table
-from .resources import IsicSettings
+from .resources import WRITE_POOL, IsicSettings
 from .transform import read_csv, transformed_images
 
 GROUP = "train"
@@ -63,6 +64,7 @@ def split_config(config: SplitsConfig) -> SplitConfig:
     kinds={"python", "jpeg"},
     description="neural_network_data/{train,validation,test}/{benign,malignant}/<isic_id>.jpg with manifest.csv "
                 "and per-split imagefolder metadata.csv; no patient, lesion or duplicate spans two splits.",
+    pool=WRITE_POOL,
 )
 def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
                     isic: IsicSettings) -> dg.MaterializeResult:
@@ -84,6 +86,8 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
         augment_version=spec_version,
     )
     context.log.info(f"splits written: {report.summary()}")
+    card = write_dataset_card(plan.manifest, metadata, out_dir, {**settings.as_dict(), "seed": config.seed},
+                              _source_facts(isic, metadata))
     summary = plan.summary()
     manifest_bytes = (out_dir / "manifest.csv").read_bytes()
     return dg.MaterializeResult(
@@ -104,9 +108,37 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
             ),
             "path": dg.MetadataValue.path(str(out_dir)),
             "manifest": dg.MetadataValue.path(str(out_dir / "manifest.csv")),
+            "dataset_card": dg.MetadataValue.path(str(card)),
+            "licenses": dg.MetadataValue.json(_licence_counts(plan.manifest, metadata)),
         },
         data_version=dg.DataVersion(hashlib.sha256(manifest_bytes).hexdigest()[:32]),
     )
+
+
+def _source_facts(isic: IsicSettings, metadata: pd.DataFrame) -> list[dict]:
+    """What the dataset card says about each source that contributed images."""
+    used = {name for cell in metadata.get("sources", pd.Series(dtype=str)) for name in str(cell).split(";") if name}
+    facts = []
+    for source in isic.selected_sources():
+        if source.name not in used:
+            continue
+        fact = {"name": source.name, "format": source.format, "description": source.description}
+        if source.api is not None:
+            fact.update(query=source.api.query, collections=list(source.api.collections), api_url=source.api.api_url)
+        else:
+            fact["files"] = ", ".join(spec.filename for spec in source.files.values())
+        facts.append(fact)
+    return facts
+
+
+def _licence_counts(manifest: pd.DataFrame, metadata: pd.DataFrame) -> dict[str, int]:
+    licences = metadata.set_index("isic_id")["copyright_license"] if "copyright_license" in metadata else None
+    if licences is None:
+        return {}
+    originals = manifest.loc[~manifest["is_augmented"].astype(bool), "isic_id"] if "is_augmented" in manifest \
+        else manifest["isic_id"]
+    counts = licences.reindex(originals).fillna("").replace("", "unknown").value_counts()
+    return {str(k): int(v) for k, v in counts.sort_index().items()}
 
 
 def _composition_plot(plan: SplitPlan) -> str:

@@ -20,7 +20,7 @@ from ..core.image_ops import TRANSFORM_CODE_VERSION, TransformSettings
 from ..core.transform import TransformJob, TransformReport, transform_images
 from .ingest import MERGED_IMAGES, MERGED_METADATA
 from .metadata import md_table
-from .resources import IsicSettings
+from .resources import WRITE_POOL, IsicSettings
 
 GROUP = "prepare"
 
@@ -52,6 +52,7 @@ class TransformConfig(dg.Config):
     kinds={"python", "opencv", "jpeg"},
     description="Square, resized, optionally colour-corrected JPEGs in data_transformed/images/, plus "
                 "metadata.csv and normalization.json (per-channel mean/std) for training code.",
+    pool=WRITE_POOL,
 )
 def transformed_images(context: dg.AssetExecutionContext, config: TransformConfig,
                        isic: IsicSettings) -> dg.MaterializeResult:
@@ -152,6 +153,7 @@ def _contact_sheet(out_dir: Path, ids: list[str], tile: int = 96) -> str:
     kinds={"python", "matplotlib", "html"},
     description="Figures of the merged dataset (classes, sites, sex, age, dimensions, missing values, "
                 "sources, duplicates) and a self-contained report.html in data_visual_repr/.",
+    pool=WRITE_POOL,
 )
 def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
