@@ -327,3 +327,47 @@ def test_interval_comes_from_the_environment_when_the_code_location_loads():
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
                           check=True, timeout=120)
     assert done.stdout.split() == ["7", "5"]
+
+
+# ----------------------------------------------------------------------------------------------
+# an isic_api source as a sensor input (issue 6)
+
+
+def test_api_source_new_image_launches_one_run(tmp_path):
+    """A new archive image matching the query changes the count: one run; nothing new: no run."""
+    from isic_assets_tests.fake_isic_api import FakeIsicApi, sample_images
+
+    images = sample_images()
+    with FakeIsicApi(tmp_path / "api", images[:6]) as fake, dg.instance_for_test() as instance:
+        catalog = tmp_path / "catalog.yaml"
+        catalog.write_text(f"sources:\n  live:\n    format: isic_api\n    api_url: {fake.api_url}\n")
+        settings = IsicSettings(data_dir=str(tmp_path / "data"), sources="live", catalog=str(catalog))
+
+        def tick(cursor):
+            with dg.build_sensor_context(cursor=cursor, resources={"isic": settings}, instance=instance) as ctx:
+                return isic_sources_sensor.evaluate_tick(ctx)
+
+        first = tick(None)
+        assert not first.run_requests
+        assert "live/query" in files_in(first.cursor)
+        same = tick(first.cursor)
+        assert not same.run_requests
+        fake.add_image(images[6])
+        changed = tick(same.cursor)
+        assert len(changed.run_requests) == 1
+        assert "live/query" in changed.run_requests[0].tags["isic/changed"]
+        assert tick(changed.cursor).run_requests == []
+
+
+def test_unreachable_api_source_is_a_skip_naming_it(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(f"sources:\n  live:\n    format: isic_api\n    api_url: http://127.0.0.1:{port}/api/v2/\n")
+    settings = IsicSettings(data_dir=str(tmp_path / "data"), sources="live", catalog=str(catalog))
+    with dg.instance_for_test() as instance, dg.build_sensor_context(
+            cursor=None, resources={"isic": settings}, instance=instance) as ctx:
+        result = isic_sources_sensor.evaluate_tick(ctx)
+    assert not result.run_requests
+    assert "live" in result.skip_message and "unreachable" in result.skip_message

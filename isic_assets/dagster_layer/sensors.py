@@ -26,7 +26,9 @@ import dagster as dg
 
 from ..core import dropzone
 from ..core.catalog import CatalogError, Source
+from ..core.download import DownloadPolicy
 from ..core.fingerprints import Fingerprint, SourceUnreachable, make_client, probe_first
+from ..core.isic_api import ApiQuery, IsicApiClient, api_token_from_env, search_fingerprint
 from .ingest import DEMO_MIRROR_URL_ENV, DEMO_PLACEHOLDER, demo_mirror_url
 from .resources import IsicSettings
 
@@ -77,8 +79,10 @@ def watch_list(sources: list[Source], demo_url: str | None) -> tuple[dict[str, t
             source = source.with_substitutions({DEMO_PLACEHOLDER: demo_url})
         if source.placeholders:
             unwatched[source.name] = "demo" if DEMO_PLACEHOLDER in source.placeholders else "placeholder"
+        elif source.api is not None:
+            continue  # probed through the API (probe_api_sources), not by file
         elif not source.files:
-            unwatched[source.name] = "no files"  # e.g. a query source: nothing to fingerprint
+            unwatched[source.name] = "no files"
         for role, spec in source.files.items():
             if source.name not in unwatched:
                 watched[f"{source.name}/{role}"] = spec.urls
@@ -104,6 +108,33 @@ def probe_files(watched: Mapping[str, tuple[str, ...]], previous: Mapping[str, F
             except SourceUnreachable as exc:
                 results[key] = exc
         pool.shutdown(wait=False, cancel_futures=True)
+    return results
+
+
+def probe_api_sources(sources: list[Source]) -> dict[str, Fingerprint | SourceUnreachable]:
+    """One fingerprint per ``isic_api`` source: the archive's count and total size for its query.
+
+    Two small requests (``images/search/?limit=1`` and ``images/search/size/``) with a short retry
+    policy, so an evaluation stays far inside the sensor timeout. A new image matching the query
+    changes the count; the run it launches downloads and processes only the new images, because
+    every stage skips what it already has.
+    """
+    policy = DownloadPolicy(connect_timeout=5.0, read_timeout=10.0, max_attempts=2, backoff_initial=0.5,
+                            backoff_max=2.0)
+    results: dict[str, Fingerprint | SourceUnreachable] = {}
+    for source in sources:
+        if source.api is None:
+            continue
+        query = ApiQuery(query=source.api.query, collections=source.api.collections, limit=source.api.limit,
+                         api_url=source.api.api_url)
+        url = f"{query.api_url}images/search/?query={query.query}&collections={','.join(map(str, query.collections))}"
+        try:
+            with IsicApiClient.for_query(query, policy=policy, token=api_token_from_env()) as client:
+                version = search_fingerprint(client, query)
+        except Exception as exc:  # noqa: BLE001 - any failure is "unreachable", reported, never a crash
+            results[f"{source.name}/query"] = SourceUnreachable(url, f"{type(exc).__name__}: {exc}")
+            continue
+        results[f"{source.name}/query"] = Fingerprint(url=url, etag=version, last_modified=None, content_length=None)
     return results
 
 
@@ -194,11 +225,14 @@ def isic_sources_sensor(context: dg.SensorEvaluationContext, isic: IsicSettings)
     except CatalogError as exc:
         return dg.SkipReason(f"cannot resolve the selected sources: {exc}")
     watched, unwatched = watch_list(sources, demo_mirror_url())
-    if not watched:
+    has_api = any(source.api is not None for source in sources)
+    if not watched and not has_api:
         return dg.SkipReason(f"no selected source can be watched ({isic.selection()}).{_unwatched_note(unwatched)}")
     first = context.cursor is None
     previous, launches = read_sources_cursor(context.cursor)
-    check = compare(previous, probe_files(watched, previous))
+    probes = probe_files(watched, previous) if watched else {}
+    probes.update(probe_api_sources(sources))
+    check = compare(previous, probes)
     cursor = write_sources_cursor(check.fingerprints, launches)
     note = _unwatched_note(unwatched)
     if check.unreachable:
