@@ -33,20 +33,31 @@ def summarize(root: Path) -> list[str]:
     if manifest.is_file():
         files = json.loads(manifest.read_text())
         total = sum(f.get("size", 0) for f in files.values() if isinstance(f, dict))
-        lines.append(f"  {layout.DOWNLOADS}/       {len(files)} files, {total / 1e6:.1f} MB")
+        lines.append(f"  {layout.DOWNLOADS + '/':22} {len(files)} files, {total / 1e6:.1f} MB")
     metadata = root / layout.MERGED / "metadata.csv"
     if metadata.is_file():
         frame = pd.read_csv(metadata, dtype=str, keep_default_na=False)
         counts = ", ".join(f"{k} {v}" for k, v in class_counts(frame).items())
         dups = _csv_rows(root / layout.MERGED / "duplicates.csv")
         quarantined = _csv_rows(root / layout.MERGED / "quarantine.csv")
-        lines.append(f"  {layout.MERGED}/          {len(frame)} images ({counts}); "
-                     f"{dups} duplicates dropped, {quarantined} quarantined")
-    for folder in (layout.TRANSFORMED, layout.EDA, layout.SPLITS):
-        path = root / folder
-        if path.is_dir():
-            n = sum(1 for p in path.rglob("*") if p.is_file())
-            lines.append(f"  {folder}/  {n} files")
+        lines.append(f"  {layout.MERGED + '/':22} {len(frame)} images ({counts}); "
+                     f"{dups} duplicate copies dropped, {quarantined} quarantined (see quarantine.csv)")
+    transformed = root / layout.TRANSFORMED / "metadata.csv"
+    if transformed.is_file():
+        frame = pd.read_csv(transformed, dtype=str, keep_default_na=False)
+        how = frame["transform"].iloc[0] if len(frame) else ""
+        lines.append(f"  {layout.TRANSFORMED + '/':22} {len(frame)} images ({how}); normalization.json")
+    report = root / layout.EDA / "report.html"
+    if report.is_file():
+        figures = len(list((root / layout.EDA).glob("*.png")))
+        lines.append(f"  {layout.EDA + '/':22} {figures} figures; open {report}")
+    splits = root / layout.SPLITS / "manifest.csv"
+    if splits.is_file():
+        frame = pd.read_csv(splits, dtype=str, keep_default_na=False)
+        table = frame.groupby(["split", "label"]).size()
+        parts = [f"{split} " + "/".join(f"{table[split].get(label, 0)} {label}" for label in sorted(set(frame["label"])))
+                 for split in ("train", "validation", "test") if split in table.index.get_level_values(0)]
+        lines.append(f"  {layout.SPLITS + '/':22} {'; '.join(parts)}; DATASET_CARD.md")
     return lines
 
 

@@ -266,3 +266,15 @@ def test_failing_class_balance_blocks_an_asset_downstream_of_balanced_splits(dem
     assert evaluations["class_balance"].passed is False
     assert not ran
     assert not result.success
+
+
+def test_make_demo_summary_names_every_output(demo_runs, expected):
+    """`make demo` ends by printing where the outputs are and the headline counts."""
+    from isic_assets.summary import summarize
+
+    data_dir, _, _, _ = demo_runs
+    text = "\n".join(summarize(data_dir))
+    assert f"{expected['merged']['kept_images']} images" in text
+    for folder in (layout.DOWNLOADS, layout.MERGED, layout.TRANSFORMED, layout.EDA, layout.SPLITS):
+        assert folder + "/" in text
+    assert "DATASET_CARD.md" in text and "report.html" in text
