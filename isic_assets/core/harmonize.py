@@ -648,6 +648,21 @@ def _lesion_groupings(groupings: _Table) -> tuple[pd.Series, pd.DataFrame]:
     return ids, by_id.set_axis(ids.to_numpy())
 
 
+def _one_hot_ground_truth(table: _Table, class_map: Mapping[str, str], what: str
+                          ) -> tuple[pd.Series, pd.Series, int, pd.Series]:
+    """Ids and unified diagnoses of a one-hot ``image,<CLASS>...`` table (2018 and 2019 formats).
+
+    Exactly one ``1.0`` per row is required; anything else is an error naming the line.
+    """
+    classes = list(class_map)
+    _require_columns(table, ["image", *classes], what)
+    ids, written, stripped = _ids(table, "image")
+    matrix = _one_hot(table, classes)
+    _require_exactly_one(table, matrix, classes, "image")
+    class_names = np.array([class_map[name] for name in classes], dtype=object)
+    return ids, written, stripped, pd.Series(class_names[matrix.argmax(axis=1)], dtype=object)
+
+
 def harmonize_isic2018(
     ground_truth: Source,
     metadata: Source | None = None,
@@ -661,13 +676,8 @@ def harmonize_isic2018(
     must agree with HAM where both speak. Licence CC-BY-NC (ISIC_SOURCES.md 1.2).
     """
     table = _read_table(ground_truth, "ground_truth")
-    classes = list(vocab.ISIC2018_CLASSES)
-    _require_columns(table, ["image", *classes], "the ISIC 2018 Task 3 ground truth")
-    ids, written, stripped = _ids(table, "image")
-    matrix = _one_hot(table, classes)
-    _require_exactly_one(table, matrix, classes, "image")
-    class_names = np.array([vocab.ISIC2018_CLASSES[name] for name in classes], dtype=object)
-    diagnoses = pd.Series(class_names[matrix.argmax(axis=1)], dtype=object)
+    ids, written, stripped, diagnoses = _one_hot_ground_truth(table, vocab.ISIC2018_CLASSES,
+                                                              "the ISIC 2018 Task 3 ground truth")
     values: dict[str, object] = {
         "isic_id": ids,
         "benign_malignant": _class_of(diagnoses),
@@ -783,13 +793,8 @@ def harmonize_isic2019(ground_truth: Source, metadata: Source) -> Harmonized:
     the ids that differ are reported. Missing values are empty strings (ISIC_SOURCES.md 1.2).
     """
     table = _read_table(ground_truth, "ground_truth")
-    classes = list(vocab.ISIC2019_CLASSES)
-    _require_columns(table, ["image", *classes], "the ISIC 2019 ground truth")
-    ids, written, stripped = _ids(table, "image")
-    matrix = _one_hot(table, classes)
-    _require_exactly_one(table, matrix, classes, "image")
-    class_names = np.array([vocab.ISIC2019_CLASSES[name] for name in classes], dtype=object)
-    diagnoses = pd.Series(class_names[matrix.argmax(axis=1)], dtype=object)
+    ids, written, stripped, diagnoses = _one_hot_ground_truth(table, vocab.ISIC2019_CLASSES,
+                                                              "the ISIC 2019 ground truth")
 
     meta = _read_table(metadata, "metadata")
     _require_columns(meta, ["image", "age_approx", "anatom_site_general", "sex"], "the ISIC 2019 metadata")
