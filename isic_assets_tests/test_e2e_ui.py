@@ -205,6 +205,8 @@ def test_materialize_all_from_the_ui(tmp_path: Path):
             _graphql(server, "mutation { setNuxSeen }", {})
             page = browser.new_page()
             page.set_default_timeout(UI_S * 1000)
+            # expect() has its own 5 s default, too tight when the suite's other e2e tests load both cores.
+            sync_api.expect.set_options(timeout=UI_S * 1000)
             # Should that dialog still show (a future Dagster), skip it whenever it covers the page.
             page.add_locator_handler(
                 page.get_by_role("dialog").filter(has_text="Join the Dagster community"),
