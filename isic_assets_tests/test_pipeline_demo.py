@@ -278,3 +278,16 @@ def test_make_demo_summary_names_every_output(demo_runs, expected):
     for folder in (layout.DOWNLOADS, layout.MERGED, layout.TRANSFORMED, layout.EDA, layout.SPLITS):
         assert folder + "/" in text
     assert "DATASET_CARD.md" in text and "report.html" in text
+
+
+def test_label_conflicts_are_flagged_and_left_out_of_the_splits(demo_runs, expected):
+    """An image that one release calls benign and another malignant must not be trained on silently."""
+    data_dir, first, _, _ = demo_runs
+    conflict_id = expected["label_conflict_id"]
+    merged = pd.read_csv(data_dir / layout.MERGED / "metadata.csv", dtype=str, keep_default_na=False)
+    flags = merged.set_index("isic_id")["label_conflict"]
+    assert flags[conflict_id] == "True"
+    assert (flags == "True").sum() == 1
+    manifest = pd.read_csv(data_dir / layout.SPLITS / "manifest.csv", dtype=str, keep_default_na=False)
+    assert conflict_id not in set(manifest["isic_id"])
+    assert _metadata(first, "balanced_splits")["excluded"]["label_conflict"] == 1

@@ -38,7 +38,7 @@ Log = Callable[[str], None]
 METADATA_COLUMNS = [
     "isic_id", "source", "sources", "benign_malignant", "diagnosis", "age_approx", "sex",
     "anatom_site_general", "patient_id", "lesion_id", "diagnosis_confirm_type", "copyright_license",
-    "attribution", "image", "width", "height", "sha256", "file_bytes", "exif_orientation",
+    "attribution", "image", "width", "height", "sha256", "file_bytes", "exif_orientation", "label_conflict",
 ]
 DUPLICATE_COLUMNS = ["isic_id", "kept_isic_id", "reason", "source", "member", "sha256"]
 QUARANTINE_COLUMNS = ["isic_id", "source", "member", "reason", "detail", "id_kept_from_other_source"]
@@ -165,6 +165,7 @@ def merge_sources(
                  written=written, options=options, report=report, log=log)
     written.compact(keep=[(isic_id,) for isic_id in resolution.kept])
     report.metadata = build_metadata(combined.frame, resolution.kept, order)
+    report.metadata["label_conflict"] = report.metadata["isic_id"].isin(_label_conflicts(combined.conflicts))
     known = set(combined.frame["isic_id"]) if len(combined.frame) else set()
     report.images_without_metadata = sum(1 for isic_id in resolution.kept if isic_id not in known)
     for name, stat in stats.items():
@@ -202,6 +203,17 @@ def _read_csv_member(archive: Path, basename: str, limits: ZipLimits) -> bytes:
     if not matches:
         raise ValueError(f"{archive.name}: an ISIC Archive export must contain {basename}; none found")
     return read_member(archive, min(matches, key=len), limits)
+
+
+def _label_conflicts(conflicts: pd.DataFrame) -> set[str]:
+    """Ids whose sources disagree on benign vs malignant: the kept label is only the first source's.
+
+    Flagged in the metadata so that training sets can leave them out (balanced_splits does by
+    default) instead of trusting one release over another without saying so.
+    """
+    if conflicts.empty:
+        return set()
+    return set(conflicts.loc[conflicts["column"] == "benign_malignant", "isic_id"])
 
 
 def _labelled_ids(frame: pd.DataFrame) -> set[str]:

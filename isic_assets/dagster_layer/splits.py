@@ -46,6 +46,10 @@ class SplitsConfig(dg.Config):
         description="Label value -> class folder; '*' matches any other non-empty value; unmapped rows are "
                     "left out and counted (e.g. indeterminate, unlabelled).",
     )
+    exclude_label_conflicts: bool = Field(
+        default=True, description="Leave out images whose sources disagree on benign vs malignant "
+                                  "(merged_data/conflicts.csv); they are counted in the metadata.",
+    )
     augmentations_json: str = Field(
         default="", description="Oversampling augmentations as a JSON list of {name, p, ...}; empty: the default."
     )
@@ -73,7 +77,14 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
     metadata = read_csv(transformed / "metadata.csv")
     duplicates = read_csv(root / layout.MERGED / "duplicates.csv")
     settings = split_config(config)
+    conflicted = _conflicted(metadata) if config.exclude_label_conflicts else pd.Series(False, index=metadata.index)
+    if conflicted.any():
+        context.log.warning(f"left out {int(conflicted.sum())} image(s) whose sources disagree on the label: "
+                            f"{', '.join(metadata.loc[conflicted, 'isic_id'].head(20))}")
+    # Groups come from every image, the left-out ones included: an excluded image can be the only
+    # link between two others (same lesion as one, same patient as the other).
     groups = build_groups(metadata, duplicates)
+    metadata = metadata.loc[~conflicted].reset_index(drop=True)
     plan = assign_splits(metadata, groups, settings)
     for warning in plan.warnings:
         context.log.warning(warning)
@@ -96,7 +107,7 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
             "images": int(plan.counts.to_numpy().sum()),
             "dagster/row_count": len(plan.manifest),
             "groups_per_split": dg.MetadataValue.json(summary["groups_per_split"]),
-            "excluded": dg.MetadataValue.json(summary["excluded"]),
+            "excluded": dg.MetadataValue.json({**summary["excluded"], "label_conflict": int(conflicted.sum())}),
             "unmapped_values": dg.MetadataValue.json(summary["unmapped_values"]),
             "class_weights": dg.MetadataValue.json(summary["class_weights"]),
             "augmented_copies": dg.MetadataValue.json(summary["augmented_counts"]),
@@ -113,6 +124,13 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
         },
         data_version=dg.DataVersion(hashlib.sha256(manifest_bytes).hexdigest()[:32]),
     )
+
+
+def _conflicted(metadata: pd.DataFrame) -> pd.Series:
+    """Rows flagged by the merge as having conflicting benign/malignant labels across sources."""
+    if "label_conflict" not in metadata.columns:
+        return pd.Series(False, index=metadata.index)
+    return metadata["label_conflict"].astype(str).str.lower().isin({"true", "1"})
 
 
 def _source_facts(isic: IsicSettings, metadata: pd.DataFrame) -> list[dict]:
