@@ -291,3 +291,17 @@ def test_label_conflicts_are_flagged_and_left_out_of_the_splits(demo_runs, expec
     manifest = pd.read_csv(data_dir / layout.SPLITS / "manifest.csv", dtype=str, keep_default_na=False)
     assert conflict_id not in set(manifest["isic_id"])
     assert _metadata(first, "balanced_splits")["excluded"]["label_conflict"] == 1
+
+
+def test_zip_bomb_limit_fails_the_merge_with_the_config_to_change(demo_runs):
+    """A refused archive stops the run with the archive named and the launchpad field to raise."""
+    data_dir, _, _, _ = demo_runs
+    with dg.instance_for_test() as instance:
+        result = _materialize(data_dir, instance, selection=["merged_images", "merged_metadata"],
+                              run_config={"ops": {"merge_sources": {"config": {"max_member_mb": 0.01}}}})
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failures[0].event_specific_data.error.to_string()
+    assert ".zip" in message and "max_member_mb" in message
+    metadata = pd.read_csv(data_dir / layout.MERGED / "metadata.csv", dtype=str)
+    assert len(metadata) > 500, "the refused run must leave the previous outputs untouched"

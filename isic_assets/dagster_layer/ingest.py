@@ -18,7 +18,7 @@ from ..core.http_mirror import serve_folder
 from ..core.isic_api import ApiDownloadReport, ApiQuery, api_token_from_env, download_api_source
 from ..core.merge import MergeOptions, MergeReport, SourceArchive, merge_sources
 from ..core.quality import class_counts
-from ..core.zip_stream import ZipLimits
+from ..core.zip_stream import ZipLimits, ZipRefused
 from ..demo.generate import generate_demo_mirror
 from .metadata import md_table, table_metadata
 from .resources import WRITE_POOL, IsicSettings
@@ -195,7 +195,14 @@ def merge_sources_asset(context: dg.AssetExecutionContext, config: MergeConfig, 
         workers=config.workers,
     )
     out_dir = root / layout.MERGED
-    report = merge_sources(archives, out_dir, options, log=context.log.info)
+    try:
+        report = merge_sources(archives, out_dir, options, log=context.log.info)
+    except ZipRefused as exc:
+        # The core names its ZipLimits fields; a UI user needs the names of this asset's config.
+        raise dg.Failure(
+            description=f"{exc}\nIf the archive is trusted, raise the limit in the run config: "
+                        "ops.merge_sources.config.max_member_mb, max_total_gb or max_compression_ratio.",
+        ) from exc
     context.log.info(
         f"merged {len(report.metadata)} images: {report.scanned} members checked, {report.images_written} written, "
         f"{len(report.duplicates)} duplicates, {len(report.quarantine)} quarantined in {report.seconds:.1f} s"
