@@ -551,14 +551,7 @@ def harmonize_isic2017(ground_truth: Source, metadata: Source | None = None) -> 
     for index, name in enumerate(label_columns):
         diagnosis[matrix[:, index] == 1] = vocab.ISIC2017_LABEL_COLUMNS[name]
     diagnoses = pd.Series(diagnosis, dtype=object)
-    values: dict[str, object] = {
-        "isic_id": ids,
-        "benign_malignant": _class_of(diagnoses),
-        "diagnosis": diagnoses,
-        "copyright_license": vocab.RELEASE_LICENSES["isic2017"],
-        "attribution": vocab.RELEASE_ATTRIBUTIONS["isic2017"],
-        "original_name": written,
-    }
+    values: dict[str, object] = _diagnosis_columns("isic2017", ids, written, diagnoses)
     notes = _base_notes(table, stripped)
     counts = diagnoses.value_counts()
     notes.append(
@@ -648,6 +641,18 @@ def _lesion_groupings(groupings: _Table) -> tuple[pd.Series, pd.DataFrame]:
     return ids, by_id.set_axis(ids.to_numpy())
 
 
+def _diagnosis_columns(fmt: str, ids: pd.Series, written: pd.Series, diagnoses: pd.Series) -> dict[str, object]:
+    """The columns every diagnosis-labelled release shares: ids, label, diagnosis, release licence."""
+    return {
+        "isic_id": ids,
+        "benign_malignant": _class_of(diagnoses),
+        "diagnosis": diagnoses,
+        "copyright_license": vocab.RELEASE_LICENSES[fmt],
+        "attribution": vocab.RELEASE_ATTRIBUTIONS[fmt],
+        "original_name": written,
+    }
+
+
 def _one_hot_ground_truth(table: _Table, class_map: Mapping[str, str], what: str
                           ) -> tuple[pd.Series, pd.Series, int, pd.Series]:
     """Ids and unified diagnoses of a one-hot ``image,<CLASS>...`` table (2018 and 2019 formats).
@@ -678,14 +683,7 @@ def harmonize_isic2018(
     table = _read_table(ground_truth, "ground_truth")
     ids, written, stripped, diagnoses = _one_hot_ground_truth(table, vocab.ISIC2018_CLASSES,
                                                               "the ISIC 2018 Task 3 ground truth")
-    values: dict[str, object] = {
-        "isic_id": ids,
-        "benign_malignant": _class_of(diagnoses),
-        "diagnosis": diagnoses,
-        "copyright_license": vocab.RELEASE_LICENSES["isic2018"],
-        "attribution": vocab.RELEASE_ATTRIBUTIONS["isic2018"],
-        "original_name": written,
-    }
+    values: dict[str, object] = _diagnosis_columns("isic2018", ids, written, diagnoses)
     extras: dict[str, pd.Series] = {}
     notes = _base_notes(table, stripped)
     lesion = pd.Series([vocab.MISSING] * len(table), dtype=object)
@@ -816,16 +814,11 @@ def harmonize_isic2019(ground_truth: Source, metadata: Source) -> Harmonized:
         }
     ).set_axis(meta_ids.to_numpy())
     values = {
-        "isic_id": ids,
-        "benign_malignant": _class_of(diagnoses),
-        "diagnosis": diagnoses,
+        **_diagnosis_columns("isic2019", ids, written, diagnoses),
         "age_approx": by_id["age"].reindex(ids.to_numpy()).reset_index(drop=True),
         "sex": _lookup(ids, by_id, "sex", vocab.MISSING),
         "anatom_site_general": _lookup(ids, by_id, "site", vocab.MISSING),
         "lesion_id": _lookup(ids, by_id, "lesion_id", vocab.MISSING),
-        "copyright_license": vocab.RELEASE_LICENSES["isic2019"],
-        "attribution": vocab.RELEASE_ATTRIBUTIONS["isic2019"],
-        "original_name": written,
     }
     frame = _assemble(len(table), values)
     notes = _base_notes(table, stripped)
