@@ -167,3 +167,40 @@ def test_folder_source_merges_like_an_archive_export(tmp_path):
     assert frame.loc["ISIC_9000002", "copyright_license"] == "CC-BY"
     again = merge_sources([src], tmp_path / "out", log=_quiet)
     assert again.scanned == 0
+
+
+def _source_2020(folder: Path, images: dict[str, bytes], pairs: list[tuple[str, str]]) -> SourceArchive:
+    """A SIIM-ISIC 2020-format source with a duplicates list."""
+    folder.mkdir(parents=True, exist_ok=True)
+    archive = folder / "ISIC_2020_Training_JPEG.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for isic_id, data in images.items():
+            zf.writestr(f"train/{isic_id}.jpg", data)
+    gt = folder / "gt.csv"
+    gt.write_text("image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,benign_malignant,"
+                  "target\r\n" + "".join(f"{i},IP_0000001,male,45,torso,nevus,benign,0\r\n" for i in images))
+    dup = folder / "dups.csv"
+    dup.write_text("image_name_1,image_name_2\r\n" + "".join(f"{a},{b}\r\n" for a, b in pairs))
+    return SourceArchive(name="y2020", format="isic2020", order=0,
+                         files={"images": archive, "ground_truth": gt, "duplicates": dup})
+
+
+def test_listed_duplicates_are_not_written_only_to_be_deleted(tmp_path):
+    """The 2020 list names 425 dropped images: they are checked but never copied out of the zip."""
+    src = _source_2020(tmp_path / "s", {"ISIC_2000001": _jpeg(1), "ISIC_2000002": _jpeg(2), "ISIC_2000003": _jpeg(3)},
+                       [("ISIC_2000002", "ISIC_2000001")])
+    report = merge_sources([src], tmp_path / "out", log=_quiet)
+    assert report.metadata["isic_id"].tolist() == ["ISIC_2000001", "ISIC_2000003"]
+    assert report.duplicates[["isic_id", "kept_isic_id", "reason"]].values.tolist() == [
+        ["ISIC_2000002", "ISIC_2000001", "listed_duplicate"]]
+    assert (report.images_written, report.images_deleted) == (2, 0)
+
+
+def test_listed_pair_whose_presumed_keeper_is_corrupt_keeps_the_other(tmp_path):
+    """The pre-scan guess is only an optimisation: the readable image is kept and restored from the zip."""
+    src = _source_2020(tmp_path / "s", {"ISIC_2000001": _jpeg(1)[:300], "ISIC_2000002": _jpeg(2)},
+                       [("ISIC_2000002", "ISIC_2000001")])
+    report = merge_sources([src], tmp_path / "out", log=_quiet)
+    assert report.metadata["isic_id"].tolist() == ["ISIC_2000002"]
+    assert (tmp_path / "out" / "images" / "ISIC_2000002.jpg").read_bytes() == _jpeg(2)
+    assert "ISIC_2000001" in set(report.quarantine["isic_id"])

@@ -136,20 +136,21 @@ def merge_sources(
     combined = combine_sources([(s.name, harmonized[s.name].frame) for s in ordered])
     notes = [f"{name}: {note}" for name, h in harmonized.items() for note in h.notes]
 
+    pairs = [pair for h in harmonized.values() for pair in h.duplicate_pairs]
+    labelled = _labelled_ids(combined.frame)
     written = JsonlLog(out_dir / STATE_DIR / "written.jsonl", ("isic_id",))
     stats: dict[str, SourceStats] = {}
     records: dict[str, list[dict[str, Any]]] = {}
+    skip_writes = presumed_listed_drops(pairs, labelled)
     try:
         for source in ordered:
             stats[source.name] = SourceStats(metadata_rows=len(harmonized[source.name].frame))
             records[source.name] = scan_source(
-                source, out_dir, images_dir, written, order, options, stats[source.name], log
+                source, out_dir, images_dir, written, order, options, stats[source.name], log, skip_writes
             )
     finally:
         written.close()
 
-    pairs = [pair for h in harmonized.values() for pair in h.duplicate_pairs]
-    labelled = _labelled_ids(combined.frame)
     resolution = resolve_duplicates(records, order, pairs, labelled)
     report = MergeReport(
         metadata=pd.DataFrame(),
@@ -281,8 +282,14 @@ def scan_source(
     options: MergeOptions,
     stats: SourceStats,
     log: Log,
+    skip_writes: frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """Facts about every image member of the source's zip, checking only members not seen before."""
+    """Facts about every image member of the source's zip, checking only members not seen before.
+
+    Ids in ``skip_writes`` are checked but not written: the published duplicates list already says
+    they will be dropped. Should one become the keeper after all (its partner corrupt), the final
+    sync reads it from the zip then.
+    """
     members = source.members(options.limits)
     entries = members.entries()
     state = JsonlLog(out_dir / STATE_DIR / f"{source.name}.members.jsonl", ("name", "crc", "size"))
@@ -300,8 +307,8 @@ def scan_source(
         for done, (entry, outcome) in enumerate(_check_members(members, todo, options), start=1):
             record = _member_record(source, entry, outcome)
             data = outcome.data
-            if record["status"] == "ok" and data is not None and _write_if_best(record, data, images_dir,
-                                                                                written, order):
+            if record["status"] == "ok" and data is not None and record["isic_id"] not in skip_writes \
+                    and _write_if_best(record, data, images_dir, written, order):
                 stats.written += 1
                 stats.bytes_written += len(data)
             state.append(record)
@@ -482,6 +489,35 @@ def resolve_duplicates(
     duplicates = pd.DataFrame(dropped, columns=DUPLICATE_COLUMNS).sort_values(
         ["kept_isic_id", "isic_id", "source"], kind="stable").reset_index(drop=True)
     return Resolution(kept=kept, duplicates=duplicates, rejected=rejected)
+
+
+def presumed_listed_drops(listed_pairs: Sequence[tuple[str, str]], labelled: set[str]) -> frozenset[str]:
+    """Ids the duplicates list will drop, by the keeper rule of ``resolve_duplicates`` without pixels.
+
+    Each listed component keeps its labelled, lowest id; the others need not be written during the
+    scan (the 2020 list names 425 such images, each a full-size JPEG written and deleted otherwise).
+    The rule ignores source order and readability, which only the scan knows; a wrong guess costs
+    one read from the zip in the final sync, never a wrong output.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in listed_pairs:
+        parent[find(a)] = find(b)
+    components: dict[str, list[str]] = {}
+    for isic_id in parent:
+        components.setdefault(find(isic_id), []).append(isic_id)
+    drops: set[str] = set()
+    for members in components.values():
+        members.sort(key=lambda i: (i not in labelled, i))
+        drops.update(members[1:])
+    return frozenset(drops)
 
 
 def _dup_row(rec: Mapping[str, Any], kept_id: str, reason: str) -> dict[str, Any]:
