@@ -21,9 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from isic_assets.core.download import DownloadJob, DownloadPolicy, download_all
-from isic_assets.core.http_mirror import serve_folder
-from isic_assets.core.merge import MergeOptions, SourceArchive, merge_sources
+from isic_assets.core.merge.merge_sources import MergeOptions, SourceArchive, merge_sources
+from isic_assets.core.sources.download import DownloadJob, DownloadPolicy, download_all
+from isic_assets.core.sources.http_mirror import serve_folder
 from isic_assets.demo.generate import generate_bench_mirror
 
 FILES = {

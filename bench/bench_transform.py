@@ -43,12 +43,12 @@ import numpy as np
 from PIL import Image
 
 try:
-    from isic_assets.core import transform
+    from isic_assets.core.transform import runner as transform
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from isic_assets.core import transform
+    from isic_assets.core.transform import runner as transform
 
-from isic_assets.core.image_ops import TransformSettings, pad_to_square, transform_bytes
+from isic_assets.core.transform.image_ops import TransformSettings, pad_to_square, transform_bytes
 
 SIZES = [(6000, 4000), (4000, 3000), (1024, 768), (600, 450)]
 COUNTS = {(6000, 4000): 3, (4000, 3000): 3, (1024, 768): 8, (600, 450): 8}

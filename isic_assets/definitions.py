@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from .dagster_layer import checks, cleanup, ingest, sensors, splits, transform
-from .dagster_layer.resources import IsicSettings
+from .defs import checks, cleanup, eda, merge, sensors, sources, splits, transform
+from .defs.resources import IsicSettings
 
 # The whole graph on the multiprocess executor, for a machine with memory to spare. max_concurrent is
 # explicit because memory, not the CPU count (the executor's default), bounds image steps: a step
@@ -21,10 +21,10 @@ materialize_all_multiprocess = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=[
-        ingest.raw_zips,
-        ingest.merge_sources_asset,
+        sources.raw_zips,
+        merge.merge_sources_asset,
         transform.transformed_images,
-        transform.eda_plots,
+        eda.eda_plots,
         splits.balanced_splits,
     ],
     asset_checks=[

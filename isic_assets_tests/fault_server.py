@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from isic_assets.core.http_mirror import MirrorRequestHandler, MirrorServer
+from isic_assets.core.sources.http_mirror import MirrorRequestHandler, MirrorServer
 
 
 @dataclass

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from isic_assets.core.augment import (
+from isic_assets.core.transform.augment import (
     DEFAULT_AUGMENTATIONS,
     AugmentationSpecError,
     augment_file,
     augment_image,
     build_augmentation,
 )
-from isic_assets.core.image_ops import ImageDecodeError, encode_jpeg
+from isic_assets.core.transform.image_ops import ImageDecodeError, encode_jpeg
 
 
 def _picture(seed: int = 0) -> np.ndarray:

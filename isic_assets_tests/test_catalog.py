@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from isic_assets.core.catalog import FORMATS, CatalogError, load_catalog, parse_catalog
+from isic_assets.core.sources.catalog import FORMATS, CatalogError, load_catalog, parse_catalog
 
 
 def _write(tmp_path: Path, text: str) -> Path:

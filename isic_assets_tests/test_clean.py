@@ -18,9 +18,9 @@ import dagster as dg
 import pytest
 
 from isic_assets.core import layout
-from isic_assets.core.cleanup import TARGETS, parse_targets, plan_cleanup
-from isic_assets.dagster_layer.resources import IsicSettings
+from isic_assets.core.operation.cleanup import TARGETS, parse_targets, plan_cleanup
 from isic_assets.definitions import defs
+from isic_assets.defs.resources import IsicSettings
 from isic_assets_tests.test_dropzone import CSV_NAME, ZIP_NAME, write_tiny_isic2016
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from isic_assets.core import vocab
-from isic_assets.core.combine import CONFLICT_FRAME_COLUMNS, Combined, combine_sources
-from isic_assets.core.harmonize import (
+from isic_assets.core.merge import vocab
+from isic_assets.core.merge.combine import CONFLICT_FRAME_COLUMNS, Combined, combine_sources
+from isic_assets.core.merge.harmonize import (
     BASE_COLUMNS,
     harmonize_isic2016,
     harmonize_isic2017,

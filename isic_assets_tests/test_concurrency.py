@@ -22,8 +22,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from isic_assets.core import data_lock, layout
-from isic_assets.core.download import read_manifest
+from isic_assets.core import layout
+from isic_assets.core.operation import data_lock
+from isic_assets.core.sources.download import read_manifest
 from isic_assets_tests.fault_server import Delay, FaultServer
 from isic_assets_tests.test_dropzone import CSV_NAME, ZIP_NAME, write_tiny_isic2016
 
@@ -38,7 +39,7 @@ DELAY_S = 15.0  # the first run's download is held this long, so the second sure
 
 def _hold_in_subprocess(root: Path, run_id: str, timeout_s: float, hold_s: float = 0.0) -> subprocess.Popen:
     code = (
-        "import sys, time\nfrom pathlib import Path\nfrom isic_assets.core import data_lock\n"
+        "import sys, time\nfrom pathlib import Path\nfrom isic_assets.core.operation import data_lock\n"
         f"lock = data_lock.acquire(Path({str(root)!r}), {run_id!r}, poll_s=0.05, timeout_s={timeout_s})\n"
         "print('acquired', flush=True)\n"
         f"time.sleep({hold_s})\n"

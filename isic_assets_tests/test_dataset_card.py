@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from isic_assets.core.dataset_card import (
+from isic_assets.core.splits.assign import SPLITS, SplitConfig, assign_splits
+from isic_assets.core.splits.dataset_card import (
     CARD_NAME,
     LICENSES,
     license_text,
@@ -18,8 +19,7 @@ from isic_assets.core.dataset_card import (
     render_dataset_card,
     write_dataset_card,
 )
-from isic_assets.core.grouping import build_groups
-from isic_assets.core.splits import SPLITS, SplitConfig, assign_splits
+from isic_assets.core.splits.grouping import build_groups
 
 #: Spellings as the sources write them, and what the card must call them.
 SPELLINGS = {

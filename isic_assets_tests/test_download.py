@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from isic_assets.core.download import (
+from isic_assets.core.sources.download import (
     MANIFEST_NAME,
     DownloadError,
     DownloadJob,

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isic_assets.core import dropzone, layout
-from isic_assets.core.catalog import CatalogError, load_catalog
-from isic_assets.dagster_layer.resources import IsicSettings
-from isic_assets.dagster_layer.sensors import dropzone_sensor
+from isic_assets.core import layout
+from isic_assets.core.sources import dropzone
+from isic_assets.core.sources.catalog import CatalogError, load_catalog
 from isic_assets.definitions import defs
+from isic_assets.defs.resources import IsicSettings
+from isic_assets.defs.sensors import dropzone_sensor
 
 ZIP_NAME = "ISBI2016_ISIC_Part3_Training_Data.zip"
 CSV_NAME = "ISBI2016_ISIC_Part3_Training_GroundTruth.csv"

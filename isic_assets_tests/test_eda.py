@@ -13,8 +13,8 @@ import PIL.Image
 import pytest
 from matplotlib.figure import Figure
 
-from isic_assets.core import eda
-from isic_assets.core.eda import (
+from isic_assets.core.eda import figures as eda
+from isic_assets.core.eda.figures import (
     FIGURE_TITLES,
     REPORT_NAME,
     TABLE_TITLES,
@@ -26,7 +26,7 @@ from isic_assets.core.eda import (
     markdown_gallery,
     render_png,
 )
-from isic_assets.core.eda_report import THUMBNAIL_MAX_CHARS
+from isic_assets.core.eda.report import THUMBNAIL_MAX_CHARS
 
 EXPECTED_FILES = {f"{name}.png" for name in FIGURE_TITLES} | {REPORT_NAME}
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from isic_assets.core.grouping import build_groups
+from isic_assets.core.splits.grouping import build_groups
 
 
 def _meta(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from isic_assets.core import vocab
-from isic_assets.core.harmonize import (
+from isic_assets.core.merge import vocab
+from isic_assets.core.merge.harmonize import (
     BASE_COLUMNS,
     Harmonized,
     HarmonizeError,
@@ -659,7 +659,7 @@ def test_vocab_tables_render_for_readme() -> None:
 def test_vocab_markdown_is_stable_across_hash_seeds() -> None:
     """The README embeds render_markdown(); set iteration order must not leak into it (it once did)."""
     repo = Path(__file__).resolve().parents[1]
-    script = "from isic_assets.core.vocab import render_markdown; print(render_markdown())"
+    script = "from isic_assets.core.merge.vocab import render_markdown; print(render_markdown())"
     outputs = {
         subprocess.run(
             [sys.executable, "-c", script],

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from isic_assets.core.http_mirror import (
+from isic_assets.core.sources.http_mirror import (
     MirrorServer,
     UnsatisfiableRange,
     make_etag,

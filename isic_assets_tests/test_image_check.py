@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from isic_assets.core.image_check import (
+from isic_assets.core.merge.image_check import (
     ImageFacts,
     ImageRejected,
     detect_format,

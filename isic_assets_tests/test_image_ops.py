@@ -10,8 +10,8 @@ import pytest
 import simplejpeg
 from PIL import Image, ImageOps
 
-from isic_assets.core import image_ops
-from isic_assets.core.image_ops import (
+from isic_assets.core.transform import image_ops
+from isic_assets.core.transform.image_ops import (
     ImageDecodeError,
     TransformSettings,
     apply_exif_orientation,

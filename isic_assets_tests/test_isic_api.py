@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from isic_assets.core.download import DownloadPolicy
-from isic_assets.core.harmonize import harmonize_isic_archive
-from isic_assets.core.isic_api import (
+from isic_assets.core.merge.harmonize import harmonize_isic_archive
+from isic_assets.core.sources.download import DownloadPolicy
+from isic_assets.core.sources.isic_api import (
     LEAD_COLUMNS,
     MAX_URL_REFRESHES,
     ApiDownloadError,

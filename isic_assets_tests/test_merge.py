@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from isic_assets.core import merge as merge_module
-from isic_assets.core.merge import MergeOptions, SourceArchive, merge_sources
-from isic_assets.core.zip_stream import ZipLimits, ZipRefused
+from isic_assets.core.merge import merge_sources as merge_module
+from isic_assets.core.merge.merge_sources import MergeOptions, SourceArchive, merge_sources
+from isic_assets.core.merge.zip_stream import ZipLimits, ZipRefused
 
 
 def _jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:

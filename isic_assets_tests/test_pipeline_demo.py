@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 
 from isic_assets.core import layout
-from isic_assets.dagster_layer.resources import IsicSettings
 from isic_assets.definitions import defs
+from isic_assets.defs.resources import IsicSettings
 
 REPO = Path(__file__).resolve().parents[1]
 

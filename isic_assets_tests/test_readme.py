@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from isic_assets.core.vocab import render_markdown
+from isic_assets.core.merge.vocab import render_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,10 +21,11 @@ from typing import ClassVar
 import dagster as dg
 import pytest
 
-from isic_assets.core.fingerprints import Fingerprint, SourceUnreachable, probe
-from isic_assets.core.http_mirror import MirrorRequestHandler, MirrorServer, make_etag
-from isic_assets.dagster_layer.resources import IsicSettings
-from isic_assets.dagster_layer.sensors import (
+from isic_assets.core.sources.fingerprints import Fingerprint, SourceUnreachable, probe
+from isic_assets.core.sources.http_mirror import MirrorRequestHandler, MirrorServer, make_etag
+from isic_assets.definitions import defs
+from isic_assets.defs.resources import IsicSettings
+from isic_assets.defs.sensors import (
     change_run_key,
     dropzone_sensor,
     isic_sources_sensor,
@@ -32,7 +33,6 @@ from isic_assets.dagster_layer.sensors import (
     probe_files,
     read_sources_cursor,
 )
-from isic_assets.definitions import defs
 from isic_assets_tests.fault_server import (
     ErrorStatus,
     FaultServer,
@@ -321,7 +321,7 @@ def test_sensors_target_raw_zips_and_everything_downstream_with_default_statuses
 
 
 def test_interval_comes_from_the_environment_when_the_code_location_loads():
-    code = ("from isic_assets.dagster_layer.sensors import isic_sources_sensor as s, dropzone_sensor as d\n"
+    code = ("from isic_assets.defs.sensors import isic_sources_sensor as s, dropzone_sensor as d\n"
             "print(s.minimum_interval_seconds, d.minimum_interval_seconds)")
     env = {**os.environ, "ISIC_SENSOR_INTERVAL_S": "7", "ISIC_DROPZONE_INTERVAL_S": "5"}
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,

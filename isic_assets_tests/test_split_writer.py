@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from isic_assets.core import split_writer
-from isic_assets.core.grouping import build_groups
-from isic_assets.core.split_checks import leakage
-from isic_assets.core.split_writer import write_splits
-from isic_assets.core.splits import SPLITS, SplitConfig, SplitPlan, assign_splits
+from isic_assets.core.splits import writer as split_writer
+from isic_assets.core.splits.assign import SPLITS, SplitConfig, SplitPlan, assign_splits
+from isic_assets.core.splits.checks import leakage
+from isic_assets.core.splits.grouping import build_groups
+from isic_assets.core.splits.writer import write_splits
 
 
 def _metadata(n: int = 60) -> pd.DataFrame:

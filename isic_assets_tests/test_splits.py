@@ -8,9 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from isic_assets.core.grouping import build_groups
-from isic_assets.core.split_checks import class_balance, leakage, natural_imbalance, split_proportions
-from isic_assets.core.splits import SPLITS, SplitConfig, assign_splits, choose_whole_groups, share_by_ratios
+from isic_assets.core.splits.assign import (
+    SPLITS,
+    SplitConfig,
+    assign_splits,
+    choose_whole_groups,
+    share_by_ratios,
+)
+from isic_assets.core.splits.checks import class_balance, leakage, natural_imbalance, split_proportions
+from isic_assets.core.splits.grouping import build_groups
 
 AUG_NAME = r"^ISIC_\d{7}__aug\d+$"
 

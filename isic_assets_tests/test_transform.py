@@ -20,9 +20,9 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from isic_assets.core import transform
-from isic_assets.core.image_ops import TransformSettings, transform_bytes
-from isic_assets.core.transform import (
+from isic_assets.core.transform import runner as transform
+from isic_assets.core.transform.image_ops import TransformSettings, transform_bytes
+from isic_assets.core.transform.runner import (
     NORMALIZATION_FILE,
     TransformJob,
     naive_transform,
@@ -290,8 +290,8 @@ _SLOW_RUN = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from isic_assets.core import transform
-    from isic_assets.core.image_ops import TransformSettings
+    from isic_assets.core.transform import runner as transform
+    from isic_assets.core.transform.image_ops import TransformSettings
 
     real = transform.transform_bytes
     def slow(data, settings, exif_orientation=1):
@@ -376,8 +376,8 @@ _BUSY_PARENT_RUN = textwrap.dedent(
     import sys
     from pathlib import Path
     import cv2, numpy as np
-    from isic_assets.core import transform
-    from isic_assets.core.image_ops import TransformSettings
+    from isic_assets.core.transform import runner as transform
+    from isic_assets.core.transform.image_ops import TransformSettings
 
     cv2.setNumThreads(2)
     big = np.zeros((2000, 2000, 3), np.float32)

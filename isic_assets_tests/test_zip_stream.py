@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isic_assets.core.zip_stream import (
+from isic_assets.core.merge.zip_stream import (
     ZipLimits,
     ZipMemberError,
     ZipRefused,

@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from isic_assets.core.vocab import render_markdown
+from isic_assets.core.merge.vocab import render_markdown
 
 
 def replace_section(text: str, name: str, body: str) -> str:

@@ -1,10 +1,14 @@
-"""Folder names of every stage under the data root: one place, so no stage guesses another's paths."""
+"""The data layout in one place: the data root, every stage's folder and file names, and how a
+pipeline table is read back. No stage guesses another's paths."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from .catalog import Source
+import pandas as pd
+
+from .sources.catalog import Source
 
 DEMO_MIRROR = "demo_mirror"
 DOWNLOADS = "downloaded_zips"
@@ -13,6 +17,42 @@ TRANSFORMED = "data_transformed"
 EDA = "data_visual_repr"
 SPLITS = "neural_network_data"
 LOGS = "logs"
+
+# File names inside the stage folders.
+DOWNLOAD_MANIFEST = "manifest.json"  # downloaded_zips/: url, size, sha256, etag per file
+METADATA_CSV = "metadata.csv"  # merged_data/, data_transformed/, each split folder, an API download
+METADATA_PARQUET = "metadata.parquet"  # merged_data/: the same rows with their types
+DUPLICATES_CSV = "duplicates.csv"  # merged_data/
+QUARANTINE_CSV = "quarantine.csv"  # merged_data/ and data_transformed/
+CONFLICTS_CSV = "conflicts.csv"  # merged_data/
+NORMALIZATION_JSON = "normalization.json"  # data_transformed/
+REPORT_HTML = "report.html"  # data_visual_repr/
+MANIFEST_CSV = "manifest.csv"  # neural_network_data/
+PLAN_JSON = "splits.json"  # neural_network_data/: the split plan and its config
+DATASET_CARD = "DATASET_CARD.md"  # neural_network_data/
+
+DATA_DIR_ENV = "ISIC_DATA_DIR"
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_data_dir() -> Path:
+    """``data/`` in the repository for a checkout (editable install), else ``data/`` in the cwd."""
+    repo = PACKAGE_ROOT.parent
+    base = repo if (repo / "pyproject.toml").is_file() else Path.cwd()
+    return base / "data"
+
+
+def data_root(explicit: str | None = None) -> Path:
+    """The data root: ``explicit``, else $ISIC_DATA_DIR, else :func:`default_data_dir` (not created)."""
+    raw = explicit or os.environ.get(DATA_DIR_ENV) or str(default_data_dir())
+    return Path(raw).expanduser().resolve()
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A table the pipeline wrote: every column as text, missing values as empty strings."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist; materialize the upstream asset first")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 def download_path(root: Path, source: Source, role: str) -> Path:
@@ -29,8 +69,8 @@ def downloaded_files(root: Path, source: Source) -> dict[str, Path]:
     """Every file of a source as downloaded, by role; an error names the first one missing."""
     if source.format == "isic_api":
         folder = api_folder(root, source)
-        if not (folder / "metadata.csv").is_file():
-            raise FileNotFoundError(f"source {source.name!r} has no {folder / 'metadata.csv'}; "
+        if not (folder / METADATA_CSV).is_file():
+            raise FileNotFoundError(f"source {source.name!r} has no {folder / {METADATA_CSV}}; "
                                     "materialize raw_zips first")
         return {"folder": folder}
     files = {role: download_path(root, source, role) for role in source.files}

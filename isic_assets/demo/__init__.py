@@ -6,13 +6,13 @@
 ``synth_dermoscopy`` makes one synthetic dermoscopy picture.
 """
 
-from isic_assets.demo.generate import (
+from .generate import (
     GENERATOR_VERSION,
     MIRROR_FILE,
     generate_bench_mirror,
     generate_demo_mirror,
 )
-from isic_assets.demo.synthetic import synth_dermoscopy
+from .synthetic import synth_dermoscopy
 
 __all__ = [
     "GENERATOR_VERSION",

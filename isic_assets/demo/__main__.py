@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from isic_assets.core.http_mirror import serve_folder
-from isic_assets.demo.generate import MIRROR_FILE, generate_bench_mirror, generate_demo_mirror
+from ..core.sources.http_mirror import serve_folder
+from .generate import MIRROR_FILE, generate_bench_mirror, generate_demo_mirror
 
 
 def _size(text: str) -> tuple[int, int]:

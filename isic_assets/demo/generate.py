@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from isic_assets.core.atomic import atomic_open, atomic_write_json, remove_stale_temporaries
-from isic_assets.core.ids import isic_id_from_member
-from isic_assets.demo import synthetic
+from ..core.atomic import atomic_open, atomic_write_json, remove_stale_temporaries
+from ..core.ids import isic_id_from_member
+from . import synthetic
 
 GENERATOR_VERSION = "1"
 MIRROR_FILE = "MIRROR.json"

@@ -1,0 +1,592 @@
+"""Merging downloaded ISIC sources into one deduplicated image folder and one metadata table.
+
+Order of work, chosen so each image is read from its zip exactly once:
+
+1. harmonize every source's CSVs (cheap) and combine them in catalog order;
+2. stream every images zip member by member; each new member is checked and hashed in one read
+   and written straight to ``images/<isic_id>.<ext>`` when it is the best copy seen for that id;
+3. resolve duplicates on the recorded facts alone (same id, identical bytes, listed pairs);
+4. bring ``images/`` in line with the resolution and write the tables atomically.
+
+A re-run with unchanged downloads reuses the recorded facts of step 2 (``_state/``) and does no
+decoding or copying; a source added later only scans its own members.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import layout
+from ..atomic import atomic_open, atomic_write_bytes, remove_stale_temporaries
+from ..scan_state import JsonlLog
+from .combine import combine_sources
+from .harmonize import Harmonized, harmonize
+from .image_check import ImageFacts, ImageRejected, inspect_many
+from .member_source import FolderMembers, MemberSource, ZipMembers
+from .zip_stream import ZipEntry, ZipLimits, is_suspicious_member_name, read_member, scan_zip
+
+Log = Callable[[str], None]
+
+# Columns of merged_data/metadata.csv, in order (docs/ARCHITECTURE.md); format extras follow.
+METADATA_COLUMNS = [
+    "isic_id", "source", "sources", "benign_malignant", "diagnosis", "age_approx", "sex",
+    "anatom_site_general", "patient_id", "lesion_id", "diagnosis_confirm_type", "copyright_license",
+    "attribution", "image", "width", "height", "sha256", "file_bytes", "exif_orientation", "label_conflict",
+]
+DUPLICATE_COLUMNS = ["isic_id", "kept_isic_id", "reason", "source", "member", "sha256"]
+QUARANTINE_COLUMNS = ["isic_id", "source", "member", "reason", "detail", "id_kept_from_other_source"]
+
+STATE_DIR = "_state"
+_FLUSH_EVERY = 200
+
+
+@dataclass(frozen=True)
+class SourceArchive:
+    """One selected source as downloaded: its catalog name, format, order and local files by role."""
+
+    name: str
+    format: str
+    order: int
+    files: Mapping[str, Path]
+
+    @property
+    def image_zip(self) -> Path:
+        return self.files["archive"] if self.format == "isic_archive_zip" else self.files["images"]
+
+    def members(self, limits: ZipLimits) -> MemberSource:
+        """The images zip, or for an API source the folder its images were downloaded to."""
+        if self.format == "isic_api":
+            return FolderMembers(self.files["folder"] / "images", limits)
+        return ZipMembers(self.image_zip, limits)
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """Knobs of the merge; the zip limits guard against zip bombs (ZipLimits documents them)."""
+
+    limits: ZipLimits = field(default_factory=ZipLimits)
+    workers: int = 2
+    max_in_flight: int = 8
+
+
+@dataclass
+class SourceStats:
+    """What one source contributed; shown per source in the UI."""
+
+    members: int = 0
+    image_members: int = 0
+    other_members: int = 0
+    scanned: int = 0
+    reused: int = 0
+    rejected: int = 0
+    metadata_rows: int = 0
+    kept: int = 0
+    written: int = 0
+    bytes_written: int = 0
+    suspicious_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MergeReport:
+    """Counts and tables of a merge, for asset metadata and checks."""
+
+    metadata: pd.DataFrame
+    duplicates: pd.DataFrame
+    quarantine: pd.DataFrame
+    conflicts: pd.DataFrame
+    per_source: dict[str, SourceStats]
+    notes: list[str]
+    images_written: int = 0
+    images_without_metadata: int = 0
+    images_deleted: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+    @property
+    def scanned(self) -> int:
+        return sum(s.scanned for s in self.per_source.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# entry point
+
+
+def merge_sources(
+    sources: Sequence[SourceArchive], out_dir: Path, options: MergeOptions | None = None, log: Log = print
+) -> MergeReport:
+    """Merge ``sources`` (in catalog order) into ``out_dir`` (``merged_data/``); see module docstring."""
+    started = time.monotonic()
+    options = options or MergeOptions()
+    out_dir = Path(out_dir)
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(images_dir)
+    remove_stale_temporaries(out_dir)
+    ordered = sorted(sources, key=lambda s: s.order)
+    order = {s.name: s.order for s in ordered}
+
+    harmonized = {s.name: harmonize_source(s, options.limits) for s in ordered}
+    combined = combine_sources([(s.name, harmonized[s.name].frame) for s in ordered])
+    notes = [f"{name}: {note}" for name, h in harmonized.items() for note in h.notes]
+
+    pairs = [pair for h in harmonized.values() for pair in h.duplicate_pairs]
+    labelled = _labelled_ids(combined.frame)
+    written = JsonlLog(out_dir / STATE_DIR / "written.jsonl", ("isic_id",))
+    stats: dict[str, SourceStats] = {}
+    records: dict[str, list[dict[str, Any]]] = {}
+    skip_writes = presumed_listed_drops(pairs, labelled)
+    try:
+        for source in ordered:
+            stats[source.name] = SourceStats(metadata_rows=len(harmonized[source.name].frame))
+            records[source.name] = scan_source(
+                source, out_dir, images_dir, written, order, options, stats[source.name], log, skip_writes
+            )
+    finally:
+        written.close()
+
+    resolution = resolve_duplicates(records, order, pairs, labelled)
+    report = MergeReport(
+        metadata=pd.DataFrame(),
+        duplicates=resolution.duplicates,
+        quarantine=_quarantine(records, combined.frame, resolution),
+        conflicts=combined.conflicts,
+        per_source=stats,
+        notes=notes,
+    )
+    report.images_written = sum(s.written for s in stats.values())
+    report.bytes_written = sum(s.bytes_written for s in stats.values())
+    _sync_images(resolution.kept, sources_by_name={s.name: s for s in ordered}, images_dir=images_dir,
+                 written=written, options=options, report=report, log=log)
+    written.compact(keep=[(isic_id,) for isic_id in resolution.kept])
+    report.metadata = build_metadata(combined.frame, resolution.kept, order)
+    report.metadata["label_conflict"] = report.metadata["isic_id"].isin(_label_conflicts(combined.conflicts))
+    known = set(combined.frame["isic_id"]) if len(combined.frame) else set()
+    report.images_without_metadata = sum(1 for isic_id in resolution.kept if isic_id not in known)
+    for name, stat in stats.items():
+        stat.kept = int((report.metadata["source"] == name).sum()) if len(report.metadata) else 0
+    _write_tables(out_dir, report)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# metadata
+
+
+def harmonize_source(source: SourceArchive, limits: ZipLimits) -> Harmonized:
+    """Harmonize one source's CSVs, reading the ones that live inside its zip (2017, archive)."""
+    files: dict[str, Any] = {role: path for role, path in source.files.items() if role not in ("images", "archive")}
+    if source.format == "isic_api":
+        # The API download is written in the isic-cli metadata.csv shape, the same current schema as
+        # an Archive export (ISIC_SOURCES.md 2.5), so one harmonizer serves both.
+        return harmonize("isic_archive_zip", {"metadata": source.files["folder"] / layout.METADATA_CSV})
+    if source.format == "isic_archive_zip":
+        files["metadata"] = io.BytesIO(_read_csv_member(source.image_zip, "metadata.csv", limits))
+    elif source.format == "isic2017" and "metadata" not in files:
+        # The 2017 training zip carries ISIC-2017_Training_Data_metadata.csv (ISIC_SOURCES.md 1.2).
+        entries = scan_zip(source.image_zip, limits)
+        inside = [e.name for e in entries if e.name.lower().endswith("_metadata.csv")]
+        if inside:
+            files["metadata"] = io.BytesIO(read_member(source.image_zip, inside[0], limits))
+    return harmonize(source.format, files)
+
+
+def _read_csv_member(archive: Path, basename: str, limits: ZipLimits) -> bytes:
+    entries = scan_zip(archive, limits)
+    matches = [e.name for e in entries if e.name.rsplit("/", 1)[-1].lower() == basename]
+    if not matches:
+        raise ValueError(f"{archive.name}: an ISIC Archive export must contain {basename}; none found")
+    return read_member(archive, min(matches, key=len), limits)
+
+
+def _label_conflicts(conflicts: pd.DataFrame) -> set[str]:
+    """Ids whose sources disagree on benign vs malignant: the kept label is only the first source's.
+
+    Flagged in the metadata so that training sets can leave them out (balanced_splits does by
+    default) instead of trusting one release over another without saying so.
+    """
+    if conflicts.empty:
+        return set()
+    return set(conflicts.loc[conflicts["column"] == "benign_malignant", "isic_id"])
+
+
+def _labelled_ids(frame: pd.DataFrame) -> set[str]:
+    if frame.empty:
+        return set()
+    return set(frame.loc[frame["benign_malignant"].astype(str) != "", "isic_id"])
+
+
+def build_metadata(combined: pd.DataFrame, kept: Mapping[str, dict[str, Any]], order: Mapping[str, int]) -> pd.DataFrame:
+    """One row per kept image: combined metadata (or empty where an image had none) + file facts."""
+    facts = pd.DataFrame(
+        [
+            {
+                "isic_id": isic_id,
+                "source": rec["source"],
+                "image_sources": rec["image_sources"],
+                "image": f"images/{isic_id}{rec['ext']}",
+                "width": rec["width"],
+                "height": rec["height"],
+                "sha256": rec["sha256"],
+                "file_bytes": rec["file_bytes"],
+                "exif_orientation": rec["exif_orientation"],
+            }
+            for isic_id, rec in sorted(kept.items())
+        ],
+        columns=["isic_id", "source", "image_sources", "image", "width", "height", "sha256", "file_bytes",
+                 "exif_orientation"],
+    )
+    meta = combined.drop(columns=[c for c in ("source",) if c in combined.columns])
+    frame = facts.merge(meta, on="isic_id", how="left")
+    meta_sources = frame["sources"] if "sources" in frame else pd.Series("", index=frame.index)
+
+    def all_sources(row_sources: Any, image_sources: list[str]) -> str:
+        names = set(image_sources)
+        if isinstance(row_sources, str) and row_sources:
+            names.update(row_sources.split(";"))
+        return ";".join(sorted(names, key=lambda n: order.get(n, 1 << 30)))
+
+    frame["sources"] = [all_sources(s, i) for s, i in zip(meta_sources, frame["image_sources"], strict=True)]
+    frame = frame.drop(columns=["image_sources"])
+    for column in METADATA_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = ""
+    extras = [c for c in frame.columns if c not in METADATA_COLUMNS]
+    frame = frame[METADATA_COLUMNS + extras]
+    text_columns = [c for c in frame.columns if c not in ("age_approx", "width", "height", "file_bytes",
+                                                          "exif_orientation")]
+    frame[text_columns] = frame[text_columns].fillna("").astype(str)
+    frame["age_approx"] = pd.array(frame["age_approx"], dtype="Int64") if len(frame) else frame["age_approx"]
+    for column in ("width", "height", "file_bytes", "exif_orientation"):
+        frame[column] = frame[column].astype("int64")
+    return frame.sort_values("isic_id", kind="stable").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# scanning
+
+
+def scan_source(
+    source: SourceArchive,
+    out_dir: Path,
+    images_dir: Path,
+    written: JsonlLog,
+    order: Mapping[str, int],
+    options: MergeOptions,
+    stats: SourceStats,
+    log: Log,
+    skip_writes: frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """Facts about every image member of the source's zip, checking only members not seen before.
+
+    Ids in ``skip_writes`` are checked but not written: the published duplicates list already says
+    they will be dropped. Should one become the keeper after all (its partner corrupt), the final
+    sync reads it from the zip then.
+    """
+    members = source.members(options.limits)
+    entries = members.entries()
+    state = JsonlLog(out_dir / STATE_DIR / f"{source.name}.members.jsonl", ("name", "crc", "size"))
+    stats.members = len(entries)
+    images = [e for e in entries if e.kind == "image"]
+    stats.image_members = len(images)
+    stats.other_members = sum(1 for e in entries if e.kind not in ("image", "dir"))
+    stats.suspicious_names = [e.name for e in entries if is_suspicious_member_name(e.name)]
+    todo = [e for e in images if state.get(e.name, e.crc, e.file_size) is None]
+    stats.reused = len(images) - len(todo)
+    if todo:
+        log(f"{source.name}: checking {len(todo)} new image members of {members.label} "
+            f"({stats.reused} already known)")
+    try:
+        for done, (entry, outcome) in enumerate(_check_members(members, todo, options), start=1):
+            record = _member_record(source, entry, outcome)
+            data = outcome.data
+            if record["status"] == "ok" and data is not None and record["isic_id"] not in skip_writes \
+                    and _write_if_best(record, data, images_dir, written, order):
+                stats.written += 1
+                stats.bytes_written += len(data)
+            state.append(record)
+            stats.scanned += 1
+            if done % _FLUSH_EVERY == 0:
+                state.flush()
+                written.flush()
+                log(f"{source.name}: {done}/{len(todo)} new members checked")
+    finally:
+        state.close()
+    live = [(e.name, e.crc, e.file_size) for e in images]
+    if state.needs_compaction:
+        state.compact(keep=live)
+    result = [state.get(*key) for key in live]
+    found = [r for r in result if r is not None]
+    stats.rejected = sum(1 for r in found if r["status"] != "ok")
+    return found
+
+
+@dataclass
+class _Checked:
+    facts: ImageFacts | None
+    data: bytes | None
+    error: str | None
+    reason: str | None
+
+
+def _check_members(members: MemberSource, todo: list[ZipEntry], options: MergeOptions
+                   ) -> Iterator[tuple[ZipEntry, _Checked]]:
+    """Read each member once and check it on a bounded thread pool, in member order."""
+    read_errors: dict[str, str] = {}
+    payloads: dict[str, bytes] = {}
+
+    def readable() -> Iterator[tuple[ZipEntry, bytes, str]]:
+        for read in members.iter_bytes(todo):
+            if read.error is not None:
+                read_errors[read.entry.name] = read.error
+                yield read.entry, b"", read.entry.name
+            else:
+                payloads[read.entry.name] = read.data
+                yield read.entry, read.data, read.entry.name
+
+    for entry, result in inspect_many(readable(), workers=options.workers, max_in_flight=options.max_in_flight):
+        data = payloads.pop(entry.name, None)
+        if entry.name in read_errors:
+            yield entry, _Checked(None, None, read_errors.pop(entry.name), "read_error")
+        elif isinstance(result, ImageRejected):
+            yield entry, _Checked(None, None, str(result), result.reason)
+        else:
+            yield entry, _Checked(result, data, None, None)
+
+
+def _member_record(source: SourceArchive, entry: ZipEntry, outcome: _Checked) -> dict[str, Any]:
+    from ..ids import isic_id_from_member
+
+    record: dict[str, Any] = {
+        "name": entry.name, "crc": entry.crc, "size": entry.file_size,
+        "isic_id": isic_id_from_member(entry.name), "source": source.name,
+    }
+    if outcome.facts is None:
+        record.update(status="rejected", reason=outcome.reason, detail=outcome.error)
+        return record
+    facts = outcome.facts
+    record.update(
+        status="ok", sha256=facts.sha256, width=facts.width, height=facts.height, format=facts.format,
+        ext=facts.extension, exif_orientation=facts.exif_orientation, file_bytes=facts.file_bytes,
+    )
+    return record
+
+
+def _preference(record: Mapping[str, Any], order: Mapping[str, int]) -> tuple[Any, ...]:
+    """Which copy of one id to keep: most pixels (never a ``_downsampled`` one), then catalog order."""
+    return (-(int(record["width"]) * int(record["height"])), order.get(record["source"], 1 << 30), record["name"])
+
+
+def _write_if_best(record: dict[str, Any], data: bytes, images_dir: Path, written: JsonlLog,
+                   order: Mapping[str, int]) -> bool:
+    """Write a freshly checked image if it beats the copy already written for its id."""
+    isic_id = record["isic_id"]
+    current = written.get(isic_id)
+    target = images_dir / f"{isic_id}{record['ext']}"
+    current_ok = current is not None and (images_dir / f"{isic_id}{current['ext']}").is_file()
+    if current_ok and (current["sha256"] == record["sha256"]  # type: ignore[index]
+                       or _preference(current, order) <= _preference(record, order)):  # type: ignore[arg-type]
+        return False
+    atomic_write_bytes(target, data)
+    if current is not None and current["ext"] != record["ext"]:
+        with contextlib.suppress(FileNotFoundError):
+            (images_dir / f"{isic_id}{current['ext']}").unlink()
+    written.append({**_file_facts(record), "isic_id": isic_id})
+    return True
+
+
+def _file_facts(record: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("source", "name", "sha256", "width", "height", "ext", "file_bytes", "exif_orientation", "format")
+    return {k: record[k] for k in keys}
+
+
+# ----------------------------------------------------------------------------------------------
+# duplicate resolution
+
+
+@dataclass
+class Resolution:
+    """The outcome of deduplication: kept file facts per id, every dropped copy, and rejected ids."""
+
+    kept: dict[str, dict[str, Any]]
+    duplicates: pd.DataFrame
+    rejected: list[dict[str, Any]]
+
+
+def resolve_duplicates(
+    records: Mapping[str, Sequence[Mapping[str, Any]]],
+    order: Mapping[str, int],
+    listed_pairs: Sequence[tuple[str, str]],
+    labelled: set[str],
+) -> Resolution:
+    """Reduce every image to one kept copy; record each dropped copy with the id kept instead.
+
+    Three links make duplicates: the same id in several sources (keep the copy with most pixels,
+    then the earliest source), byte-identical files under different ids, and pairs listed by the
+    publisher (2020 duplicates CSV). The last two are transitive, so they are resolved as connected
+    components; each keeps the id that has a label, then the earliest source, then the lowest id.
+    """
+    candidates: dict[str, list[Mapping[str, Any]]] = {}
+    rejected: list[dict[str, Any]] = []
+    for source_records in records.values():
+        for rec in source_records:
+            if rec.get("isic_id") is None:
+                continue
+            if rec["status"] == "ok":
+                candidates.setdefault(rec["isic_id"], []).append(rec)  # no copy: 20k+ records
+            else:
+                rejected.append(dict(rec))
+    dropped: list[dict[str, Any]] = []
+    best: dict[str, dict[str, Any]] = {}
+    for isic_id, copies in candidates.items():
+        copies.sort(key=lambda r: _preference(r, order))
+        best[isic_id] = {**copies[0], "image_sources": sorted({c["source"] for c in copies},
+                                                              key=lambda n: order.get(n, 1 << 30))}
+        for other in copies[1:]:
+            reason = "same_id_downsampled" if "_downsampled" in other["name"] else "same_id_other_source"
+            dropped.append(_dup_row(other, isic_id, reason))
+
+    parent = {isic_id: isic_id for isic_id in best}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        if a in parent and b in parent:
+            parent[find(a)] = find(b)
+
+    by_hash: dict[str, str] = {}
+    for isic_id in sorted(best):
+        digest = best[isic_id]["sha256"]
+        if digest in by_hash:
+            union(isic_id, by_hash[digest])
+        else:
+            by_hash[digest] = isic_id
+    for a, b in listed_pairs:
+        union(a, b)
+
+    components: dict[str, list[str]] = {}
+    for isic_id in best:
+        components.setdefault(find(isic_id), []).append(isic_id)
+    kept: dict[str, dict[str, Any]] = {}
+    for members in components.values():
+        members.sort(key=lambda i: (i not in labelled, order.get(best[i]["source"], 1 << 30), i))
+        keeper = members[0]
+        kept[keeper] = best[keeper]
+        for other in members[1:]:
+            same_bytes = best[other]["sha256"] == best[keeper]["sha256"]
+            dropped.append(_dup_row(best[other], keeper, "identical_content" if same_bytes else "listed_duplicate"))
+    duplicates = pd.DataFrame(dropped, columns=DUPLICATE_COLUMNS).sort_values(
+        ["kept_isic_id", "isic_id", "source"], kind="stable").reset_index(drop=True)
+    return Resolution(kept=kept, duplicates=duplicates, rejected=rejected)
+
+
+def presumed_listed_drops(listed_pairs: Sequence[tuple[str, str]], labelled: set[str]) -> frozenset[str]:
+    """Ids the duplicates list will drop, by the keeper rule of ``resolve_duplicates`` without pixels.
+
+    Each listed component keeps its labelled, lowest id; the others need not be written during the
+    scan (the 2020 list names 425 such images, each a full-size JPEG written and deleted otherwise).
+    The rule ignores source order and readability, which only the scan knows; a wrong guess costs
+    one read from the zip in the final sync, never a wrong output.
+    """
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in listed_pairs:
+        parent[find(a)] = find(b)
+    components: dict[str, list[str]] = {}
+    for isic_id in parent:
+        components.setdefault(find(isic_id), []).append(isic_id)
+    drops: set[str] = set()
+    for members in components.values():
+        members.sort(key=lambda i: (i not in labelled, i))
+        drops.update(members[1:])
+    return frozenset(drops)
+
+
+def _dup_row(rec: Mapping[str, Any], kept_id: str, reason: str) -> dict[str, Any]:
+    return {"isic_id": rec["isic_id"], "kept_isic_id": kept_id, "reason": reason, "source": rec["source"],
+            "member": rec["name"], "sha256": rec["sha256"]}
+
+
+def _quarantine(records: Mapping[str, Sequence[Mapping[str, Any]]], combined: pd.DataFrame,
+                resolution: Resolution) -> pd.DataFrame:
+    """Every image member rejected and every metadata row left without an image, with the reason."""
+    present = set(resolution.kept) | set(resolution.duplicates["isic_id"])
+    rows = [
+        {"isic_id": rec.get("isic_id") or "", "source": rec["source"], "member": rec["name"],
+         "reason": rec.get("reason") or "rejected", "detail": rec.get("detail") or "",
+         "id_kept_from_other_source": bool(rec.get("isic_id") in present)}
+        for rec in resolution.rejected
+    ]
+    rejected_ids = {rec.get("isic_id") for rec in resolution.rejected}
+    if not combined.empty:
+        for isic_id, sources in combined.loc[~combined["isic_id"].isin(present), ["isic_id", "sources"]].itertuples(
+                index=False):
+            if isic_id in rejected_ids:
+                continue  # already listed with the reason its image was rejected
+            rows.append({"isic_id": isic_id, "source": sources, "member": "", "reason": "missing_image",
+                         "detail": "listed in the metadata but no image with this id is in any selected zip",
+                         "id_kept_from_other_source": False})
+    frame = pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
+    return frame.sort_values(["isic_id", "source", "member"], kind="stable").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs
+
+
+def _sync_images(kept: Mapping[str, dict[str, Any]], sources_by_name: Mapping[str, SourceArchive],
+                 images_dir: Path, written: JsonlLog, options: MergeOptions, report: MergeReport,
+                 log: Log) -> None:
+    """Make ``images/`` hold exactly the kept files: fill gaps from the zips, delete the rest."""
+    wanted = {f"{isic_id}{rec['ext']}": (isic_id, rec) for isic_id, rec in kept.items()}
+    for filename, (isic_id, rec) in sorted(wanted.items()):
+        path = images_dir / filename
+        current = written.get(isic_id)
+        if current is not None and current["sha256"] == rec["sha256"] and path.is_file() \
+                and path.stat().st_size == rec["file_bytes"]:
+            continue
+        data = sources_by_name[rec["source"]].members(options.limits).read(rec["name"])
+        atomic_write_bytes(path, data)
+        written.append({**_file_facts(rec), "isic_id": isic_id})
+        report.images_written += 1
+        report.bytes_written += len(data)
+    written.close()
+    for path in images_dir.iterdir():
+        if path.name not in wanted:
+            path.unlink()
+            report.images_deleted += 1
+    if report.images_deleted:
+        log(f"removed {report.images_deleted} files that are no longer kept images")
+
+
+def _write_tables(out_dir: Path, report: MergeReport) -> None:
+    _write_csv(out_dir / layout.METADATA_CSV, report.metadata)
+    with atomic_open(out_dir / layout.METADATA_PARQUET, "wb") as handle:
+        report.metadata.to_parquet(handle, index=False)
+    _write_csv(out_dir / layout.DUPLICATES_CSV, report.duplicates)
+    _write_csv(out_dir / layout.QUARANTINE_CSV, report.quarantine)
+    _write_csv(out_dir / layout.CONFLICTS_CSV, report.conflicts)
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    with atomic_open(path, "w") as handle:
+        frame.to_csv(handle, index=False, lineterminator="\n")

@@ -1,0 +1,392 @@
+"""Writing a SplitPlan to ``neural_network_data/`` in the layout every common loader reads as-is.
+
+::
+
+    neural_network_data/
+      manifest.csv                      every file: isic_id, split, label, group_id, source, image, ...
+      splits.json                       the plan's summary: config, seed, counts, class weights
+      .augmented.json                   what each augmented copy was made from (for incremental runs)
+      train/metadata.csv                Hugging Face imagefolder metadata (file_name = benign/...)
+      train/benign/ISIC_0000000.jpg     class subfolders: torchvision ImageFolder, Keras
+      train/malignant/ISIC_0000002__aug1.jpg    image_dataset_from_directory
+      validation/...  test/...
+
+Originals are hard links to ``data_transformed/`` (no second copy of 30k+ images) and fall back
+to copies where the filesystem refuses (another device, no link support). A re-run with the same
+plan rewrites nothing that is already right and removes whatever a previous config left behind, so
+the folder is byte-identical to a fresh write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from .. import layout
+from ..atomic import TMP_PREFIX, remove_stale_temporaries, write_bytes_if_changed
+from .assign import MANIFEST_COLUMNS, SPLITS, SplitPlan
+from .grouping import clean_keys
+
+AugmentFn = Callable[[Path, Path, int], None]
+
+SOURCE_PATTERN = "images/{isic_id}.jpg"  # transformed_images' layout under data_transformed/
+MANIFEST_NAME = layout.MANIFEST_CSV
+SUMMARY_NAME = layout.PLAN_JSON
+SPLIT_METADATA_NAME = layout.METADATA_CSV
+AUGMENT_STATE_NAME = ".augmented.json"
+# Per-split metadata.csv leaves out file facts of the merged original (size, hash, path in
+# merged_data/): they describe a different file from the one written here and would mislead.
+_METADATA_DROP = {"image", "width", "height", "sha256", "file_bytes", "exif_orientation"}
+_SPLIT_META_LEAD = ["file_name", "label", "isic_id", "group_id", "source", "is_augmented", "augmented_from"]
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    """What a write did: new links and copies, files already right, augmented copies, stale removals."""
+
+    out_dir: Path
+    files: int
+    linked: int
+    copied: int
+    unchanged: int
+    augmented_written: int
+    augmented_unchanged: int
+    removed: int
+    tables_written: tuple[str, ...]
+
+    def summary(self) -> dict[str, Any]:
+        """Plain JSON-able form, for run metadata."""
+        out = asdict(self)
+        out["out_dir"] = str(self.out_dir)
+        out["tables_written"] = list(self.tables_written)
+        return out
+
+
+def write_splits(
+    plan: SplitPlan,
+    metadata: pd.DataFrame,
+    src_root: Path,
+    out_dir: Path,
+    make_augmented_copy: AugmentFn | None = None,
+    *,
+    source_pattern: str = SOURCE_PATTERN,
+    augment_version: str = "",
+) -> WriteReport:
+    """Write ``plan`` under ``out_dir`` from the images under ``src_root`` (``data_transformed/``).
+
+    ``make_augmented_copy(source, destination, seed)`` must write one augmented JPEG at
+    ``destination`` (a temporary name ending in ``.jpg`` that the writer renames into place), the
+    same bytes for the same seed. ``augment_version`` names the augmentation pipeline: change it
+    when the pipeline changes so existing copies are made again. Every source and metadata row is
+    checked before anything is written, so a missing one fails without touching the previous output.
+    """
+    src_root, out_dir = Path(src_root), Path(out_dir)
+    manifest = plan.manifest
+    _check_image_paths(manifest)
+    sources = _source_paths(manifest, src_root, source_pattern)
+    extras = _metadata_extras(metadata, manifest)
+    augmented = manifest[manifest["is_augmented"]]
+    if len(augmented) and make_augmented_copy is None:
+        raise ValueError(
+            f"the plan has {len(augmented)} augmented copies but no make_augmented_copy was given"
+        )
+    split_dirs = _expected_dirs(plan)
+    for folder in split_dirs:
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    placer = _Placer()
+    for row, src in zip(manifest[~manifest["is_augmented"]].itertuples(index=False), sources, strict=True):
+        placer.place(src, out_dir / row.image)
+    aug_written, aug_unchanged = _write_augmented(
+        augmented, src_root, source_pattern, out_dir, make_augmented_copy, augment_version
+    )
+    expected = set(manifest["image"]) | {f"{s}/{SPLIT_METADATA_NAME}" for s in _written_splits(plan)}
+    removed = _remove_stale(out_dir, expected, split_dirs)
+    tables = _write_tables(plan, extras, out_dir)
+    return WriteReport(
+        out_dir=out_dir,
+        files=len(manifest),
+        linked=placer.linked,
+        copied=placer.copied,
+        unchanged=placer.unchanged,
+        augmented_written=aug_written,
+        augmented_unchanged=aug_unchanged,
+        removed=removed,
+        tables_written=tuple(tables),
+    )
+
+
+def _check_image_paths(manifest: pd.DataFrame) -> None:
+    """Every image path is ``<split>/<class>/<file>`` with no way out of ``out_dir``."""
+    for image, split, label in zip(manifest["image"], manifest["split"], manifest["label"], strict=True):
+        parts = PurePosixPath(image).parts
+        if (
+            len(parts) != 3
+            or parts[0] != split
+            or parts[1] != label
+            or parts[0] not in SPLITS
+            or any(p in ("", ".", "..") or p.startswith(TMP_PREFIX) for p in parts)
+        ):
+            raise ValueError(f"manifest image path {image!r} is not <split>/<class>/<file>")
+
+
+def _source_paths(manifest: pd.DataFrame, src_root: Path, source_pattern: str) -> list[Path]:
+    """Source file of every original row, in manifest order; fails listing the first missing ones."""
+    originals = manifest.loc[~manifest["is_augmented"], "isic_id"]
+    paths = [src_root / source_pattern.format(isic_id=i) for i in originals]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} source images missing under {src_root}, e.g. {missing[:5]}; "
+            "materialize transformed_images first"
+        )
+    return paths
+
+
+def _written_splits(plan: SplitPlan) -> list[str]:
+    """Splits that get a folder: every split with a positive ratio, and any split holding files."""
+    used = set(plan.manifest["split"])
+    return [s for s, r in zip(SPLITS, plan.config.ratios, strict=True) if r > 0 or s in used]
+
+
+def _expected_dirs(plan: SplitPlan) -> list[str]:
+    """Every class folder in every written split, even when empty.
+
+    A class folder missing from one split would shift ImageFolder's class indices there (it numbers
+    the folders it finds); an empty one makes the loader fail loudly instead.
+    """
+    return [f"{split}/{label}" for split in _written_splits(plan) for label in plan.classes]
+
+
+class _Placer:
+    """Hard-links (or copies) sources into place, skipping what is already right.
+
+    Correct means the same inode as the source (a link made earlier), or a copy with the source's
+    size and modification time (``shutil.copy2`` keeps it). A source rewritten since gets a new
+    inode from transformed_images' atomic rename, so an old link is detected and replaced.
+    """
+
+    def __init__(self) -> None:
+        self.linked = self.copied = self.unchanged = 0
+        self._can_link = True
+
+    def place(self, src: Path, dest: Path) -> None:
+        if _already_placed(src, dest):
+            self.unchanged += 1
+            return
+        tmp = dest.with_name(TMP_PREFIX + dest.name)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            if self._try_link(src, tmp):
+                self.linked += 1
+            else:
+                shutil.copy2(src, tmp)
+                self.copied += 1
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+
+    def _try_link(self, src: Path, tmp: Path) -> bool:
+        if not self._can_link:
+            return False
+        try:
+            os.link(src, tmp)
+            return True
+        except OSError as exc:
+            # Another device or a filesystem without links will refuse every file: stop asking.
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                self._can_link = False
+            return False
+
+
+def _already_placed(src: Path, dest: Path) -> bool:
+    if dest.is_symlink() or not dest.is_file():
+        return False
+    s, d = src.stat(), dest.stat()
+    if (s.st_dev, s.st_ino) == (d.st_dev, d.st_ino):
+        return True
+    return s.st_size == d.st_size and s.st_mtime_ns == d.st_mtime_ns
+
+
+def _write_augmented(
+    augmented: pd.DataFrame,
+    src_root: Path,
+    source_pattern: str,
+    out_dir: Path,
+    make_copy: AugmentFn | None,
+    version: str,
+) -> tuple[int, int]:
+    """Make every augmented copy not already made from the same source, seed and pipeline version.
+
+    What each copy was made from is recorded in ``.augmented.json`` (source size and mtime, seed,
+    pipeline version, hash of the copy); a copy whose record, source file or own bytes changed is
+    made again.
+    """
+    state_path = out_dir / AUGMENT_STATE_NAME
+    previous = _read_state(state_path)
+    state: dict[str, dict[str, Any]] = {}
+    written = unchanged = 0
+    for row in augmented.itertuples(index=False):
+        src = src_root / source_pattern.format(isic_id=row.augmented_from)
+        dest = out_dir / row.image
+        s = src.stat()
+        wanted = {
+            "from": row.augmented_from,
+            "seed": int(row.aug_seed),
+            "source_size": s.st_size,
+            "source_mtime_ns": s.st_mtime_ns,
+            "version": version,
+        }
+        old = previous.get(row.image)
+        if old is not None and dest.is_file() and not dest.is_symlink() and _same_copy(old, wanted, dest):
+            state[row.image] = old
+            unchanged += 1
+            continue
+        assert make_copy is not None
+        _make_copy(make_copy, src, dest, int(row.aug_seed))
+        state[row.image] = {**wanted, "sha256": _file_sha256(dest)}
+        written += 1
+    if state:
+        write_bytes_if_changed(state_path, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
+    else:
+        # No copies planned: no record either, exactly as a fresh write without oversampling.
+        state_path.unlink(missing_ok=True)
+    return written, unchanged
+
+
+def _read_state(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _same_copy(old: dict[str, Any], wanted: dict[str, Any], dest: Path) -> bool:
+    """Same source, seed and pipeline, and the copy on disk is the one made then.
+
+    The copy is recorded by content hash, not by its own timestamp, so the record (and with it the
+    whole folder) is byte-identical whether written fresh or incrementally.
+    """
+    return all(old.get(k) == v for k, v in wanted.items()) and old.get("sha256") == _file_sha256(dest)
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _make_copy(make_copy: AugmentFn, src: Path, dest: Path, seed: int) -> None:
+    tmp = dest.with_name(TMP_PREFIX + dest.name)
+    try:
+        make_copy(src, tmp, seed)
+        if not tmp.is_file():
+            raise RuntimeError(f"make_augmented_copy wrote nothing at {tmp}")
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _remove_stale(out_dir: Path, expected_files: set[str], expected_dirs: list[str]) -> int:
+    """Delete files under the split folders that the plan does not name, then empty stray folders.
+
+    Only ``train/``, ``validation/`` and ``test/`` are swept (plus ``.tmp-`` leftovers at the top),
+    so nothing else a user keeps beside them is touched.
+    """
+    removed = remove_stale_temporaries(out_dir)
+    keep_dirs = {out_dir / d for d in expected_dirs} | {(out_dir / d).parent for d in expected_dirs}
+    for split in SPLITS:
+        root = out_dir / split
+        if not root.is_dir() or root.is_symlink():
+            if root.is_symlink():
+                root.unlink()
+                removed += 1
+            continue
+        for folder, dirnames, filenames in os.walk(root, topdown=False):
+            here = Path(folder)
+            for name in filenames + [d for d in dirnames if (here / d).is_symlink()]:
+                path = here / name
+                if path.relative_to(out_dir).as_posix() not in expected_files:
+                    path.unlink()
+                    removed += 1
+            if here not in keep_dirs and not any(here.iterdir()):
+                here.rmdir()
+    return removed
+
+
+def _write_tables(plan: SplitPlan, extras: pd.DataFrame, out_dir: Path) -> list[str]:
+    """Per-split imagefolder metadata, then the manifest and summary last (they mark completion)."""
+    written = []
+    for split in _written_splits(plan):
+        rows = plan.manifest[plan.manifest["split"] == split]
+        name = f"{split}/{SPLIT_METADATA_NAME}"
+        if write_bytes_if_changed(out_dir / name, _csv_bytes(_split_metadata(rows, extras))):
+            written.append(name)
+    manifest = plan.manifest[MANIFEST_COLUMNS]
+    if write_bytes_if_changed(out_dir / MANIFEST_NAME, _csv_bytes(manifest)):
+        written.append(MANIFEST_NAME)
+    summary = (json.dumps(plan.summary(), indent=2, sort_keys=True) + "\n").encode()
+    if write_bytes_if_changed(out_dir / SUMMARY_NAME, summary):
+        written.append(SUMMARY_NAME)
+    return written
+
+
+def _metadata_extras(metadata: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Metadata columns to carry into metadata.csv, one row per original isic_id, all as text."""
+    if "isic_id" not in metadata.columns:
+        raise ValueError("metadata has no isic_id column")
+    ids = clean_keys(metadata["isic_id"])
+    columns = [
+        c
+        for c in metadata.columns
+        if c not in _METADATA_DROP and c not in _SPLIT_META_LEAD and c != "isic_id"
+    ]
+    extras = pd.DataFrame(
+        {c: clean_keys(metadata[c]).to_numpy() for c in columns}, index=pd.Index(ids, name="isic_id")
+    )
+    extras = extras[~extras.index.duplicated(keep="first")]
+    originals = manifest["augmented_from"].where(manifest["is_augmented"], manifest["isic_id"])
+    missing = sorted(set(originals) - set(extras.index))
+    if missing:
+        raise ValueError(f"metadata has no row for {len(missing)} images of the plan, e.g. {missing[:5]}")
+    return extras
+
+
+def _split_metadata(rows: pd.DataFrame, extras: pd.DataFrame) -> pd.DataFrame:
+    """imagefolder's metadata.csv: ``file_name`` relative to the split folder, then label and facts."""
+    originals = rows["augmented_from"].where(rows["is_augmented"], rows["isic_id"])
+    lead = pd.DataFrame(
+        {
+            "file_name": rows["image"].str.split("/", n=1).str[1].to_numpy(),
+            "label": rows["label"].to_numpy(),
+            "isic_id": rows["isic_id"].to_numpy(),
+            "group_id": rows["group_id"].to_numpy(),
+            "source": rows["source"].to_numpy(),
+            "is_augmented": rows["is_augmented"].to_numpy(),
+            "augmented_from": rows["augmented_from"].to_numpy(),
+        }
+    )
+    facts = extras.reindex(originals.to_numpy()).reset_index(drop=True)
+    return pd.concat([lead, facts], axis=1)
+
+
+def _csv_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, lineterminator="\n")
+    return buffer.getvalue().encode("utf-8")
+
+

@@ -1,1 +1,0 @@
-"""The thin Dagster layer: assets, checks, sensors and resources over the pure core."""

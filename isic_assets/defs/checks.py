@@ -1,0 +1,190 @@
+"""Every asset check of the graph, in one module.
+
+Each check's metadata carries the threshold it applied and the value it measured, so a failed check
+explains itself on the asset page without opening a log.
+"""
+
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from ..core import layout
+from ..core.merge.quality import (
+    LABEL_COLUMN,
+    class_counts,
+    missing_percentages,
+    share_without_grouping_key,
+    unreadable_images,
+)
+from ..core.splits.checks import CheckOutcome, class_balance, leakage, natural_imbalance, split_proportions
+from .merge import MERGED_IMAGES, MERGED_METADATA
+from .metadata import table_metadata
+from .resources import IsicSettings
+from .splits import balanced_splits, read_manifest, read_plan
+from .transform import transformed_images
+
+# Columns a training set is expected to have; their missing share is reported on every run.
+CORE_COLUMNS = ["benign_malignant", "diagnosis", "age_approx", "sex", "anatom_site_general", "patient_id",
+                "lesion_id"]
+
+
+class MissingDataConfig(dg.Config):
+    """Thresholds of the missing_data check, in percent of rows."""
+
+    max_missing_label_pct: float = Field(
+        default=5.0, ge=0, le=100,
+        description="ERROR (blocks downstream) when more rows than this have no benign_malignant label.",
+    )
+    max_missing_other_pct: float = Field(
+        default=50.0, ge=0, le=100, description="WARN when another core column misses more than this.",
+    )
+
+
+def _read_metadata(isic: IsicSettings) -> pd.DataFrame:
+    return layout.read_table(isic.path(layout.MERGED, layout.METADATA_CSV))
+
+
+@dg.asset_check(asset=MERGED_METADATA, name="missing_data", blocking=True)
+def missing_data(config: MissingDataConfig, isic: IsicSettings) -> dg.AssetCheckResult:
+    """Per-column missing percentage; ERROR when the label is missing too often, WARN for the rest.
+
+    Rows without a label cannot be split by class, and a column that is mostly empty is a sign that a
+    source's schema was not recognised; both should stop a training set from being built silently.
+    """
+    frame = _read_metadata(isic)
+    missing = missing_percentages(frame, [c for c in frame.columns if c not in ("isic_id", "image")])
+    label_missing = missing.get(LABEL_COLUMN, 100.0)
+    over = {c: p for c, p in missing.items()
+            if c in CORE_COLUMNS and c != LABEL_COLUMN and p > config.max_missing_other_pct}
+    label_ok = label_missing <= config.max_missing_label_pct
+    rows = [{"column": c, "missing_pct": p} for c, p in sorted(missing.items(), key=lambda kv: -kv[1])]
+    metadata = {
+        "label_missing_pct": label_missing,
+        "label_threshold_pct": config.max_missing_label_pct,
+        "other_threshold_pct": config.max_missing_other_pct,
+        "columns_over_threshold": dg.MetadataValue.json(over),
+        "rows_without_grouping_key_pct": share_without_grouping_key(frame),
+        "class_counts": dg.MetadataValue.json(class_counts(frame)),
+        "missing_by_column": table_metadata(rows),
+        "rows": len(frame),
+    }
+    if not label_ok:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+            description=f"{label_missing:.2f}% of rows have no {LABEL_COLUMN} (threshold "
+                        f"{config.max_missing_label_pct}%)",
+        )
+    if over:
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
+            description=f"columns over {config.max_missing_other_pct}% missing: {', '.join(over)}",
+        )
+    return dg.AssetCheckResult(passed=True, metadata=metadata)
+
+
+# ----------------------------------------------------------------------------------------------
+# merged_metadata: the natural imbalance the splits will face
+
+
+class NaturalBalanceConfig(dg.Config):
+    """The ratio above which the natural class imbalance is reported as a warning."""
+
+    max_ratio: float = Field(default=2.0, gt=1, description="WARN when majority/minority exceeds this.")
+
+
+@dg.asset_check(asset=MERGED_METADATA, name="class_balance")
+def natural_class_balance(config: NaturalBalanceConfig, isic: IsicSettings) -> dg.AssetCheckResult:
+    """The natural benign:malignant ratio of the merged data (WARN only: the splits balance it)."""
+    outcome = natural_imbalance(_read_metadata(isic), max_ratio=config.max_ratio)
+    return _result(outcome, dg.AssetCheckSeverity.WARN, "natural class ratio")
+
+
+# ----------------------------------------------------------------------------------------------
+# images_readable: every row's file exists, has the recorded size and opens as an image
+
+
+def _readable_result(frame: pd.DataFrame, base: Path, size_column: str | None) -> dg.AssetCheckResult:
+    problems = unreadable_images(frame, base, size_column)
+    metadata = {"rows": len(frame), "unreadable": len(problems),
+                "examples": dg.MetadataValue.json(problems[:20])}
+    if problems:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+                                   description=f"{len(problems)} of {len(frame)} rows have no readable image")
+    return dg.AssetCheckResult(passed=True, metadata=metadata)
+
+
+@dg.asset_check(asset=MERGED_IMAGES, name="images_readable", blocking=True,
+                additional_deps=[MERGED_METADATA])
+def merged_images_readable(isic: IsicSettings) -> dg.AssetCheckResult:
+    """Every merged metadata row points at a file of the recorded size whose header opens."""
+    return _readable_result(_read_metadata(isic), isic.path(layout.MERGED), "file_bytes")
+
+
+@dg.asset_check(asset=transformed_images, name="images_readable", blocking=True)
+def transformed_images_readable(isic: IsicSettings) -> dg.AssetCheckResult:
+    """Every transformed metadata row points at a JPEG whose header opens with the recorded size."""
+    frame = layout.read_table(isic.path(layout.TRANSFORMED, layout.METADATA_CSV))
+    return _readable_result(frame, isic.path(layout.TRANSFORMED), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# balanced_splits
+
+
+class SplitBalanceConfig(dg.Config):
+    """Tolerance of the per-split class ratio (max/min), relative to what the strategy promises."""
+
+    tolerance: float = Field(default=0.1, ge=0, description="undersample: ratio <= 1 + tolerance.")
+
+
+@dg.asset_check(asset=balanced_splits, name="class_balance", blocking=True)
+def split_class_balance(config: SplitBalanceConfig, isic: IsicSettings) -> dg.AssetCheckResult:
+    """Per split, the max/min class ratio is within tolerance of what the chosen strategy promises."""
+    out_dir = isic.path(layout.SPLITS)
+    plan = read_plan(out_dir)
+    outcome = class_balance(read_manifest(out_dir), plan["config"]["strategy"], config.tolerance,
+                            classes=plan["classes"])
+    return _result(outcome, dg.AssetCheckSeverity.ERROR, "class balance")
+
+
+@dg.asset_check(asset=balanced_splits, name="no_leakage", blocking=True)
+def no_leakage(isic: IsicSettings) -> dg.AssetCheckResult:
+    """No image, patient, lesion, content hash or listed duplicate appears in two splits."""
+    outcome = leakage(
+        read_manifest(isic.path(layout.SPLITS)),
+        layout.read_table(isic.path(layout.TRANSFORMED, layout.METADATA_CSV)),
+        layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
+    )
+    return _result(outcome, dg.AssetCheckSeverity.ERROR, "leakage")
+
+
+class ProportionsConfig(dg.Config):
+    """Absolute tolerance on each split's share of the original images."""
+
+    tolerance: float = Field(default=0.05, ge=0, le=1)
+
+
+@dg.asset_check(asset=balanced_splits, name="split_proportions")
+def split_proportions_check(config: ProportionsConfig, isic: IsicSettings) -> dg.AssetCheckResult:
+    """Split sizes are within tolerance of the configured ratios (WARN: whole groups make it inexact)."""
+    out_dir = isic.path(layout.SPLITS)
+    ratios = tuple(read_plan(out_dir)["config"]["ratios"])
+    outcome = split_proportions(read_manifest(out_dir), ratios, config.tolerance)
+    return _result(outcome, dg.AssetCheckSeverity.WARN, "split proportions")
+
+
+def _result(outcome: CheckOutcome, severity: dg.AssetCheckSeverity, what: str) -> dg.AssetCheckResult:
+    metadata = {k: _metadata_value(v) for k, v in outcome.measured.items()}
+    metadata["offending"] = dg.MetadataValue.json(outcome.offending[:20])
+    description = None if outcome.passed else f"{what}: {len(outcome.offending)} offending case(s)"
+    return dg.AssetCheckResult(passed=bool(outcome.passed), severity=severity, metadata=metadata,
+                               description=description)
+
+
+def _metadata_value(value: object) -> object:
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return dg.MetadataValue.json(value)

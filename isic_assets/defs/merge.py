@@ -1,0 +1,150 @@
+"""merged_images and merged_metadata: one multi-asset step that merges every source (merge stage)."""
+
+
+
+import hashlib
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from ..core import layout
+from ..core.merge.merge_sources import MergeOptions, MergeReport, SourceArchive, merge_sources
+from ..core.merge.quality import class_counts
+from ..core.merge.zip_stream import ZipLimits, ZipRefused
+from .metadata import fingerprint, md_table, table_metadata
+from .resources import WRITE_POOL, IsicSettings
+from .sources import GROUP, raw_zips
+
+
+class MergeConfig(dg.Config):
+    """Zip-bomb limits and parallelism of the merge."""
+
+    max_member_mb: float = Field(default=512.0, gt=0, description="Largest single image member accepted.")
+    max_total_gb: float = Field(default=256.0, gt=0, description="Largest total uncompressed size of a zip.")
+    max_compression_ratio: float = Field(default=100.0, gt=1, description="Refuse members compressed more.")
+    workers: int = Field(default=2, ge=1, le=32, description="Threads checking images (decode + sha256).")
+
+
+MERGED_IMAGES = dg.AssetKey("merged_images")
+MERGED_METADATA = dg.AssetKey("merged_metadata")
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(MERGED_IMAGES, deps=[raw_zips], group_name=GROUP, code_version="1", kinds={"python", "jpeg"},
+                     description="Every kept image once, as merged_data/images/<isic_id>.<ext>; duplicates "
+                                 "and corrupt files recorded, never silently dropped."),
+        dg.AssetSpec(MERGED_METADATA, deps=[raw_zips], group_name=GROUP, code_version="1",
+                     kinds={"python", "csv", "parquet"},
+                     description="One harmonized metadata row per kept image: merged_data/metadata.csv "
+                                 "(and .parquet), duplicates.csv, quarantine.csv, conflicts.csv."),
+    ],
+    name="merge_sources",
+    can_subset=False,
+    pool=WRITE_POOL,
+)
+def merge_sources_asset(context: dg.AssetExecutionContext, config: MergeConfig, isic: IsicSettings):
+    """Streams each images zip once, checks and deduplicates images, and harmonizes the metadata."""
+    root = isic.root()
+    sources = isic.selected_sources()
+    archives = [
+        SourceArchive(name=s.name, format=s.format, order=i, files=layout.downloaded_files(root, s))
+        for i, s in enumerate(sources)
+    ]
+    options = MergeOptions(
+        limits=ZipLimits(
+            max_member_bytes=int(config.max_member_mb * 1024 * 1024),
+            max_total_bytes=int(config.max_total_gb * 1024**3),
+            max_ratio=config.max_compression_ratio,
+        ),
+        workers=config.workers,
+    )
+    out_dir = root / layout.MERGED
+    try:
+        report = merge_sources(archives, out_dir, options, log=context.log.info)
+    except ZipRefused as exc:
+        # The core names its ZipLimits fields; a UI user needs the names of this asset's config.
+        raise dg.Failure(
+            description=f"{exc}\nIf the archive is trusted, raise the limit in the run config: "
+                        "ops.merge_sources.config.max_member_mb, max_total_gb or max_compression_ratio.",
+        ) from exc
+    context.log.info(
+        f"merged {len(report.metadata)} images: {report.scanned} members checked, {report.images_written} written, "
+        f"{len(report.duplicates)} duplicates, {len(report.quarantine)} quarantined in {report.seconds:.1f} s"
+    )
+    yield dg.MaterializeResult(
+        asset_key=MERGED_IMAGES,
+        metadata=_images_metadata(out_dir, report),
+        data_version=dg.DataVersion(
+            fingerprint(f"{i}:{h}" for i, h in zip(report.metadata["isic_id"], report.metadata["sha256"], strict=True))
+        ),
+    )
+    yield dg.MaterializeResult(
+        asset_key=MERGED_METADATA,
+        metadata=_metadata_metadata(out_dir, report),
+        data_version=dg.DataVersion(hashlib.sha256((out_dir / layout.METADATA_CSV).read_bytes()).hexdigest()[:32]),
+    )
+
+
+def _images_metadata(out_dir: Path, report: MergeReport) -> dict:
+    per_source = [
+        {"source": name, "zip_members": s.members, "image_members": s.image_members, "other_members": s.other_members,
+         "checked_this_run": s.scanned, "reused": s.reused, "rejected": s.rejected, "kept": s.kept}
+        for name, s in report.per_source.items()
+    ]
+    dup_reasons = report.duplicates["reason"].value_counts().to_dict() if len(report.duplicates) else {}
+    quarantine_reasons = report.quarantine["reason"].value_counts().to_dict() if len(report.quarantine) else {}
+    suspicious = [n for s in report.per_source.values() for n in s.suspicious_names]
+    return {
+        "images": len(report.metadata),
+        "dagster/row_count": len(report.metadata),
+        "per_source": table_metadata(per_source),
+        "duplicates_dropped": len(report.duplicates),
+        "duplicates_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in dup_reasons.items()}),
+        "quarantined": len(report.quarantine),
+        "quarantined_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in quarantine_reasons.items()}),
+        "suspicious_member_names": dg.MetadataValue.json(suspicious[:50]),
+        "members_checked_this_run": report.scanned,
+        "images_written_this_run": report.images_written,
+        "images_deleted_this_run": report.images_deleted,
+        "MB_written_this_run": round(report.bytes_written / 1e6, 2),
+        "total_MB": round(float(report.metadata["file_bytes"].sum()) / 1e6, 2) if len(report.metadata) else 0.0,
+        "seconds": round(report.seconds, 2),
+        "path": dg.MetadataValue.path(str(out_dir / "images")),
+        "duplicates_csv": dg.MetadataValue.path(str(out_dir / layout.DUPLICATES_CSV)),
+        "quarantine_csv": dg.MetadataValue.path(str(out_dir / layout.QUARANTINE_CSV)),
+    }
+
+
+def _metadata_metadata(out_dir: Path, report: MergeReport) -> dict:
+    frame = report.metadata
+    by_source = (
+        frame.assign(label=frame["benign_malignant"].replace("", "unlabelled"))
+        .groupby(["source", "label"]).size().unstack(fill_value=0).reset_index()
+        if len(frame) else pd.DataFrame()
+    )
+    preview_columns = ["isic_id", "source", "benign_malignant", "diagnosis", "age_approx", "sex",
+                       "anatom_site_general", "patient_id", "lesion_id", "width", "height"]
+    return {
+        "rows": len(frame),
+        "dagster/row_count": len(frame),
+        "class_counts": dg.MetadataValue.json(class_counts(frame)),
+        "classes_per_source": table_metadata(by_source.to_dict("records")),
+        "label_conflicts": len(report.conflicts),
+        "images_without_metadata": report.images_without_metadata,
+        "unlabelled_rows": int(frame["benign_malignant"].eq("").sum()) if len(frame) else 0,
+        "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in report.notes) or "none"),
+        "preview": dg.MetadataValue.md(md_table(frame[preview_columns].head(10))),
+        "path": dg.MetadataValue.path(str(out_dir / layout.METADATA_CSV)),
+        "parquet": dg.MetadataValue.path(str(out_dir / layout.METADATA_PARQUET)),
+        "conflicts_csv": dg.MetadataValue.path(str(out_dir / layout.CONFLICTS_CSV)),
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(c, "integer" if c in ("age_approx", "width", "height", "file_bytes",
+                                                          "exif_orientation") else "string")
+                     for c in frame.columns]
+        ),
+    }
+
+

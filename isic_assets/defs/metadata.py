@@ -1,0 +1,56 @@
+"""Small builders for the metadata the Dagster UI shows (tables, markdown previews)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+
+
+def table_metadata(rows: Sequence[dict[str, Any]]) -> dg.TableMetadataValue:
+    """A UI table from records, with a schema inferred from the first row's value types."""
+    if not rows:
+        return dg.MetadataValue.table(records=[], schema=dg.TableSchema(columns=[]))
+    columns = list(rows[0])
+    kinds = {c: _kind(_plain(rows[0][c])) for c in columns}
+    records = [dg.TableRecord({str(c): _plain(r.get(c)) for c in columns}) for r in rows]
+    schema = dg.TableSchema(columns=[dg.TableColumn(str(c), kinds[c]) for c in columns])
+    return dg.MetadataValue.table(records=records, schema=schema)
+
+
+def md_table(frame: pd.DataFrame) -> str:
+    """A markdown table without the optional tabulate dependency."""
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    return "string"
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def fingerprint(parts: Iterable[str]) -> str:
+    """A short, order-independent digest of ``parts``: the data version of a set of files."""
+    digest = hashlib.sha256()
+    for part in sorted(parts):
+        digest.update(part.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:32]
