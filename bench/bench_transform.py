@@ -7,7 +7,7 @@ Run from the repository root::
 
 It writes synthetic dermoscopy-like JPEGs (skin shading, an irregular pigmented lesion with a
 network pattern, hairs, a dermoscope vignette on half of them, sensor noise; Pillow baseline q90
-4:2:0) into a temporary folder, then prints markdown tables. Method as in PERFORMANCE.md:
+4:2:0) into a temporary folder, then prints markdown tables. Method as in docs/PERFORMANCE.md:
 
 - 1 core: the process is pinned to one CPU, OpenCV to one thread; naive and fast run interleaved
   round by round and the speedup is the median of per-round ratios (robust to a noisy shared box).
@@ -16,7 +16,7 @@ network pattern, hairs, a dermoscope vignette on half of them, sensor noise; Pil
   ``naive_transform``: cv2.imread + full-size cvtColor + INTER_AREA + cv2.imwrite q95.
 - 2 processes: ``transform_images`` end to end (pool start, state, normalization.json included)
   with 1 and 2 workers, against the naive function on a 2-process fork pool. Each round waits
-  for the rest of the machine to be idle (PERFORMANCE.md 7), and reports the load it saw.
+  for the rest of the machine to be idle (docs/PERFORMANCE.md 7), and reports the load it saw.
 - Quality: mean absolute error (0-255) of the fast path's pixels against a full decode + float
   INTER_AREA reference of the same geometry.
 - Re-run: a no-change second ``transform_images`` over every image, relative to the first run.

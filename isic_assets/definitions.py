@@ -10,7 +10,7 @@ from .defs.resources import IsicSettings
 # process holds ~270 MB before any work (measured), transformed_images adds `workers` processes each
 # holding a decoded full-size image, and the merge keeps its worker threads' images in memory. A
 # default (editable in the launchpad or with -c), not `.configured()`: a configured executor silently
-# ignores the run config's execution block (DAGSTER_NOTES section 6).
+# ignores the run config's execution block (docs/DAGSTER_NOTES.md section 6).
 materialize_all_multiprocess = dg.define_asset_job(
     "materialize_all_multiprocess",
     selection=dg.AssetSelection.all(),
@@ -41,7 +41,7 @@ defs = dg.Definitions(
     jobs=[cleanup.clean_intermediates_job, materialize_all_multiprocess],
     resources={"isic": IsicSettings()},
     # Image-heavy steps parallelise inside themselves (process/thread pools); one process per step
-    # would only add 1.5-2 s of imports each (DAGSTER_NOTES section 8), and the graph is a chain with
+    # would only add 1.5-2 s of imports each (docs/DAGSTER_NOTES.md section 8), and the graph is a chain with
     # little to overlap. materialize_all_multiprocess above is the explicit alternative.
     executor=dg.in_process_executor,
 )

@@ -1,7 +1,7 @@
 """Helpers for end-to-end tests that run real Dagster processes (`dagster dev`) and a real browser.
 
 `dagster dev` starts a webserver, a daemon and a code server as child processes. Signalling only the
-parent leaves the webserver and code server running (DAGSTER_NOTES section 3), so it is started in a
+parent leaves the webserver and code server running (docs/DAGSTER_NOTES.md section 3), so it is started in a
 process group of its own, and stopping it signals that whole group, then kills whatever of the group
 (or of its recorded descendants) is still alive, and reaps the parent.
 """

@@ -1,6 +1,6 @@
-"""A loopback fake of the ISIC Archive API v2, built from the documented shapes (ISIC_SOURCES.md 2.1-2.4).
+"""A loopback fake of the ISIC Archive API v2, built from the documented shapes (docs/ISIC_SOURCES.md 2.1-2.4).
 
-No real API response was ever captured (ISIC_SOURCES.md 4), so this fake follows the server code as
+No real API response was ever captured (docs/ISIC_SOURCES.md 4), so this fake follows the server code as
 documented: ``ImageOut`` records with absent keys for missing values, cursor pagination with an opaque
 base64 ``cursor`` (``p=<created>``), a full ``next`` URL, ``count`` only on the first page and ``limit``
 clamped (to 100, or less for tests), ``images/search/size/``, ``images/{id}/``,
@@ -208,7 +208,7 @@ class FakeIsicApi(FaultServer):
         return hmac.compare_digest(wanted, signature) and expires >= time.time()
 
     def record_of(self, image: FakeImage, ttl: float) -> dict[str, Any]:
-        """``ImageOut``: absent keys for missing values (ISIC_SOURCES.md 2.2)."""
+        """``ImageOut``: absent keys for missing values (docs/ISIC_SOURCES.md 2.2)."""
         path, size = self._content[image.isic_id]
         return {
             "isic_id": image.isic_id,

@@ -22,7 +22,7 @@ def test_builtin_catalog_has_demo_and_every_challenge_year():
 
 
 def test_real_sources_try_the_current_bucket_first_then_the_old_one():
-    """The challenge files moved buckets on 2025-09-19 (ISIC_SOURCES.md 1.1); both are kept."""
+    """The challenge files moved buckets on 2025-09-19 (docs/ISIC_SOURCES.md 1.1); both are kept."""
     source = load_catalog().sources["isic2019"]
     urls = source.files["images"].urls
     assert urls[0] == "https://isic-archive.s3.amazonaws.com/challenges/2019/ISIC_2019_Training_Input.zip"

@@ -1,6 +1,6 @@
 """Combining harmonized sources: overlap counts across years, gap filling, and label conflicts.
 
-The real overlaps (ISIC_SOURCES.md 1.5) decide the unique image count a leakage-free split starts
+The real overlaps (docs/ISIC_SOURCES.md 1.5) decide the unique image count a leakage-free split starts
 from; the small inline frames pin down the combining rules so they hold everywhere.
 """
 
@@ -104,7 +104,7 @@ def test_unique_counts_across_years(
 
 @pytest.mark.needs_shared
 def test_overlap_facts(combined_real: Combined) -> None:
-    """ISIC_SOURCES.md 1.5: 2016 ∩ 2019 = 1,212 (after stripping _downsampled), 2016 ∩ 2017 = 1,054,
+    """docs/ISIC_SOURCES.md 1.5: 2016 ∩ 2019 = 1,212 (after stripping _downsampled), 2016 ∩ 2017 = 1,054,
     2019 ⊇ HAM and ⊇ 2017, and 2020 shares no id with the earlier years."""
     frame = combined_real.frame
     assert int(_listed_by(frame, "isic2016", "isic2019").sum()) == 1212
@@ -131,7 +131,7 @@ def test_real_label_conflicts_are_the_known_genuine_ones(combined_real: Combined
 
 @pytest.mark.needs_shared
 def test_finer_labels_win_across_years(combined_real: Combined) -> None:
-    """HAM akiec is split by 2019 into AK 130 / SCC 197 (ISIC_SOURCES.md 1.2): the split is kept;
+    """HAM akiec is split by 2019 into AK 130 / SCC 197 (docs/ISIC_SOURCES.md 1.2): the split is kept;
     2017 seborrheic keratosis beats 2019's coarser benign keratosis; HAM 'trunk' fills 2019's gap."""
     frame = combined_real.frame
     ham = frame[frame["sources"].str.contains("isic2018")]

@@ -1,4 +1,4 @@
-"""The code location must load the way every entry point loads it (STYLE.md: nothing may rot silently)."""
+"""The code location must load the way every entry point loads it (nothing may rot silently)."""
 
 from __future__ import annotations
 

@@ -241,7 +241,7 @@ def test_csv_headers_and_line_endings(demo, rel, member, header, newline):
 
 @pytest.mark.needs_shared
 def test_headers_and_line_endings_match_the_real_files(demo, isic_reference):
-    """The saved real CSVs are the authority for headers and line endings (ISIC_SOURCES.md 1.2)."""
+    """The saved real CSVs are the authority for headers and line endings (docs/ISIC_SOURCES.md 1.2)."""
     dest, _ = demo
     for rel, member, _, _ in CSV_FILES:
         if rel not in REAL_FILE:

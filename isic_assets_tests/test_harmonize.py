@@ -57,7 +57,7 @@ HAM_DX_TO_2018 = {
 
 
 def ham_ground_truth_csv(ham_metadata: Path) -> bytes:
-    """The official 2018 one-hot GT is not saved (SOURCES.md); HAM ``dx`` holds the same labels."""
+    """The official 2018 one-hot GT is not saved (docs/ISIC_SOURCES.md 4.3); HAM ``dx`` holds the same labels."""
     classes = list(vocab.ISIC2018_CLASSES)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
@@ -111,7 +111,7 @@ def isic2020_v1(isic_reference: Path) -> Harmonized:
     ("name", "benign", "malignant"), [(GT_2016_TRAIN, 727, 173), (GT_2016_TEST, 304, 75)]
 )
 def test_isic2016_counts(isic_reference: Path, name: str, benign: int, malignant: int) -> None:
-    """Train writes benign/malignant, test writes 0.0/1.0 (ISIC_SOURCES.md 1.2); both give the counts."""
+    """Train writes benign/malignant, test writes 0.0/1.0 (docs/ISIC_SOURCES.md 1.2); both give the counts."""
     result = harmonize_isic2016(isic_reference / name)
     assert_unified_shape(result)
     assert result.frame["benign_malignant"].value_counts().to_dict() == {
@@ -150,7 +150,7 @@ def test_isic2017_validation_counts(isic_reference: Path) -> None:
 
 @pytest.mark.needs_shared
 def test_ham10000_as_2018(isic_reference: Path) -> None:
-    """HAM10000: 10,015 images of 7,470 lesions; dx counts; dx_type and sites mapped (ISIC_SOURCES.md 1.2)."""
+    """HAM10000: 10,015 images of 7,470 lesions; dx counts; dx_type and sites mapped (docs/ISIC_SOURCES.md 1.2)."""
     result = harmonize_isic2018(ham_ground_truth_csv(isic_reference / HAM), isic_reference / HAM)
     assert_unified_shape(result)
     frame = result.frame
@@ -276,7 +276,7 @@ def test_dispatch_by_catalog_format(isic_reference: Path, isic2019: Harmonized) 
 
 
 def test_crlf_bom_and_missing_final_newline(tmp_path: Path) -> None:
-    """Third-party copies differ in line endings, BOM and final newline (SOURCES.md); all must read."""
+    """Third-party copies differ in line endings and final newline, and a BOM is tolerated as a precaution (docs/ISIC_SOURCES.md 4.2); all must read."""
     text = "\ufeffimage_id,melanoma,seborrheic_keratosis\r\nISIC_0000000,1.0,0.0\r\nISIC_0000001,0.0,0.0"
     result = harmonize_isic2017(write(tmp_path, "gt.csv", text.encode("utf-8")))
     assert result.frame["isic_id"].tolist() == ["ISIC_0000000", "ISIC_0000001"]
@@ -291,7 +291,7 @@ def test_blank_line_does_not_shift_reported_line(tmp_path: Path) -> None:
 
 
 def test_2018_ground_truth_zip_and_bytes(tmp_path: Path) -> None:
-    """The official 2018 GT is a zip holding one CSV (ISIC_SOURCES.md 1.2); path, bytes and stream work."""
+    """The official 2018 GT is a zip holding one CSV (docs/ISIC_SOURCES.md 1.2); path, bytes and stream work."""
     csv_text = "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_0024306,0.0,1.0,0.0,0.0,0.0,0.0,0.0\n"
     zip_path = tmp_path / "ISIC2018_Task3_Training_GroundTruth.zip"
     with zipfile.ZipFile(zip_path, "w") as archive:
@@ -317,7 +317,7 @@ def test_zip_with_two_csvs_is_an_error(tmp_path: Path) -> None:
 
 
 def test_2020_unknown_diagnosis_kept_but_unknown_sex_missing(tmp_path: Path) -> None:
-    """'unknown' is a 2020 diagnosis label (ISIC_SOURCES.md 1.2) but a missing value anywhere else."""
+    """'unknown' is a 2020 diagnosis label (docs/ISIC_SOURCES.md 1.2) but a missing value anywhere else."""
     text = (
         "image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,benign_malignant,target\n"
         "ISIC_2637011,IP_7279968,unknown,45.0,torso,unknown,benign,0\n"
@@ -330,7 +330,7 @@ def test_2020_unknown_diagnosis_kept_but_unknown_sex_missing(tmp_path: Path) -> 
 
 
 def test_2018_lesion_groupings_with_any_image_column(tmp_path: Path) -> None:
-    """The groupings header is unverified (ISIC_SOURCES.md 1.2): image + lesion_id columns are enough."""
+    """The groupings header is unverified (docs/ISIC_SOURCES.md 1.2): image + lesion_id columns are enough."""
     gt = write(tmp_path, "gt.csv", "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC\nISIC_0024306,0,1,0,0,0,0,0\n")
     groups = write(
         tmp_path, "groups.csv", "image_id,lesion_id,diagnosis_confirm_type\nISIC_0024306,HAM_0000550,histo\n"

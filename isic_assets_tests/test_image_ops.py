@@ -147,7 +147,7 @@ def test_a_tiny_image_is_upscaled_smoothly_not_in_blocks() -> None:
 
 
 def test_resize_picks_linear_up_to_2x_a_doubling_box_up_to_4x_and_area_beyond() -> None:
-    """PERFORMANCE.md 2: INTER_LINEAR aliases beyond a 2x shrink and non-integer INTER_AREA is slow;
+    """docs/PERFORMANCE.md 2: INTER_LINEAR aliases beyond a 2x shrink and non-integer INTER_AREA is slow;
     up to 4x, linear to twice the target then an exact 2:1 box is both fast and clean."""
     picture = _textured(300, 200)
     linear = cv2.resize(picture, (200, 150), interpolation=cv2.INTER_LINEAR)
@@ -203,7 +203,7 @@ def test_dct_factor_is_the_largest_power_of_two_that_still_covers_the_target(
 
 
 def test_power_of_two_decode_matches_a_full_decode_within_one_and_a_half_grey_levels() -> None:
-    """The DCT-scaled decode must look like full decode + INTER_AREA (PERFORMANCE.md 2: MAD ~0.4-0.6)."""
+    """The DCT-scaled decode must look like full decode + INTER_AREA (docs/PERFORMANCE.md 2: MAD ~0.4-0.6)."""
     data = _jpeg(_textured(1600, 1200, seed=3), quality=90)
     small = decode_downscaled(data, 256, mode="stretch")
     assert small.shape == (300, 400, 3)  # decoded at 1/4: the fast path really ran
@@ -373,7 +373,7 @@ def test_optional_steps_run_in_transform_bytes_only_when_enabled() -> None:
 
 
 def test_encode_jpeg_writes_420_at_the_requested_quality() -> None:
-    """q95 4:2:0 is the documented output (PERFORMANCE.md 4); lower quality means fewer bytes."""
+    """q95 4:2:0 is the documented output (docs/PERFORMANCE.md 4); lower quality means fewer bytes."""
     picture = _textured(128, 96)
     high, low = encode_jpeg(picture, 95), encode_jpeg(picture, 60)
     assert simplejpeg.decode_jpeg_header(high)[3] == "420"

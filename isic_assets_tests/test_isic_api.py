@@ -78,7 +78,7 @@ def test_download_completes_despite_429_burst_page_timeout_and_expired_urls(fake
     """The archive throttles, a page times out and listed URLs expire: the download still completes.
 
     isic-cli users lost whole runs to a read timeout while paging (isic-cli #4, #11, #28); signed URLs
-    are time-limited and must be re-queried, never reused (ISIC_SOURCES.md 2.2).
+    are time-limited and must be re-queried, never reused (docs/ISIC_SOURCES.md 2.2).
     """
     fake.add_fault(SEARCH, ErrorStatus(429, times=3, retry_after="0.3"))
     fake.stall_pages[2] = 2.2
@@ -237,7 +237,7 @@ DOCUMENTED = {
 
 
 def test_benign_malignant_and_site_are_derived_for_every_documented_value(fake, policy, tmp_path):
-    """The archive removed benign_malignant and anatom_site_general (ISIC_SOURCES.md 2.3).
+    """The archive removed benign_malignant and anatom_site_general (docs/ISIC_SOURCES.md 2.3).
 
     The written metadata.csv, read by the same harmonizer as an archive export, must give each
     documented diagnosis_1 (Benign, Indeterminate, Malignant) and anatom_site_1 value its unified
@@ -283,7 +283,7 @@ def test_metadata_csv_has_the_isic_cli_columns_and_empty_cells_for_absent_keys(f
 
 
 def test_attributions_are_ordered_as_the_archive_orders_them(fake, policy, tmp_path):
-    """Most images first, ties by name, Anonymous last even though it has the most (ISIC_SOURCES.md 2.4)."""
+    """Most images first, ties by name, Anonymous last even though it has the most (docs/ISIC_SOURCES.md 2.4)."""
     dest = tmp_path / "src"
     download_api_source(query_for(fake), dest, policy, log=LogLines())
     expected = [

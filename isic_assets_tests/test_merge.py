@@ -45,7 +45,7 @@ def _quiet(_message: str) -> None:
 
 
 def test_full_size_copy_beats_downsampled_one_even_from_a_later_source(tmp_path):
-    """2019 re-publishes 2016 images as smaller `_downsampled` files (ISIC_SOURCES.md 1.3)."""
+    """2019 re-publishes 2016 images as smaller `_downsampled` files (docs/ISIC_SOURCES.md 1.3)."""
     small = _source_2016(tmp_path / "a", "a", 0, {"ISIC_0000001_downsampled.jpg": _jpeg(1, (32, 24))},
                          {"ISIC_0000001_downsampled": "benign"})
     full = _source_2016(tmp_path / "b", "b", 1, {"ISIC_0000001.jpg": _jpeg(1, (64, 48))},

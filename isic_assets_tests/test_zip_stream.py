@@ -118,7 +118,7 @@ def test_members_are_classified_by_isic_id_not_by_extension(tmp_path: Path) -> N
 
 
 def test_entries_carry_declared_sizes_and_crc(tmp_path: Path) -> None:
-    """(size, crc) from the directory is the merge's zero-read duplicate key (PERFORMANCE.md 5)."""
+    """(size, crc) from the directory is the merge's zero-read duplicate key (docs/PERFORMANCE.md 5)."""
     payload = _jpeg(3)
     archive = _make_zip(tmp_path / "one.zip", [("ISIC_0000003.jpg", payload)], zipfile.ZIP_DEFLATED)
     (entry,) = scan_zip(archive)

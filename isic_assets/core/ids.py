@@ -1,7 +1,7 @@
 """ISIC image identifiers: one canonical spelling for every year's variant.
 
 The archive spells an image id ``ISIC_`` + 7 digits (isic: ``isic/core/constants.py``). The 2019
-training set adds a ``_downsampled`` suffix to 2,074 names (ISIC_SOURCES.md 1.3), and zips put
+training set adds a ``_downsampled`` suffix to 2,074 names (docs/ISIC_SOURCES.md 1.3), and zips put
 members under a top folder; all of them must join on the bare id.
 """
 

@@ -4,7 +4,7 @@ Why it exists: the real sources are tens of gigabytes behind slow buckets, so te
 use this mirror instead. It is served over loopback HTTP and downloaded exactly like the real files,
 so every byte of the pipeline (download, zip streaming, per-year harmonizing, merge, dedup) runs on
 it. To be a fair stand-in it copies the real formats (names, headers, line endings, missing-value
-spellings; ISIC_SOURCES.md 1.2-1.5 and 2.2-2.5) and it plants every quirk the real data has, each
+spellings; docs/ISIC_SOURCES.md 1.2-1.5 and 2.2-2.5) and it plants every quirk the real data has, each
 recorded in ``MIRROR.json`` under ``expected`` so tests can check the pipeline found it.
 
 Determinism: the layout (ids, labels, quirks) comes from a fixed internal seed and never changes with
@@ -46,7 +46,7 @@ _LAYOUT_SEED = 20162020
 BENIGN, MALIGNANT, INDETERMINATE, NO_LABEL = "benign", "malignant", "indeterminate", ""
 CRLF, LF = "\r\n", "\n"
 
-# File names (ISIC_SOURCES.md 1.2) and the built-in catalog's demo paths.
+# File names (docs/ISIC_SOURCES.md 1.2) and the built-in catalog's demo paths.
 PATH_2016_ZIP = "isic2016/ISBI2016_ISIC_Part3_Training_Data.zip"
 PATH_2016_GT = "isic2016/ISBI2016_ISIC_Part3_Training_GroundTruth.csv"
 PATH_2017_ZIP = "isic2017/ISIC-2017_Training_Data.zip"
@@ -62,7 +62,7 @@ PATH_2020_GT = "isic2020/ISIC_2020_Training_GroundTruth_v2.csv"
 PATH_2020_DUPLICATES = "isic2020/ISIC_2020_Training_Duplicates.csv"
 PATH_ARCHIVE_ZIP = "archive/ISIC-images.zip"
 
-# Headers exactly as in the real files (checked against shared/isic_reference by the tests).
+# Headers exactly as in the real files (checked against the real reference CSVs by test_demo_mirror.py).
 HEADER_2017_GT = ("image_id", "melanoma", "seborrheic_keratosis")
 HEADER_2017_META = ("image_id", "age_approximate", "sex")
 HEADER_2018_GT = ("image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
@@ -315,7 +315,7 @@ def _plan_isic2017(
         members.append((f"{folder}/{c.isic_id}.jpg", c.picture))
         superpixels = Picture(f"superpixels:{c.isic_id}", c.picture.width, c.picture.height, "superpixels")
         members.append((f"{folder}/{c.isic_id}_superpixels.png", superpixels))
-    # 2017 spells a missing value "unknown" (ISIC_SOURCES.md 1.2); both 2017 CSVs use LF.
+    # 2017 spells a missing value "unknown" (docs/ISIC_SOURCES.md 1.2); both 2017 CSVs use LF.
     metadata = _csv_bytes(
         HEADER_2017_META, ((c.isic_id, _text_or(c.age, "unknown"), c.sex or "unknown") for c in cases), LF
     )
@@ -405,7 +405,7 @@ def _plan_isic2018(lay: _Layout) -> tuple[SourcePlan, list[_HamRow]]:
     images += [(f"{folder}/ATTRIBUTION.txt", _ATTRIBUTION_HAM), (f"{folder}/LICENSE.txt", _LICENSE_CC_BY_NC)]
     images.sort(key=lambda member: member[0])
     gt_folder = "ISIC2018_Task3_Training_GroundTruth"
-    # The official GT CSV was not seen (ISIC_SOURCES.md 1.2); CRLF like the other 2018/2019 CSVs.
+    # The official GT CSV was not seen (docs/ISIC_SOURCES.md 1.2); CRLF like the other 2018/2019 CSVs.
     gt_csv = _csv_bytes(
         HEADER_2018_GT, (_one_hot(HEADER_2018_GT, r.isic_id, _HAM_TO_2018[r.dx]) for r in ordered), CRLF
     )

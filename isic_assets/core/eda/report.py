@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 
 #: Upper bound for one thumbnail as base64 text. Thumbnails live in Dagster's event log (markdown
-#: metadata), so they must stay small (STYLE.md, quickstart_etl).
+#: metadata), so they must stay small (docs/DAGSTER_NOTES.md 2: they live in the event log).
 THUMBNAIL_MAX_CHARS = 40_000
 #: Longest side of a thumbnail to start from; shrunk further only if the size bound demands it.
 THUMBNAIL_START_PX = 560

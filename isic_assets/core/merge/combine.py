@@ -1,6 +1,6 @@
 """Combine harmonized sources into one row per ``isic_id``, and list the label conflicts between them.
 
-The same image appears in several releases (ISIC_SOURCES.md 1.5: all of 2017 and HAM10000 are in
+The same image appears in several releases (docs/ISIC_SOURCES.md 1.5: all of 2017 and HAM10000 are in
 2019, 1,212 of the 1,279 2016 images too), sometimes with different detail: 2016 gives only
 benign/malignant, 2019 adds the site, HAM gives the site 2019 left empty. Combining keeps, for each
 column, the first non-empty value in catalog order and fills gaps from later sources, so no
@@ -102,7 +102,7 @@ def _sources_column(
     """``;``-joined source names per id code, in catalog order, without a Python call per id.
 
     Each id gets a bit mask of the sources listing it; the string is built once per distinct mask
-    (a handful: the release overlaps of ISIC_SOURCES.md 1.5), not once per image.
+    (a handful: the release overlaps of docs/ISIC_SOURCES.md 1.5), not once per image.
     """
     positions = long[_ORDER].to_numpy(dtype=np.int64)
     names = list(dict.fromkeys(names_in_order))
@@ -134,7 +134,7 @@ def _column_conflicts(
     """Conflict rows for one column and, by id code, the finer values to keep where values agree.
 
     Only ids with two or more distinct non-empty values are looked at one by one; they are a few
-    hundred of the ~60k (ISIC_SOURCES.md 1.5 overlaps), everything else stays vectorised.
+    hundred of the ~60k (docs/ISIC_SOURCES.md 1.5 overlaps), everything else stays vectorised.
     """
     present = _present(long[column]).to_numpy()
     value_codes, _ = pd.factorize(long.loc[present, column], sort=False)

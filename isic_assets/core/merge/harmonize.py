@@ -1,8 +1,8 @@
 """One ``harmonize_<format>`` function per ISIC metadata format -> the unified metadata frame.
 
-Every year publishes its labels in its own shape (ISIC_SOURCES.md 1.4): headerless 2016 CSVs,
+Every year publishes its labels in its own shape (docs/ISIC_SOURCES.md 1.4): headerless 2016 CSVs,
 one-hot floats in 2017-2019, HAM10000's own columns, 2020's two header versions, and the archive's
-export whose schema changed in 2024-2026 (ISIC_SOURCES.md 2.3). Each function here reads one format
+export whose schema changed in 2024-2026 (docs/ISIC_SOURCES.md 2.3). Each function here reads one format
 and returns :class:`Harmonized`, whose frame has one row per canonical ``isic_id`` and the columns
 of :data:`BASE_COLUMNS` in that order, values mapped through ``vocab.py``.
 
@@ -55,7 +55,7 @@ FORMATS: tuple[str, ...] = ("isic2016", "isic2017", "isic2018", "isic2019", "isi
 #: File roles that carry metadata; other catalog roles (image zips) are not harmonize's business.
 METADATA_ROLES: frozenset[str] = frozenset({"ground_truth", "metadata", "lesion_groupings", "duplicates"})
 
-_ID_EXPECTED = "ISIC_ + 7 digits, optionally with the _downsampled suffix (ISIC_SOURCES.md 1.3)"
+_ID_EXPECTED = "ISIC_ + 7 digits, optionally with the _downsampled suffix (docs/ISIC_SOURCES.md 1.3)"
 _AGE_EXPECTED = "an age in whole years such as 45 or 45.0, or empty"
 _AGE_RE = re.compile(r"^[0-9]{1,3}(\.0*)?$")
 _MAX_CSV_BYTES = 1 << 30  # a zip member bigger than 1 GiB is not a metadata CSV
@@ -195,7 +195,7 @@ def _read_table(
     The csv module is used instead of ``pd.read_csv`` because pandas silently skips blank lines,
     which would make the reported line numbers wrong. CRLF, a missing final newline and a UTF-8 BOM
     are all handled. Every value is a stripped string; nothing is converted to NaN here, so the
-    2020 label ``unknown`` survives (ISIC_SOURCES.md 1.2).
+    2020 label ``unknown`` survives (docs/ISIC_SOURCES.md 1.2).
     """
     label, data = _source_bytes(source, role)
     text = _decode(label, data)
@@ -485,7 +485,7 @@ def _class_of(diagnoses: pd.Series) -> pd.Series:
 def harmonize_isic2016(ground_truth: Source) -> Harmonized:
     """ISBI 2016 Part 3 ground truth: no header; ``benign``/``malignant`` (train) or ``0.0``/``1.0`` (test).
 
-    Both encodings are accepted because the two official files differ (ISIC_SOURCES.md 1.2); 2016
+    Both encodings are accepted because the two official files differ (docs/ISIC_SOURCES.md 1.2); 2016
     publishes no diagnosis, so ``diagnosis`` is empty.
     """
     table = _read_table(
@@ -496,7 +496,7 @@ def harmonize_isic2016(ground_truth: Source) -> Harmonized:
         table,
         "column 2 (label)",
         vocab.ISIC2016_LABELS,
-        "benign, malignant, 0.0 or 1.0 (ISIC_SOURCES.md 1.2)",
+        "benign, malignant, 0.0 or 1.0 (docs/ISIC_SOURCES.md 1.2)",
         allow_missing=False,
     )
     frame = _assemble(
@@ -523,7 +523,7 @@ def harmonize_isic2016(ground_truth: Source) -> Harmonized:
 
 
 def harmonize_isic2017(ground_truth: Source, metadata: Source | None = None) -> Harmonized:
-    """ISBI 2017 Part 3: floats ``melanoma``/``seborrheic_keratosis``, nevus = both 0 (ISIC_SOURCES.md 1.2).
+    """ISBI 2017 Part 3: floats ``melanoma``/``seborrheic_keratosis``, nevus = both 0 (docs/ISIC_SOURCES.md 1.2).
 
     Both 1 is an error. The optional training metadata (``image_id,age_approximate,sex``) writes
     missing values as ``unknown``, which become empty; a metadata id absent from the ground truth
@@ -540,7 +540,7 @@ def harmonize_isic2017(ground_truth: Source, metadata: Source | None = None) -> 
         line = table.line(position)
         raise HarmonizeError(
             f"{table.label}: line {line}: {ids.iloc[position]}: columns {label_columns}: found both 1.0; "
-            "expected at most one (nevus is both 0.0, ISIC_SOURCES.md 1.2)",
+            "expected at most one (nevus is both 0.0, docs/ISIC_SOURCES.md 1.2)",
             file=table.label,
             line=line,
             column=",".join(label_columns),
@@ -568,7 +568,7 @@ def harmonize_isic2017(ground_truth: Source, metadata: Source | None = None) -> 
         by_id = pd.DataFrame(
             {
                 "age": _ages(meta, "age_approximate"),
-                "sex": _mapped(meta, "sex", vocab.SEX, "male, female or unknown (ISIC_SOURCES.md 1.2)"),
+                "sex": _mapped(meta, "sex", vocab.SEX, "male, female or unknown (docs/ISIC_SOURCES.md 1.2)"),
             }
         ).set_axis(meta_ids.to_numpy())
         values["age_approx"] = by_id["age"].reindex(ids.to_numpy()).reset_index(drop=True)
@@ -593,7 +593,7 @@ _GROUPING_IMAGE_COLUMNS = ("image", "image_id", "isic_id", "image_name")
 
 
 def _ham_metadata(meta: _Table) -> tuple[pd.Series, pd.DataFrame]:
-    """HAM10000_metadata.csv (7 columns, or 8 with ``dataset``, ISIC_SOURCES.md 1.2) by canonical id."""
+    """HAM10000_metadata.csv (7 columns, or 8 with ``dataset``, docs/ISIC_SOURCES.md 1.2) by canonical id."""
     _require_columns(meta, _HAM_COLUMNS, "HAM10000_metadata.csv")
     meta_ids, _, _ = _ids(meta, "image_id")
     dx = _mapped(meta, "dx", vocab.HAM10000_DX, f"one of {list(vocab.HAM10000_DX)}", allow_missing=False)
@@ -618,7 +618,7 @@ def _ham_metadata(meta: _Table) -> tuple[pd.Series, pd.DataFrame]:
 
 
 def _lesion_groupings(groupings: _Table) -> tuple[pd.Series, pd.DataFrame]:
-    """The 2018 lesion groupings CSV; its header is UNVERIFIED (ISIC_SOURCES.md 1.2), so we accept an
+    """The 2018 lesion groupings CSV; its header is UNVERIFIED (docs/ISIC_SOURCES.md 1.2), so we accept an
     image column under any usual name plus ``lesion_id``, and an optional confirm-type column."""
     header = list(groupings.frame.columns)
     image_column = next((name for name in _GROUPING_IMAGE_COLUMNS if name in header), None)
@@ -626,7 +626,7 @@ def _lesion_groupings(groupings: _Table) -> tuple[pd.Series, pd.DataFrame]:
         raise HarmonizeError(
             f"{groupings.label}: line 1: found header {header}; expected an image column (one of "
             f"{list(_GROUPING_IMAGE_COLUMNS)}) and a 'lesion_id' column (the official header is unverified, "
-            "ISIC_SOURCES.md 1.2)",
+            "docs/ISIC_SOURCES.md 1.2)",
             file=groupings.label,
             line=1,
             value=",".join(header),
@@ -678,7 +678,7 @@ def harmonize_isic2018(
     The ground truth may be the CSV or the official ``..._GroundTruth.zip`` holding it. HAM10000
     metadata, when given, supplies age, sex, site, lesion_id and the confirm type, and its ``dx`` must
     agree with the ground truth; lesion groupings, when given, supply lesion_id (and confirm type) and
-    must agree with HAM where both speak. Licence CC-BY-NC (ISIC_SOURCES.md 1.2).
+    must agree with HAM where both speak. Licence CC-BY-NC (docs/ISIC_SOURCES.md 1.2).
     """
     table = _read_table(ground_truth, "ground_truth")
     ids, written, stripped, diagnoses = _one_hot_ground_truth(table, vocab.ISIC2018_CLASSES,
@@ -729,7 +729,7 @@ def _check_ham_dx(
     meta_ids: pd.Series,
     by_id: pd.DataFrame,
 ) -> None:
-    """HAM ``dx`` and the 2018 one-hot are the same labels (SOURCES.md); a disagreement is an error."""
+    """HAM ``dx`` and the 2018 one-hot are the same labels (docs/ISIC_SOURCES.md 4.3); a disagreement is an error."""
     ham = by_id["dx"].reindex(ids.to_numpy()).reset_index(drop=True)
     bad = (ham.notna() & (ham != diagnoses)).to_numpy()
     if not bad.any():
@@ -786,9 +786,9 @@ def _merge_agreeing(
 def harmonize_isic2019(ground_truth: Source, metadata: Source) -> Harmonized:
     """ISIC 2019: one-hot ground truth ``image,MEL,...,SCC,UNK`` plus its metadata CSV.
 
-    2,074 names carry ``_downsampled`` (ISIC_SOURCES.md 1.3): the suffix is stripped from
+    2,074 names carry ``_downsampled`` (docs/ISIC_SOURCES.md 1.3): the suffix is stripped from
     ``isic_id`` and kept in ``original_name``. Ground truth and metadata must list the same images;
-    the ids that differ are reported. Missing values are empty strings (ISIC_SOURCES.md 1.2).
+    the ids that differ are reported. Missing values are empty strings (docs/ISIC_SOURCES.md 1.2).
     """
     table = _read_table(ground_truth, "ground_truth")
     ids, written, stripped, diagnoses = _one_hot_ground_truth(table, vocab.ISIC2019_CLASSES,
@@ -806,7 +806,7 @@ def harmonize_isic2019(ground_truth: Source, metadata: Source) -> Harmonized:
                 meta,
                 "anatom_site_general",
                 {site: site for site in vocab.SITES_2019},
-                f"one of {list(vocab.SITES_2019)} or empty (ISIC_SOURCES.md 1.2)",
+                f"one of {list(vocab.SITES_2019)} or empty (docs/ISIC_SOURCES.md 1.2)",
             ),
             "lesion_id": _missing_to_empty(meta.frame["lesion_id"])
             if "lesion_id" in meta.frame.columns
@@ -851,7 +851,7 @@ def harmonize_isic2020(ground_truth: Source, duplicates: Source | None = None) -
     """SIIM-ISIC 2020 training ground truth, v1 or v2 (v2 adds ``lesion_id``; detected by header).
 
     ``target`` and ``benign_malignant`` must agree. ``diagnosis`` ``unknown`` is a label ("subtype not
-    given") and is kept, unlike the missing spellings elsewhere (ISIC_SOURCES.md 1.2). The Kaggle
+    given") and is kept, unlike the missing spellings elsewhere (docs/ISIC_SOURCES.md 1.2). The Kaggle
     ``train.csv`` (ages written ``45.0``) reads the same as v1. The optional duplicates CSV
     (``image_name_1,image_name_2``, 425 pairs) becomes ``duplicate_pairs``; its ids must be in the
     ground truth.
@@ -887,7 +887,7 @@ def harmonize_isic2020(ground_truth: Source, duplicates: Source | None = None) -
         table,
         "diagnosis",
         {value: value for value in vocab.ISIC2020_DIAGNOSES},
-        f"one of {list(vocab.ISIC2020_DIAGNOSES)} (ISIC_SOURCES.md 1.2)",
+        f"one of {list(vocab.ISIC2020_DIAGNOSES)} (docs/ISIC_SOURCES.md 1.2)",
         allow_missing=False,
     )
     site = _mapped(
@@ -994,7 +994,7 @@ def _archive_benign_malignant(table: _Table, columns: list[str]) -> tuple[pd.Ser
             table,
             "benign_malignant",
             vocab.LEGACY_BENIGN_MALIGNANT,
-            f"one of {list(vocab.LEGACY_BENIGN_MALIGNANT)} or empty (ISIC_SOURCES.md 2.3)",
+            f"one of {list(vocab.LEGACY_BENIGN_MALIGNANT)} or empty (docs/ISIC_SOURCES.md 2.3)",
         )
         current = current.where(current != "", legacy)
         legacy_raw = _missing_to_empty(table.frame["benign_malignant"])
@@ -1045,7 +1045,7 @@ def _archive_site(table: _Table, columns: list[str]) -> pd.Series:
 def harmonize_isic_archive(metadata_csv: Source) -> Harmonized:
     """``metadata.csv`` of an ISIC Archive export (zip download or isic-cli), current or legacy schema.
 
-    Current schema (ISIC_SOURCES.md 2.3): ``benign_malignant`` from ``diagnosis_1``
+    Current schema (docs/ISIC_SOURCES.md 2.3): ``benign_malignant`` from ``diagnosis_1``
     (Benign/Malignant/Indeterminate); ``diagnosis`` from the deepest ``diagnosis_N`` mapped through
     ``vocab.ARCHIVE_DIAGNOSIS_TERMS``, else the deepest value lower-cased; the site from the deepest
     placeable ``anatom_site_N`` node (so posterior/anterior/lateral torso when given). Legacy schema:
@@ -1053,7 +1053,7 @@ def harmonize_isic_archive(metadata_csv: Source) -> Harmonized:
     the published value kept in ``legacy_benign_malignant``; vocab.py docstring), ``diagnosis`` kept as
     published, ``anatom_site_general``. A file with both uses the current columns and fills gaps from
     the legacy ones. Licence and attribution are per image. Columns the export leaves out (keys with
-    no value are absent, ISIC_SOURCES.md 2.2) are empty; all other columns follow as extras.
+    no value are absent, docs/ISIC_SOURCES.md 2.2) are empty; all other columns follow as extras.
     """
     table = _read_table(metadata_csv, "metadata")
     _require_columns(table, ["isic_id", "copyright_license", "attribution"], "an ISIC Archive metadata.csv")
@@ -1063,7 +1063,7 @@ def harmonize_isic_archive(metadata_csv: Source) -> Harmonized:
         table,
         "copyright_license",
         {value: value for value in vocab.ARCHIVE_LICENSES},
-        f"one of {list(vocab.ARCHIVE_LICENSES)} (ISIC_SOURCES.md 2.4)",
+        f"one of {list(vocab.ARCHIVE_LICENSES)} (docs/ISIC_SOURCES.md 2.4)",
         allow_missing=False,
     )
     benign_malignant, legacy_raw = _archive_benign_malignant(table, columns)

@@ -3,7 +3,7 @@
 Merging keeps only images that decode completely, so every member is entropy-decoded once here.
 JPEGs (nearly all of ISIC) go through libjpeg-turbo via simplejpeg at the 1/8 DCT scale: the whole
 Huffman stream is still decoded, so truncation and corrupt scan data are caught, but the inverse
-DCT and colour conversion shrink 64-fold (PERFORMANCE.md 9: 1/8 is ~60% of a full decode, within 5%
+DCT and colour conversion shrink 64-fold (docs/PERFORMANCE.md 9: 1/8 is ~60% of a full decode, within 5%
 of the entropy-decode floor). simplejpeg's ``strict=True`` turns libjpeg's recoverable warnings
 ("Premature end of JPEG file", "Corrupt JPEG data: ...") into errors; Pillow's draft-mode load
 accepts garbage in the middle of the scan data without a word, so it is not used for JPEG.
@@ -12,7 +12,7 @@ Other formats (PNG, TIFF, BMP, WebP; rare in ISIC) are decoded in full by Pillow
 have their chunk CRCs verified because ``load()`` does not check them.
 
 Sizes are the *stored* orientation, as in the file; the EXIF orientation is reported alongside so
-the transform stage can rotate (PERFORMANCE.md 3).
+the transform stage can rotate (docs/PERFORMANCE.md 3).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ MIN_SIDE = 8
 MAX_PIXELS = 178_956_970
 
 _EXIF_ORIENTATION = 0x0112
-_JPEG_SCALE = 8  # the largest power-of-two DCT scale libjpeg-turbo has (PERFORMANCE.md 2)
+_JPEG_SCALE = 8  # the largest power-of-two DCT scale libjpeg-turbo has (docs/PERFORMANCE.md 2)
 _EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "WEBP": ".webp"}
 # simplejpeg header colourspace -> the cheapest output that still decodes every component's data.
 _JPEG_OUTPUT = {"Gray": "GRAY", "YCbCr": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}
@@ -142,7 +142,7 @@ def inspect_many(
 ) -> Iterator[tuple[K, ImageFacts | ImageRejected]]:
     """``inspect_image`` over ``(key, data, name)`` items on a thread pool, yielding in input order.
 
-    Threads suffice because the decode and sha256 release the GIL (PERFORMANCE.md 7: 2.0x on two
+    Threads suffice because the decode and sha256 release the GIL (docs/PERFORMANCE.md 7: 2.0x on two
     cores for 1/8-scale decodes) and they avoid copying every member to a worker process. At most
     ``max_in_flight`` items are held (submitted and not yet yielded), so memory stays bounded by that
     many members however long the input is; the input is consumed lazily, in the calling thread.
@@ -191,7 +191,7 @@ def _check_jpeg(data: bytes, name: str) -> tuple[int, int]:
     _check_dimensions(width, height, name)
     try:
         # min_width/min_height of exactly 1/8 make libjpeg-turbo pick the 1/8 scale, never an M/8
-        # one (those have no SIMD IDCT and are slower, PERFORMANCE.md 2).
+        # one (those have no SIMD IDCT and are slower, docs/PERFORMANCE.md 2).
         simplejpeg.decode_jpeg(
             data,
             colorspace=_JPEG_OUTPUT.get(colorspace, "RGB"),

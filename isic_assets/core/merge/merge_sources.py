@@ -186,12 +186,12 @@ def harmonize_source(source: SourceArchive, limits: ZipLimits) -> Harmonized:
     files: dict[str, Any] = {role: path for role, path in source.files.items() if role not in ("images", "archive")}
     if source.format == "isic_api":
         # The API download is written in the isic-cli metadata.csv shape, the same current schema as
-        # an Archive export (ISIC_SOURCES.md 2.5), so one harmonizer serves both.
+        # an Archive export (docs/ISIC_SOURCES.md 2.5), so one harmonizer serves both.
         return harmonize("isic_archive_zip", {"metadata": source.files["folder"] / layout.METADATA_CSV})
     if source.format == "isic_archive_zip":
         files["metadata"] = io.BytesIO(_read_csv_member(source.image_zip, "metadata.csv", limits))
     elif source.format == "isic2017" and "metadata" not in files:
-        # The 2017 training zip carries ISIC-2017_Training_Data_metadata.csv (ISIC_SOURCES.md 1.2).
+        # The 2017 training zip carries ISIC-2017_Training_Data_metadata.csv (docs/ISIC_SOURCES.md 1.2).
         entries = scan_zip(source.image_zip, limits)
         inside = [e.name for e in entries if e.name.lower().endswith("_metadata.csv")]
         if inside:

@@ -1,9 +1,9 @@
 """Mapping tables that bring every ISIC release's vocabulary to one vocabulary per column.
 
-Each year spells the same facts differently (ISIC_SOURCES.md 1.4): 2016 writes ``benign`` in training
+Each year spells the same facts differently (docs/ISIC_SOURCES.md 1.4): 2016 writes ``benign`` in training
 and ``0.0`` in test, 2017-2019 use one-hot float columns, HAM10000 uses 15 fine-grained body sites,
 2020 does not split the torso, and the current archive replaced ``benign_malignant``/``diagnosis``/
-``anatom_site_general`` by the hierarchies ``diagnosis_1..5``/``anatom_site_1..5`` (ISIC_SOURCES.md
+``anatom_site_general`` by the hierarchies ``diagnosis_1..5``/``anatom_site_1..5`` (docs/ISIC_SOURCES.md
 2.3). Everything here is a plain constant so the README can render it (:func:`mapping_rows`,
 :func:`granularity_rows`, :func:`render_markdown`) and the harmonizers in ``harmonize.py`` only look
 values up.
@@ -22,7 +22,7 @@ hierarchy) with Bowen's disease, which the hierarchy files as
 ``Malignant:Malignant epidermal proliferations:Squamous cell carcinoma in situ`` . A single label for
 the mixed class can therefore not honestly say "malignant" for the AK half nor "benign" for either
 half; ``indeterminate`` is the only value true for every member. The 2019 release re-labels the
-same 327 HAM images as AK 130 / SCC 197 (ISIC_SOURCES.md 1.2), so when both releases are combined the
+same 327 HAM images as AK 130 / SCC 197 (docs/ISIC_SOURCES.md 1.2), so when both releases are combined the
 finer 2019 label (``squamous cell carcinoma``/``malignant`` or ``actinic keratosis``) is kept
 (``combine.py``) and the pair is a refinement, not a conflict (:data:`GRANULARITY_RULES`).
 
@@ -40,7 +40,7 @@ an undecided label next to a decided one is a difference of granularity (the cha
 committed where the archive did not), not a contradiction. Only benign vs malignant is a conflict.
 
 **2019 ``UNK`` -> diagnosis ``other``** ("None of the others", stade ``landing/2019/index.html``;
-``other`` is also a legacy archive diagnosis). Training has no UNK row (ISIC_SOURCES.md 1.2).
+``other`` is also a legacy archive diagnosis). Training has no UNK row (docs/ISIC_SOURCES.md 1.2).
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ from typing import NamedTuple
 MISSING = ""
 
 #: Spellings that mean "no value" in the saved files: 2017 metadata writes ``unknown``
-#: (ISIC_SOURCES.md 1.2), HAM10000 writes ``unknown`` for sex and localization, 2019/2020 leave the
+#: (docs/ISIC_SOURCES.md 1.2), HAM10000 writes ``unknown`` for sex and localization, 2019/2020 leave the
 #: field empty, pandas round-trips write ``nan``/``NaN``. NOT applied to 2020 ``diagnosis``, where
-#: ``unknown`` is a real label (ISIC_SOURCES.md 1.2, "unknown is a label value").
+#: ``unknown`` is a real label (docs/ISIC_SOURCES.md 1.2, "unknown is a label value").
 MISSING_SPELLINGS: frozenset[str] = frozenset({"", "unknown", "nan", "NaN"})
 
 # ---------------------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ MALIGNANT = "malignant"
 INDETERMINATE = "indeterminate"
 BENIGN_MALIGNANT_VALUES: tuple[str, ...] = (BENIGN, MALIGNANT, INDETERMINATE)
 
-#: 2016 Part 3: training writes the strings, test writes floats (ISIC_SOURCES.md 1.2, 1.4).
+#: 2016 Part 3: training writes the strings, test writes floats (docs/ISIC_SOURCES.md 1.2, 1.4).
 ISIC2016_LABELS: dict[str, str] = {
     "benign": BENIGN,
     "malignant": MALIGNANT,
@@ -81,17 +81,17 @@ ISIC2016_LABELS: dict[str, str] = {
     "1": MALIGNANT,
 }
 
-#: 2020 ``target`` column; it must agree with ``benign_malignant`` (ISIC_SOURCES.md 1.2).
+#: 2020 ``target`` column; it must agree with ``benign_malignant`` (docs/ISIC_SOURCES.md 1.2).
 ISIC2020_TARGET: dict[str, str] = {"0": BENIGN, "1": MALIGNANT, "0.0": BENIGN, "1.0": MALIGNANT}
 
-#: Current archive ``diagnosis_1`` is the replacement of ``benign_malignant`` (ISIC_SOURCES.md 2.3).
+#: Current archive ``diagnosis_1`` is the replacement of ``benign_malignant`` (docs/ISIC_SOURCES.md 2.3).
 ARCHIVE_DIAGNOSIS_1: dict[str, str] = {
     "Benign": BENIGN,
     "Malignant": MALIGNANT,
     "Indeterminate": INDETERMINATE,
 }
 
-#: Legacy archive ``benign_malignant`` (ISIC_SOURCES.md 2.3); see this module's docstring for why the
+#: Legacy archive ``benign_malignant`` (docs/ISIC_SOURCES.md 2.3); see this module's docstring for why the
 #: two ``indeterminate/...`` leans become ``indeterminate``.
 LEGACY_BENIGN_MALIGNANT: dict[str, str] = {
     "benign": BENIGN,
@@ -118,7 +118,7 @@ VASCULAR_LESION = "vascular lesion"
 OTHER = "other"
 UNKNOWN_LABEL = "unknown"
 
-#: The 2020 ``diagnosis`` values, kept as published (ISIC_SOURCES.md 1.2 "2020 values").
+#: The 2020 ``diagnosis`` values, kept as published (docs/ISIC_SOURCES.md 1.2 "2020 values").
 ISIC2020_DIAGNOSES: tuple[str, ...] = (
     UNKNOWN_LABEL,
     NEVUS,
@@ -155,14 +155,14 @@ DIAGNOSIS_BENIGN_MALIGNANT: dict[str, str] = {
     VASCULAR_LESION: BENIGN,
 }
 
-#: 2017 Part 3 one-hot columns; a row with both 0 is a nevus, both 1 is invalid (ISIC_SOURCES.md 1.2).
+#: 2017 Part 3 one-hot columns; a row with both 0 is a nevus, both 1 is invalid (docs/ISIC_SOURCES.md 1.2).
 ISIC2017_LABEL_COLUMNS: dict[str, str] = {
     "melanoma": MELANOMA,
     "seborrheic_keratosis": SEBORRHEIC_KERATOSIS,
 }
 ISIC2017_NEITHER = NEVUS
 
-#: 2018 Task 3 one-hot header order (ISIC_SOURCES.md 1.2; stade ``landing/2018/47.html``).
+#: 2018 Task 3 one-hot header order (docs/ISIC_SOURCES.md 1.2; stade ``landing/2018/47.html``).
 ISIC2018_CLASSES: dict[str, str] = {
     "MEL": MELANOMA,
     "NV": NEVUS,
@@ -173,7 +173,7 @@ ISIC2018_CLASSES: dict[str, str] = {
     "VASC": VASCULAR_LESION,
 }
 
-#: HAM10000 ``dx`` -> the same classes (SOURCES.md "Not found": akiec->AKIEC ... vasc->VASC).
+#: HAM10000 ``dx`` -> the same classes (docs/ISIC_SOURCES.md 4.3: akiec->AKIEC ... vasc->VASC).
 HAM10000_DX: dict[str, str] = {
     "mel": MELANOMA,
     "nv": NEVUS,
@@ -184,7 +184,7 @@ HAM10000_DX: dict[str, str] = {
     "vasc": VASCULAR_LESION,
 }
 
-#: 2019 one-hot header order (ISIC_SOURCES.md 1.2; stade ``landing/2019/index.html``).
+#: 2019 one-hot header order (docs/ISIC_SOURCES.md 1.2; stade ``landing/2019/index.html``).
 ISIC2019_CLASSES: dict[str, str] = {
     "MEL": MELANOMA,
     "NV": NEVUS,
@@ -224,15 +224,15 @@ ARCHIVE_DIAGNOSIS_TERMS: dict[str, str] = {
 # ---------------------------------------------------------------------------------------------
 
 #: Every release and the archive write lower-case male/female (isic-metadata lower-cases on input,
-#: ISIC_SOURCES.md 2.3); missing spellings are handled by MISSING_SPELLINGS.
+#: docs/ISIC_SOURCES.md 2.3); missing spellings are handled by MISSING_SPELLINGS.
 SEX: dict[str, str] = {"male": "male", "female": "female"}
 
 # ---------------------------------------------------------------------------------------------
 # anatom_site_general
 # ---------------------------------------------------------------------------------------------
 
-#: 2019 vocabulary (ISIC_SOURCES.md 1.2 "2019 metadata vocabulary"), equal to the legacy archive
-#: ``anatom_site_general`` (ISIC_SOURCES.md 2.3).
+#: 2019 vocabulary (docs/ISIC_SOURCES.md 1.2 "2019 metadata vocabulary"), equal to the legacy archive
+#: ``anatom_site_general`` (docs/ISIC_SOURCES.md 2.3).
 SITES_2019: tuple[str, ...] = (
     "anterior torso",
     "posterior torso",
@@ -244,10 +244,10 @@ SITES_2019: tuple[str, ...] = (
     "oral/genital",
 )
 TORSO = "torso"
-#: The unified vocabulary: 2019 plus ``torso`` because 2020 does not split it (ISIC_SOURCES.md 1.4).
+#: The unified vocabulary: 2019 plus ``torso`` because 2020 does not split it (docs/ISIC_SOURCES.md 1.4).
 UNIFIED_SITES: tuple[str, ...] = (*SITES_2019, TORSO)
 
-#: 2020 ``anatom_site_general_challenge`` (ISIC_SOURCES.md 1.2), already unified spellings.
+#: 2020 ``anatom_site_general_challenge`` (docs/ISIC_SOURCES.md 1.2), already unified spellings.
 ISIC2020_SITES: tuple[str, ...] = (
     TORSO,
     "lower extremity",
@@ -257,7 +257,7 @@ ISIC2020_SITES: tuple[str, ...] = (
     "oral/genital",
 )
 
-#: HAM10000 ``localization`` (15 values, ISIC_SOURCES.md 1.2). The 2019 release maps the same 10,015
+#: HAM10000 ``localization`` (15 values, docs/ISIC_SOURCES.md 1.2). The 2019 release maps the same 10,015
 #: images this way wherever it gives a site (computed from the saved CSVs: back->posterior torso,
 #: abdomen/chest->anterior torso, ear/face/neck/scalp->head/neck, foot->lower extremity,
 #: hand->upper extremity, acral->palms/soles); 2019 leaves ``trunk`` and ``genital`` empty, where we
@@ -296,7 +296,7 @@ ARCHIVE_SITE_TERMS: dict[str, str] = {
     "Palm of hand": "palms/soles",
     "Sole of foot": "palms/soles",
 }
-#: The allowed ``anatom_site_1`` values (ISIC_SOURCES.md 2.3).
+#: The allowed ``anatom_site_1`` values (docs/ISIC_SOURCES.md 2.3).
 ARCHIVE_SITE_LEVEL_1: tuple[str, ...] = (
     "Head and neck",
     "Trunk",
@@ -309,7 +309,7 @@ ARCHIVE_SITE_LEVEL_1: tuple[str, ...] = (
 # diagnosis_confirm_type
 # ---------------------------------------------------------------------------------------------
 
-#: HAM10000 ``dx_type`` -> the archive's ``diagnosis_confirm_type`` spellings (ISIC_SOURCES.md 2.3
+#: HAM10000 ``dx_type`` -> the archive's ``diagnosis_confirm_type`` spellings (docs/ISIC_SOURCES.md 2.3
 #: lists the archive values; the HAM method descriptions are in stade ``landing/2018/47.html``:
 #: histopathology, confocal microscopy, unchanged follow-up, expert consensus).
 HAM10000_DX_TYPE: dict[str, str] = {
@@ -318,7 +318,7 @@ HAM10000_DX_TYPE: dict[str, str] = {
     "consensus": "single image expert consensus",
     "confocal": "confocal microscopy with consensus dermoscopy",
 }
-#: ``diagnosis_confirm_type`` values of the archive (ISIC_SOURCES.md 2.3).
+#: ``diagnosis_confirm_type`` values of the archive (docs/ISIC_SOURCES.md 2.3).
 ARCHIVE_CONFIRM_TYPES: tuple[str, ...] = (
     "histopathology",
     "serial imaging showing no change",
@@ -331,10 +331,10 @@ ARCHIVE_CONFIRM_TYPES: tuple[str, ...] = (
 # Licences and attribution
 # ---------------------------------------------------------------------------------------------
 
-#: Per-image licences of the archive (isic : ``isic/core/models/base.py``, ISIC_SOURCES.md 2.4).
+#: Per-image licences of the archive (isic : ``isic/core/models/base.py``, docs/ISIC_SOURCES.md 2.4).
 ARCHIVE_LICENSES: tuple[str, ...] = ("CC-0", "CC-BY", "CC-BY-NC")
 
-#: Release licences: 2016/2017 CC-0, 2018/2019/2020 CC-BY-NC (ISIC_SOURCES.md 1.2; stade
+#: Release licences: 2016/2017 CC-0, 2018/2019/2020 CC-BY-NC (docs/ISIC_SOURCES.md 1.2; stade
 #: ``data/<year>.html``), spelled like the archive's ``copyright_license``.
 RELEASE_LICENSES: dict[str, str] = {
     "isic2016": "CC-0",
@@ -393,7 +393,7 @@ _BKL_REF = (
 )
 _AKIEC_REF = (
     "AKIEC = actinic keratosis / Bowen's disease (stade landing/2018/47.html); 2019 splits HAM akiec "
-    "into AK 130 + SCC 197 (ISIC_SOURCES.md 1.2)"
+    "into AK 130 + SCC 197 (docs/ISIC_SOURCES.md 1.2)"
 )
 _TRUNK_REF = "Trunk:Anterior/Lateral/Posterior trunk (isic-metadata anatom_site_hierarchical.py)"
 
@@ -416,7 +416,7 @@ GRANULARITY_RULES: tuple[GranularityRule, ...] = (
         "diagnosis",
         UNKNOWN_LABEL,
         ANY_VALUE,
-        "2020 'unknown' = subtype not labelled (ISIC_SOURCES.md 1.4)",
+        "2020 'unknown' = subtype not labelled (docs/ISIC_SOURCES.md 1.4)",
     ),
     *(
         GranularityRule(
@@ -516,11 +516,11 @@ def _rows(column: str, fmt: str, table: Mapping[str, str], reference: str) -> It
 def mapping_rows() -> list[MappingRow]:
     """Every value mapping, as rows the README renders (column, format, value, unified, source)."""
     rows: list[MappingRow] = []
-    src_14 = "ISIC_SOURCES.md 1.4"
-    rows += _rows("benign_malignant", "isic2016", ISIC2016_LABELS, "ISIC_SOURCES.md 1.2")
-    rows += _rows("benign_malignant", "isic2020", ISIC2020_TARGET, "target; ISIC_SOURCES.md 1.2")
+    src_14 = "docs/ISIC_SOURCES.md 1.4"
+    rows += _rows("benign_malignant", "isic2016", ISIC2016_LABELS, "docs/ISIC_SOURCES.md 1.2")
+    rows += _rows("benign_malignant", "isic2020", ISIC2020_TARGET, "target; docs/ISIC_SOURCES.md 1.2")
     rows += _rows(
-        "benign_malignant", "isic_archive_zip", ARCHIVE_DIAGNOSIS_1, "diagnosis_1; ISIC_SOURCES.md 2.3"
+        "benign_malignant", "isic_archive_zip", ARCHIVE_DIAGNOSIS_1, "diagnosis_1; docs/ISIC_SOURCES.md 2.3"
     )
     rows += _rows(
         "benign_malignant", "isic_archive_zip (legacy)", LEGACY_BENIGN_MALIGNANT, "vocab.py docstring"
@@ -533,7 +533,7 @@ def mapping_rows() -> list[MappingRow]:
     )
     rows += _rows("diagnosis", "isic2017", {**ISIC2017_LABEL_COLUMNS, "(both 0)": NEVUS}, src_14)
     rows += _rows("diagnosis", "isic2018", ISIC2018_CLASSES, "stade landing/2018/47.html")
-    rows += _rows("diagnosis", "isic2018 (HAM10000 dx)", HAM10000_DX, "SOURCES.md")
+    rows += _rows("diagnosis", "isic2018 (HAM10000 dx)", HAM10000_DX, "docs/ISIC_SOURCES.md 4.3")
     rows += _rows("diagnosis", "isic2019", ISIC2019_CLASSES, "stade landing/2019/index.html")
     rows += _rows(
         "diagnosis", "isic2020", {value: value for value in ISIC2020_DIAGNOSES}, "kept as published"
@@ -548,9 +548,9 @@ def mapping_rows() -> list[MappingRow]:
         "sex", "all", {**SEX, **{spelling: MISSING for spelling in sorted(MISSING_SPELLINGS)}}, src_14
     )
     rows += _rows(
-        "anatom_site_general", "isic2019 / legacy archive", {s: s for s in SITES_2019}, "ISIC_SOURCES.md 1.2"
+        "anatom_site_general", "isic2019 / legacy archive", {s: s for s in SITES_2019}, "docs/ISIC_SOURCES.md 1.2"
     )
-    rows += _rows("anatom_site_general", "isic2020", {s: s for s in ISIC2020_SITES}, "ISIC_SOURCES.md 1.2")
+    rows += _rows("anatom_site_general", "isic2020", {s: s for s in ISIC2020_SITES}, "docs/ISIC_SOURCES.md 1.2")
     rows += _rows(
         "anatom_site_general",
         "isic2018 (HAM10000 localization)",
@@ -564,9 +564,9 @@ def mapping_rows() -> list[MappingRow]:
         "isic-metadata anatom_site_hierarchical.py; deepest mapped node",
     )
     rows += _rows(
-        "diagnosis_confirm_type", "isic2018 (HAM10000 dx_type)", HAM10000_DX_TYPE, "ISIC_SOURCES.md 2.3"
+        "diagnosis_confirm_type", "isic2018 (HAM10000 dx_type)", HAM10000_DX_TYPE, "docs/ISIC_SOURCES.md 2.3"
     )
-    rows += _rows("copyright_license", "release", RELEASE_LICENSES, "ISIC_SOURCES.md 1.2")
+    rows += _rows("copyright_license", "release", RELEASE_LICENSES, "docs/ISIC_SOURCES.md 1.2")
     rows += _rows("attribution", "release", RELEASE_ATTRIBUTIONS, "stade data/<year>.html")
     return rows
 

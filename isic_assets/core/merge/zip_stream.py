@@ -1,7 +1,7 @@
 """Member-by-member reading of ISIC image zips, with zip-bomb limits and no temporary folder.
 
 The 2020 training zip is 23 GB, so members are read one at a time straight into memory and handed
-to the caller (PERFORMANCE.md 6: ``zf.read()`` to memory is as fast as extracting, and it gives
+to the caller (docs/PERFORMANCE.md 6: ``zf.read()`` to memory is as fast as extracting, and it gives
 per-member error handling). Nothing here writes a file.
 
 Declared sizes are never trusted:

@@ -19,7 +19,7 @@ import yaml
 
 BUILTIN_CATALOG = Path(__file__).resolve().parents[2] / "catalog.yaml"
 
-# Roles per format (the foundation issue; ISIC_SOURCES.md 1.2): required first, then optional.
+# Roles per format (the foundation issue; docs/ISIC_SOURCES.md 1.2): required first, then optional.
 FORMAT_ROLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "isic2016": (frozenset({"images", "ground_truth"}), frozenset()),
     # The 2017 metadata CSV may sit inside the images zip instead of beside it.
@@ -28,7 +28,7 @@ FORMAT_ROLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "isic2019": (frozenset({"images", "ground_truth", "metadata"}), frozenset()),
     "isic2020": (frozenset({"images", "ground_truth"}), frozenset({"duplicates"})),
     "isic_archive_zip": (frozenset({"archive"}), frozenset()),
-    # The live Archive: no files, a query (issue 6; ISIC_SOURCES.md 2).
+    # The live Archive: no files, a query (issue 6; docs/ISIC_SOURCES.md 2).
     "isic_api": (frozenset(), frozenset()),
 }
 DEFAULT_API_URL = "https://api.isic-archive.com/api/v2/"

@@ -1,22 +1,22 @@
 """The live ISIC Archive as a source: API v2 search, cursor paging, signed-URL image downloads.
 
-The challenge files are frozen; new images appear only in the archive (ISIC_SOURCES.md 2). This
+The challenge files are frozen; new images appear only in the archive (docs/ISIC_SOURCES.md 2). This
 module pages ``images/search/`` and writes what the official client ``isic image download`` writes
-(ISIC_SOURCES.md 2.5), so ``merge`` can read the folder like an archive export::
+(docs/ISIC_SOURCES.md 2.5), so ``merge`` can read the folder like an archive export::
 
     <dest_dir>/images/<isic_id><ext>     one file per image, extension from the URL path (isic-cli PR #94)
     <dest_dir>/metadata.csv              isic_id, attribution, copyright_license + sorted union of keys
-    <dest_dir>/attribution.txt           attributions as the archive orders them (ISIC_SOURCES.md 2.4)
+    <dest_dir>/attribution.txt           attributions as the archive orders them (docs/ISIC_SOURCES.md 2.4)
     <dest_dir>/licenses/<licence>.txt    zip-download/license-file/{CC-0|CC-BY|CC-BY-NC}/
 
-What it does differently from isic-cli, because of what its users report (ISIC_SOURCES.md 3):
+What it does differently from isic-cli, because of what its users report (docs/ISIC_SOURCES.md 3):
 
 * every request (pages, records, images, licence texts) goes through the downloader's retry policy
   (:class:`~isic_assets.core.sources.download.DownloadPolicy`: 429/5xx, timeouts and dropped connections,
   full-jitter backoff, ``Retry-After``), because paging 71k records times out (isic-cli #4, #11, #28);
 * the count and total size are asked first and the download is **refused** before any byte moves
   when the free disk space cannot hold what is still missing plus a margin (isic-cli only prompts);
-* ``files.full.url`` is a time-limited signed URL (ISIC_SOURCES.md 2.2): it is used at once, never
+* ``files.full.url`` is a time-limited signed URL (docs/ISIC_SOURCES.md 2.2): it is used at once, never
   written anywhere, never logged with its query string, and when it is refused (403: expired or bad
   signature) ``images/{isic_id}/`` is asked for a fresh one;
 * pages are fetched only as fast as images download (a bounded window), so a URL is used minutes
@@ -57,7 +57,7 @@ from ..splits.dataset_card import order_attributions
 from .download import DownloadPolicy, _describe_exception, _http_status, parse_retry_after
 
 DEFAULT_API_URL = "https://api.isic-archive.com/api/v2/"
-#: The server clamps ``limit`` to 100 per page (isic : ``isic/core/pagination.py``, ISIC_SOURCES.md 2.1).
+#: The server clamps ``limit`` to 100 per page (isic : ``isic/core/pagination.py``, docs/ISIC_SOURCES.md 2.1).
 MAX_PAGE_SIZE = 100
 #: Free space kept on top of the bytes still to download: a full disk corrupts more than the download.
 DEFAULT_FREE_SPACE_MARGIN = 1 << 30
@@ -68,7 +68,7 @@ ATTRIBUTION_NAME = "attribution.txt"
 LICENSES_DIR = "licenses"
 #: Fresh signed URLs asked for one image before its download counts as failed.
 MAX_URL_REFRESHES = 2
-#: Columns isic-cli puts first; the acquisition and clinical keys follow, sorted (ISIC_SOURCES.md 2.5).
+#: Columns isic-cli puts first; the acquisition and clinical keys follow, sorted (docs/ISIC_SOURCES.md 2.5).
 LEAD_COLUMNS: tuple[str, ...] = ("isic_id", "attribution", "copyright_license")
 
 _SAFE_EXTENSION = re.compile(r"^\.[a-z0-9]{1,5}$")
@@ -88,7 +88,7 @@ class ApiQuery:
     """One ``isic_api`` catalog source: a search DSL query, collection ids, a limit and the API root.
 
     ``query`` uses the archive's DSL (``diagnosis_3:"Melanoma Invasive" AND age_approx:[20 TO 80]``,
-    ISIC_SOURCES.md 2.1); ``collections`` are collection ids (e.g. 70 = 2020 training); ``limit`` 0
+    docs/ISIC_SOURCES.md 2.1); ``collections`` are collection ids (e.g. 70 = 2020 training); ``limit`` 0
     means every matching image (isic-cli #16: a default of 1000 silently truncated downloads).
     """
 
@@ -331,7 +331,7 @@ class IsicApiClient:
     def fetch_content(self, url: str, dest: Path, expected_size: int, what: str) -> int:
         """Stream a signed content URL into ``dest`` atomically; return the bytes written.
 
-        No ``Authorization`` header, ever: the URL carries its own credentials (ISIC_SOURCES.md 2.2).
+        No ``Authorization`` header, ever: the URL carries its own credentials (docs/ISIC_SOURCES.md 2.2).
         Raises :class:`_SignedUrlRefused` on 403 so the caller can ask for a fresh URL.
         """
         return self._with_retries(what, url, lambda: self._content_attempt(url, dest, expected_size))
@@ -379,7 +379,7 @@ def _redact(url: str, api_url: str | None = None) -> str:
     """``url`` fit for logs and errors: the query string is cut unless the URL is under ``api_url``.
 
     Signed content URLs carry their credentials in the query (``Signature``, ``Key-Pair-Id``,
-    ISIC_SOURCES.md 2.2); API URLs carry only the search DSL and the cursor, worth keeping.
+    docs/ISIC_SOURCES.md 2.2); API URLs carry only the search DSL and the cursor, worth keeping.
     """
     if api_url and url.startswith(api_url):
         return url
@@ -434,7 +434,7 @@ def search_size(client: IsicApiClient, query: ApiQuery) -> tuple[int, int]:
     """``(count, total_bytes)`` of the images matching ``query``, before downloading anything.
 
     The count comes from ``images/search/?limit=1`` (computed on the first page only) and the bytes
-    from ``images/search/size/`` (``{"size": n}``), as isic-cli does (ISIC_SOURCES.md 2.1, 2.5).
+    from ``images/search/size/`` (``{"size": n}``), as isic-cli does (docs/ISIC_SOURCES.md 2.1, 2.5).
     """
     page = client.get_json(query.endpoint("images/search/"), {**query.search_params(), "limit": "1"},
                            what="image count")
@@ -556,8 +556,8 @@ def metadata_table(records: Iterable[Mapping[str, Any]]) -> tuple[list[str], lis
     """Header and rows of the isic-cli ``metadata.csv``, rows sorted by isic_id.
 
     Columns are ``isic_id, attribution, copyright_license`` + the sorted union of every
-    ``metadata.acquisition`` and ``metadata.clinical`` key (ISIC_SOURCES.md 2.5). Keys are absent when
-    a value is missing (ISIC_SOURCES.md 2.2), which leaves an empty cell. Values are written as
+    ``metadata.acquisition`` and ``metadata.clinical`` key (docs/ISIC_SOURCES.md 2.5). Keys are absent when
+    a value is missing (docs/ISIC_SOURCES.md 2.2), which leaves an empty cell. Values are written as
     isic-cli's csv writer writes them (``55``, ``3.5``, ``True``).
     """
     rows: dict[str, dict[str, str]] = {}
@@ -760,7 +760,7 @@ def _record_label(record: Any, position: int) -> str:
 
 def _write_licenses(client: IsicApiClient, query: ApiQuery, folder: Path, licenses: Iterable[str],
                     failures: list[ApiFailure]) -> list[str]:
-    """Fetch each licence text from ``zip-download/license-file/{licence}/`` (ISIC_SOURCES.md 2.1).
+    """Fetch each licence text from ``zip-download/license-file/{licence}/`` (docs/ISIC_SOURCES.md 2.1).
 
     Texts of archive licences no longer present are removed so the folder matches metadata.csv.
     """
@@ -768,7 +768,7 @@ def _write_licenses(client: IsicApiClient, query: ApiQuery, folder: Path, licens
     for license_ in sorted(set(licenses)):
         if license_ not in _ARCHIVE_LICENSE_NAMES:
             failures.append(ApiFailure(f"licenses/{license_}.txt", f"unknown licence {license_!r}; the archive "
-                                       f"has {', '.join(_ARCHIVE_LICENSE_NAMES)} (ISIC_SOURCES.md 2.4)"))
+                                       f"has {', '.join(_ARCHIVE_LICENSE_NAMES)} (docs/ISIC_SOURCES.md 2.4)"))
             continue
         try:
             text = client.get_text(query.endpoint(f"zip-download/license-file/{license_}/"),

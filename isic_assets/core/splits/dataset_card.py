@@ -1,7 +1,7 @@
 """DATASET_CARD.md and licence texts next to the splits, so what was trained on can be published honestly.
 
 Every ISIC image carries one of three licences, CC-0, CC-BY or CC-BY-NC, and an attribution
-(ISIC_SOURCES.md 2.4; challenge years carry the licence and citation of their release, set by
+(docs/ISIC_SOURCES.md 2.4; challenge years carry the licence and citation of their release, set by
 harmonization in ``copyright_license``/``attribution``). A user who shares a split, or a model card
 built on one, needs the counts per licence, the attributions to credit and the licence texts. This
 module writes them from the split manifest and the metadata:
@@ -96,7 +96,7 @@ def order_attributions(attributions: Iterable[str]) -> list[str]:
     """Distinct attributions as the archive orders them: most images first, then by name, Anonymous last.
 
     Mirrors ``get_attributions`` of isic : ``isic/zip_download/api.py`` (also used by isic-cli,
-    ISIC_SOURCES.md 2.4); each occurrence counts as one image.
+    docs/ISIC_SOURCES.md 2.4); each occurrence counts as one image.
     """
     counts = Counter(attributions)
     return sorted(counts, key=lambda name: (name == ANONYMOUS, -counts[name], name))

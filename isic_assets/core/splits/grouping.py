@@ -3,7 +3,7 @@
 A split is only honest if no patient, lesion or picture appears on both sides of it. Two images are
 linked when they share a non-empty ``patient_id``, a non-empty ``lesion_id``, identical bytes
 (``sha256``), or a row of ``merged_data/duplicates.csv`` (a dropped copy and the id kept instead).
-Links are transitive, so the groups are the connected components of that graph (ISIC_SOURCES.md
+Links are transitive, so the groups are the connected components of that graph (docs/ISIC_SOURCES.md
 1.5: HAM has 10015 images of 7470 lesions; 2020 has 33,126 images of 2,056 patients).
 
 Dropped duplicates are not in the metadata, but they still carry links: a dropped copy's bytes may

@@ -2,7 +2,7 @@
 
 The pipeline is data (a list of ``{"name": <albumentations class>, "p": ..., **params}`` dicts), so
 it can live in Dagster config or a training config file and be recorded next to the data it made.
-PERFORMANCE.md 12.6: augmentation normally runs online in the training loader; the only offline use
+docs/PERFORMANCE.md 12.6: augmentation normally runs online in the training loader; the only offline use
 is ``augment_file``, which ``balanced_splits`` calls to oversample the minority class of the train
 split (never validation/test, never before the split).
 

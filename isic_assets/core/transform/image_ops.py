@@ -1,11 +1,11 @@
 """Image operations of ``transformed_images``: fast downscaled decode, resize, optional dermoscopy steps.
 
-The order inside ``transform_bytes`` is chosen for speed first (PERFORMANCE.md 12.1: one read, one
+The order inside ``transform_bytes`` is chosen for speed first (docs/PERFORMANCE.md 12.1: one read, one
 decode): libjpeg-turbo decodes the JPEG already shrunk by the largest power-of-two DCT factor that
 still leaves enough pixels for the target, the EXIF orientation is applied to that small array,
 ``cv2.resize`` finishes the job, and the optional colour-constancy and hair-removal steps run on the
 final-size content (before any padding, so the black border neither biases the illuminant estimate
-nor looks like a "hair" to the black-hat filter). Output is JPEG q95 4:2:0 (PERFORMANCE.md 4).
+nor looks like a "hair" to the black-hat filter). Output is JPEG q95 4:2:0 (docs/PERFORMANCE.md 4).
 
 Everything here is pure and single-image; the process pool, incremental state and quarantine live
 in ``transform.py``.
@@ -32,9 +32,9 @@ TRANSFORM_CODE_VERSION = "1"
 ResizeMode = Literal["pad", "center_crop", "stretch"]
 RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
 
-# PERFORMANCE.md 2: only the power-of-two factors have SIMD IDCT and do not ring; largest first.
+# docs/PERFORMANCE.md 2: only the power-of-two factors have SIMD IDCT and do not ring; largest first.
 _DCT_FACTORS = (8, 4, 2, 1)
-# PERFORMANCE.md 2: past a 2x shrink INTER_LINEAR aliases (hairs break up); up to 2x it is as clean.
+# docs/PERFORMANCE.md 2: past a 2x shrink INTER_LINEAR aliases (hairs break up); up to 2x it is as clean.
 _LINEAR_MAX_RATIO = 2.0
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # libjpeg-turbo cannot turn these into RGB correctly (Adobe's inverted CMYK): Pillow handles them.
@@ -78,7 +78,7 @@ def choose_dct_factor(width: int, height: int, target: int, mode: ResizeMode = "
     """The largest d in {8, 4, 2, 1} whose decoded size ceil(W/d) x ceil(H/d) still satisfies ``mode``.
 
     libjpeg-turbo's scaled sizes are ceil(W/d), ceil(H/d); the remaining resize ratio is then < 2
-    on the binding side, which is what makes the INTER_LINEAR rule apply (PERFORMANCE.md 2).
+    on the binding side, which is what makes the INTER_LINEAR rule apply (docs/PERFORMANCE.md 2).
     """
     need_w, need_h = min_decoded_size(width, height, target, mode)
     for factor in _DCT_FACTORS:
@@ -93,7 +93,7 @@ def decode_downscaled(
     """Decode ``data`` to RGB uint8, already shrunk as far as ``mode`` allows for ``target``.
 
     JPEG: simplejpeg at the chosen power-of-two scale, passing min_width/min_height = ceil(W/d),
-    ceil(H/d) so libjpeg-turbo picks exactly 1/d and never an M/8 factor (PERFORMANCE.md 2: M/8
+    ceil(H/d) so libjpeg-turbo picks exactly 1/d and never an M/8 factor (docs/PERFORMANCE.md 2: M/8
     factors have no SIMD IDCT and ring). ``strict=True`` turns libjpeg's "premature end" and
     "corrupt data" warnings into errors, so a truncated file is rejected rather than grey-filled.
     Other formats (and CMYK JPEGs) take Pillow's general path, box-reduced by the same factor.
@@ -236,7 +236,7 @@ def _check_mode(mode: str) -> None:
 
 
 def resize_exact(img: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize to exactly ``width`` x ``height``, choosing the filter per case (PERFORMANCE.md 2).
+    """Resize to exactly ``width`` x ``height``, choosing the filter per case (docs/PERFORMANCE.md 2).
 
     - ratio <= 2 on both axes (every upscale included): INTER_LINEAR, as clean as AREA there and
       up to 2x faster; for enlargements it is the right filter (cv2's INTER_AREA degenerates to
@@ -244,7 +244,7 @@ def resize_exact(img: np.ndarray, width: int, height: int) -> np.ndarray:
     - largest ratio in (2, 4], what DCT scaling usually leaves (6000x4000 squashed to 256 keeps
       2.9x horizontally): INTER_LINEAR to exactly twice the target (every ratio now <= 2, so no
       aliasing), then INTER_AREA by exactly 2, which OpenCV runs as a fast 2x2 box average.
-      PERFORMANCE.md 2 found non-integer INTER_AREA expensive; measured on the bench pictures this
+      docs/PERFORMANCE.md 2 found non-integer INTER_AREA expensive; measured on the bench pictures this
       two-step is 3-4x faster (0.35-0.56 vs 0.85-1.93 ms) with MAD 0.31-0.36 instead of 0.25-0.33
       against a float full-decode reference, p99 <= 1.8.
     - larger ratios (extreme aspect ratios in stretch mode): INTER_AREA, or, if the other axis
@@ -367,7 +367,7 @@ def remove_hair(img: np.ndarray, kernel_size: int = 17, threshold: int = 10, rad
 
 
 def encode_jpeg(img: np.ndarray, quality: int = 95) -> bytes:
-    """JPEG 4:2:0 with simplejpeg: cheapest to write and to read back each epoch (PERFORMANCE.md 4).
+    """JPEG 4:2:0 with simplejpeg: cheapest to write and to read back each epoch (docs/PERFORMANCE.md 4).
 
     simplejpeg's own default is 4:4:4 (+22% bytes, 30-45% slower), hence the explicit subsampling.
     """

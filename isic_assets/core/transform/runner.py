@@ -19,7 +19,7 @@ killed worker) folds the journals into the state. A worker that dies takes the p
 fresh single-worker pool, so an image that reliably kills its decoder is quarantined instead of
 failing the whole run, and an image that was merely unlucky (OOM killer) completes.
 
-Parallelism follows PERFORMANCE.md 7 and 12.4: a fork-context ``ProcessPoolExecutor``, OpenCV held to
+Parallelism follows docs/PERFORMANCE.md 7 and 12.4: a fork-context ``ProcessPoolExecutor``, OpenCV held to
 one thread per worker, batches of about tasks/(4*workers) images (capped), at most two batches per
 worker in flight so memory stays flat for any number of images, and workers that return small
 records, never pixels.
@@ -63,7 +63,7 @@ LOCK_FILE = "transform.lock"
 NORMALIZATION_FILE = layout.NORMALIZATION_JSON
 OUTPUT_SUFFIX = ".jpg"
 _JOURNAL_PREFIX = "transform.worker-"
-# PERFORMANCE.md 7: batching small tasks lifts 2-process scaling from 1.81x to 2.07x; the cap keeps
+# docs/PERFORMANCE.md 7: batching small tasks lifts 2-process scaling from 1.81x to 2.07x; the cap keeps
 # a batch of 6000x4000 images under a second so the tail of a run stays balanced.
 _MAX_BATCH = 16
 _BATCHES_IN_FLIGHT_PER_WORKER = 2
@@ -144,7 +144,7 @@ def transform_job(job: TransformJob, out_dir: Path, settings: TransformSettings,
 
     One read of the source. Its sha256 is taken from the job, not recomputed: the merge hashed
     exactly the bytes it wrote in the same single read, and hashing a 4 MB file again would cost
-    ~5% of the per-image budget (PERFORMANCE.md 5), the margin of the 6000x4000 target. Status
+    ~5% of the per-image budget (docs/PERFORMANCE.md 5), the margin of the 6000x4000 target. Status
     ``quarantined`` marks undecodable bytes (deterministic, remembered), ``failed`` anything that
     may be different next time (unreadable file, unexpected error). Errors writing the output are
     not the image's fault and propagate.
@@ -185,7 +185,7 @@ def channel_sums(pixels: np.ndarray) -> tuple[list[int], list[int], int]:
     third of a 1024x768 image's whole budget); its float64 results are exact here because every
     partial sum is an integer below 2**53 (8192**2 pixels * 255**2 = 4.4e12).
     They are taken on the pixels before JPEG encoding; q95 round-trip error is ~1 grey level with
-    near-zero mean (PERFORMANCE.md 4), far below what matters for normalization.
+    near-zero mean (docs/PERFORMANCE.md 4), far below what matters for normalization.
     """
     channels = pixels.shape[-1]
     sums = cv2.sumElems(pixels)[:channels]
@@ -220,7 +220,7 @@ _WORKER: _WorkerContext | None = None
 def _init_worker(
     settings: TransformSettings, out_dir: Path, state_dir: Path, parent_pid: int, lock_fd: int | None
 ) -> None:
-    """Pool initializer: one OpenCV thread per process (PERFORMANCE.md 7: its threads add nothing
+    """Pool initializer: one OpenCV thread per process (docs/PERFORMANCE.md 7: its threads add nothing
     here and oversubscribe the cores) and the per-process context. Safe only because the parent
     parked its own cv2 pool before forking (``_parent_cv2_threads_parked``)."""
     global _WORKER
@@ -478,7 +478,7 @@ class _PoolRunner:
             self._isolate(job)
 
     def _pool(self, workers: int) -> ProcessPoolExecutor:
-        # fork: 18 ms to start vs 230-350 ms for forkserver/spawn, which re-import cv2 (PERFORMANCE.md 7).
+        # fork: 18 ms to start vs 230-350 ms for forkserver/spawn, which re-import cv2 (docs/PERFORMANCE.md 7).
         return ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("fork"),
@@ -699,7 +699,7 @@ def _normalization(
 
 
 def naive_transform(src: Path, dst: Path, size: int, mode: str = "stretch") -> None:
-    """The notebook baseline the bench measures against (PERFORMANCE.md 2): ``cv2.imread`` of the full
+    """The notebook baseline the bench measures against (docs/PERFORMANCE.md 2): ``cv2.imread`` of the full
     image, full-size ``cvtColor``, INTER_AREA resize, ``cv2.imwrite`` q95. ``mode`` gives the same
     geometry as the fast path (stretch, or pad/center_crop done on full-size pixels)."""
     bgr = cv2.imread(str(src), cv2.IMREAD_COLOR)
