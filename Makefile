@@ -61,7 +61,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_transform.py
 	$(BIN)/python bench/bench_ingest.py
 
-## docs: regenerate the README sections derived from code (harmonization tables)
+## docs: regenerate the documentation derived from code (docs/HARMONIZATION.md)
 docs: $(VENV)/.installed
 	$(BIN)/python tools/update_readme.py
 

@@ -1,8 +1,9 @@
 """Shared fixtures.
 
-The real ISIC metadata CSVs live outside the repository (``../shared/isic_reference`` beside the
-checkout, or wherever ``ISIC_REFERENCE_DIR`` points). Tests that need them use the
-``isic_reference`` fixture, which skips with a clear reason on a lone clone.
+The real ISIC metadata CSVs are not part of the repository: they are read from the folder
+``ISIC_REFERENCE_DIR`` names, or from a ``shared/isic_reference`` folder next to the checkout. Tests
+that need them use the ``isic_reference`` fixture, which skips with a clear reason where they are
+absent.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each year spells the same facts differently (docs/ISIC_SOURCES.md 1.4): 2016 wri
 and ``0.0`` in test, 2017-2019 use one-hot float columns, HAM10000 uses 15 fine-grained body sites,
 2020 does not split the torso, and the current archive replaced ``benign_malignant``/``diagnosis``/
 ``anatom_site_general`` by the hierarchies ``diagnosis_1..5``/``anatom_site_1..5`` (docs/ISIC_SOURCES.md
-2.3). Everything here is a plain constant so the README can render it (:func:`mapping_rows`,
+2.3). Everything here is a plain constant so docs/HARMONIZATION.md can render it (:func:`mapping_rows`,
 :func:`granularity_rows`, :func:`render_markdown`) and the harmonizers in ``harmonize.py`` only look
 values up.
 
@@ -494,7 +494,7 @@ def compatible(column: str, left: str, right: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# README rendering
+# docs/HARMONIZATION.md rendering
 # ---------------------------------------------------------------------------------------------
 
 
@@ -514,7 +514,7 @@ def _rows(column: str, fmt: str, table: Mapping[str, str], reference: str) -> It
 
 
 def mapping_rows() -> list[MappingRow]:
-    """Every value mapping, as rows the README renders (column, format, value, unified, source)."""
+    """Every value mapping, as rows docs/HARMONIZATION.md renders (column, format, value, unified, source)."""
     rows: list[MappingRow] = []
     src_14 = "docs/ISIC_SOURCES.md 1.4"
     rows += _rows("benign_malignant", "isic2016", ISIC2016_LABELS, "docs/ISIC_SOURCES.md 1.2")
@@ -572,12 +572,12 @@ def mapping_rows() -> list[MappingRow]:
 
 
 def granularity_rows() -> list[GranularityRule]:
-    """The compatibility rules, for the README table next to :func:`mapping_rows`."""
+    """The compatibility rules, for the docs/HARMONIZATION.md table next to :func:`mapping_rows`."""
     return list(GRANULARITY_RULES)
 
 
 def render_markdown() -> str:
-    """The mapping and granularity tables as Markdown, ready to paste into the README."""
+    """The mapping and granularity tables as Markdown, as docs/HARMONIZATION.md embeds them (make docs)."""
     lines = [
         "| column | format | source value | unified value | source of fact |",
         "|---|---|---|---|---|",
