@@ -26,8 +26,8 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from ..ids import normalize_isic_id
-from . import vocab
+from ...ids import normalize_isic_id
+from .. import vocab
 
 #: A CSV given as a path, an open binary stream (e.g. a zip member) or raw bytes.
 Source = str | Path | IO[bytes] | bytes
