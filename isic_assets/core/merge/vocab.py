@@ -5,7 +5,7 @@ and ``0.0`` in test, 2017-2019 use one-hot float columns, HAM10000 uses 15 fine-
 2020 does not split the torso, and the current archive replaced ``benign_malignant``/``diagnosis``/
 ``anatom_site_general`` by the hierarchies ``diagnosis_1..5``/``anatom_site_1..5`` (docs/ISIC_SOURCES.md
 2.3). Everything here is a plain constant so docs/HARMONIZATION.md can render it (:func:`mapping_rows`,
-:func:`granularity_rows`, :func:`render_markdown`) and the harmonizers in ``harmonize.py`` only look
+:func:`granularity_rows`, :func:`render_markdown`) and the harmonizers in the ``harmonize`` package only look
 values up.
 
 Decisions taken deliberately
