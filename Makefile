@@ -4,7 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: demo test ui bench docs clean
+# Plain `make` prints the targets; `## target: text` comments above each target are the help.
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint ui bench docs clean
+
+## help: list the targets with one line each (plain `make` does the same)
+help:
+	@awk '/^## [a-zA-Z_-]+:/ { sub(/^## /, ""); split($$0, part, ": "); \
+	  printf "  %-20s %s\n", part[1], substr($$0, length(part[1]) + 3) }' $(MAKEFILE_LIST)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +37,7 @@ demo: $(VENV)/.installed
 # only as root (CI runs as root); otherwise this says so and the UI test skips with the same reason.
 CHROMIUM := /usr/bin/chromium
 .PHONY: browser
+## browser: install Debian's chromium for the UI test when missing (root only)
 browser:
 	@if [ -x $(CHROMIUM) ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -45,6 +53,10 @@ browser:
 test: $(VENV)/.installed-dev browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider
 
+## lint: ruff over the whole repository (rules in pyproject.toml [tool.ruff])
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
 ## ui: the Dagster UI and daemon on http://127.0.0.1:3000 with the same instance as `make demo`
 ui: $(VENV)/.installed pool
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
@@ -52,6 +64,7 @@ ui: $(VENV)/.installed pool
 # Store the write pool's limit in the instance: dagster.yaml's default_limit alone is applied lazily,
 # and the first runs ever queued for the pool could start together (README, "Safe operation").
 .PHONY: pool
+## pool: store the isic_data write pool's limit (1) in the instance
 pool: $(VENV)/.installed
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster instance concurrency set isic_data 1
@@ -65,12 +78,12 @@ bench: $(VENV)/.installed
 docs: $(VENV)/.installed
 	$(BIN)/python tools/update_readme.py
 
-## clean-intermediates: delete downloaded archives and the demo mirror once every asset reading them is
-## materialized (CLEAN=downloads,demo_mirror,merged_images picks the targets; see the README)
+## clean-intermediates: delete downloads and the demo mirror once every reader is newer (CLEAN=... picks)
 .PHONY: clean-intermediates
 clean-intermediates: $(VENV)/.installed
 	mkdir -p $(DAGSTER_HOME)
 	ISIC_CLEAN_TARGETS='$(CLEAN)' $(BIN)/dagster job execute -m isic_assets -j clean_intermediates
 
+## clean: delete data/ and the local Dagster instance's runs, schedules and logs
 clean:
 	rm -rf data .dagster_home/storage .dagster_home/history .dagster_home/schedules .dagster_home/logs

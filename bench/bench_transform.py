@@ -404,7 +404,8 @@ def main() -> None:
                 ]
             )
         print(
-            "### 1 core (pinned, cv2 1 thread; rounds start on an idle machine): img/s, speedup = median of per-round ratios\n"
+            "### 1 core (pinned, cv2 1 thread; rounds start on an idle machine): img/s, "
+            "speedup = median of per-round ratios\n"
         )
         print(
             _table(

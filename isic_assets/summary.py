@@ -50,7 +50,8 @@ def summarize(root: Path) -> list[str]:
     if splits.is_file():
         frame = layout.read_table(splits)
         table = frame.groupby(["split", "label"]).size()
-        parts = [f"{split} " + "/".join(f"{table[split].get(label, 0)} {label}" for label in sorted(set(frame["label"])))
+        labels = sorted(set(frame["label"]))
+        parts = [f"{split} " + "/".join(f"{table[split].get(label, 0)} {label}" for label in labels)
                  for split in ("train", "validation", "test") if split in table.index.get_level_values(0)]
         lines.append(f"  {layout.SPLITS + '/':22} {'; '.join(parts)}; DATASET_CARD.md")
     return lines

@@ -120,8 +120,8 @@ def test_augment_file_names_the_file_it_cannot_decode(tmp_path: Path) -> None:
     """A corrupt source must fail with its path in the message and leave no output behind."""
     src = tmp_path / "ISIC_0000002.jpg"
     src.write_bytes(b"\xff\xd8\xff\xe0 not really")
-    with pytest.raises(ImageDecodeError, match="ISIC_0000002.jpg"):
+    with pytest.raises(ImageDecodeError, match=r"ISIC_0000002.jpg"):
         augment_file(src, tmp_path / "out.jpg", seed=1)
-    with pytest.raises(ImageDecodeError, match="missing.jpg"):
+    with pytest.raises(ImageDecodeError, match=r"missing.jpg"):
         augment_file(tmp_path / "missing.jpg", tmp_path / "out.jpg", seed=1)
     assert not (tmp_path / "out.jpg").exists()

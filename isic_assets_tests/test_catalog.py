@@ -17,7 +17,8 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 def test_builtin_catalog_has_demo_and_every_challenge_year():
     catalog = load_catalog()
-    assert [s.name for s in catalog.select("challenges")] == ["isic2016", "isic2017", "isic2018", "isic2019", "isic2020"]
+    challenges = ["isic2016", "isic2017", "isic2018", "isic2019", "isic2020"]
+    assert [s.name for s in catalog.select("challenges")] == challenges
     assert {s.format for s in catalog.select("demo")} >= {"isic2016", "isic2019", "isic2020", "isic_archive_zip"}
 
 
@@ -38,7 +39,7 @@ def test_selection_expands_groups_and_keeps_catalog_order():
 
 
 def test_unknown_selection_lists_known_names():
-    with pytest.raises(CatalogError, match="unknown source 'isic2021'.*demo"):
+    with pytest.raises(CatalogError, match=r"unknown source 'isic2021'.*demo"):
         load_catalog().select("isic2021")
 
 
@@ -72,7 +73,8 @@ sources:
          "source 'bad'.*'/local/b.csv' is not a usable URL"),
         ("format: isic2016\n    files: {images: https://h/a.zip, ground_truth: https://h/b.csv, masks: https://h/m.zip}",
          "source 'bad'.*has no role\\(s\\) \\['masks'\\]"),
-        ("format: isic2016\n    files: {images: https://h/a.zip, ground_truth: https://h/b.csv}\n    sha256: {images: xyz}",
+        ("format: isic2016\n    files: {images: https://h/a.zip, ground_truth: https://h/b.csv}\n"
+         "    sha256: {images: xyz}",
          "source 'bad'.*64 hex digits"),
     ],
 )
@@ -85,7 +87,7 @@ def test_catalog_errors_name_the_source(tmp_path, body, message):
 def test_user_source_cannot_shadow_a_builtin(tmp_path):
     path = _write(tmp_path, "sources:\n  isic2019:\n    format: isic2016\n    files: {images: https://h/a.zip, "
                             "ground_truth: https://h/b.csv}\n")
-    with pytest.raises(CatalogError, match="'isic2019' is already defined"):
+    with pytest.raises(CatalogError, match=r"'isic2019' is already defined"):
         load_catalog(path)
 
 
@@ -100,7 +102,7 @@ def test_demo_placeholder_must_be_filled():
     assert source.placeholders == {"demo_mirror"}
     filled = source.with_substitutions({"demo_mirror": "http://127.0.0.1:8123/"})
     assert filled.files["images"].urls[0] == "http://127.0.0.1:8123/isic2016/ISBI2016_ISIC_Part3_Training_Data.zip"
-    with pytest.raises(CatalogError, match="placeholder"):
+    with pytest.raises(CatalogError, match=r"placeholder"):
         source.with_substitutions({})
 
 

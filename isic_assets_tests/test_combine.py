@@ -125,7 +125,7 @@ def test_real_label_conflicts_are_the_known_genuine_ones(combined_real: Combined
     assert tuple(conflicts.columns) == CONFLICT_FRAME_COLUMNS
     found = {(row.isic_id, row.column): row.values for row in conflicts.itertuples()}
     assert found == EXPECTED_REAL_CONFLICTS
-    kept = dict(zip(zip(conflicts["isic_id"], conflicts["column"]), conflicts["kept"]))
+    kept = dict(zip(zip(conflicts["isic_id"], conflicts["column"], strict=True), conflicts["kept"], strict=True))
     assert kept[("ISIC_0000077", "benign_malignant")] == "benign", "first in catalog order is kept"
 
 

@@ -175,7 +175,7 @@ def test_a_partial_left_by_a_failed_run_is_resumed_by_the_next(server, mirror, r
     """A killed or failed run keeps its partial; the next run hashes it once and fetches the rest."""
     server.add_fault("a.bin", DropConnection(after_bytes=CUT))
     one_try = DownloadPolicy(max_attempts=1, backoff_initial=0.01, read_timeout=2.0)
-    with pytest.raises(DownloadError, match="incomplete|RemoteProtocolError"):
+    with pytest.raises(DownloadError, match=r"incomplete|RemoteProtocolError"):
         download_all([job_for(server, root)], root, one_try)
     assert leftovers(root) == ["demo/a.bin.part", "demo/a.bin.part.json"]
     assert (root / "demo" / "a.bin.part").stat().st_size == CUT
@@ -411,7 +411,7 @@ def test_file_urls_are_copied_checked_and_skipped_when_unchanged(mirror, root):
     assert leftovers(root) == []
 
     missing = DownloadJob("demo", "images", ((mirror / "nope.bin").as_uri(),), root / "demo" / "nope.bin")
-    with pytest.raises(DownloadError, match="nope.bin"):
+    with pytest.raises(DownloadError, match=r"nope.bin"):
         download_all([missing], root, FAST)
 
 
@@ -441,21 +441,21 @@ def test_backoff_uses_full_jitter_under_the_cap():
 
 def test_bad_jobs_are_refused_before_anything_runs(tmp_path):
     root = tmp_path / "dl"
-    with pytest.raises(ValueError, match="absolute"):
+    with pytest.raises(ValueError, match=r"absolute"):
         DownloadJob("s", "r", ("http://x/a",), Path("rel/a.zip"))
-    with pytest.raises(ValueError, match="64 hex"):
+    with pytest.raises(ValueError, match=r"64 hex"):
         DownloadJob("s", "r", ("http://x/a",), root / "a", sha256="abc")
-    with pytest.raises(TypeError, match="not the string"):
+    with pytest.raises(TypeError, match=r"not the string"):
         DownloadJob("s", "r", "http://x/a", root / "a")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="not inside the downloads root"):
+    with pytest.raises(ValueError, match=r"not inside the downloads root"):
         download_all([DownloadJob("s", "r", ("http://x/a",), tmp_path / "elsewhere")], root)
     twice = [DownloadJob("s", role, ("http://x/a",), root / "a") for role in ("r1", "r2")]
-    with pytest.raises(ValueError, match="both download to a"):
+    with pytest.raises(ValueError, match=r"both download to a"):
         download_all(twice, root)
 
 
 def test_file_record_round_trips_through_json():
     record = FileRecord("s", "r", "http://x/a", "s/a", 3, "ab" * 32, '"e"', None, "resumed", 2, 0.5)
     assert FileRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record
-    with pytest.raises(ValueError, match="status"):
+    with pytest.raises(ValueError, match=r"status"):
         FileRecord.from_dict({**record.to_dict(), "status": "cached"})

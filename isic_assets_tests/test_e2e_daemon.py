@@ -7,6 +7,7 @@ started with the README's own `dagster sensor start` command, and the daemon doe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -127,8 +128,6 @@ def _stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         pass
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait(timeout=30)

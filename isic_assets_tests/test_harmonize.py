@@ -276,7 +276,8 @@ def test_dispatch_by_catalog_format(isic_reference: Path, isic2019: Harmonized) 
 
 
 def test_crlf_bom_and_missing_final_newline(tmp_path: Path) -> None:
-    """Third-party copies differ in line endings and final newline, and a BOM is tolerated as a precaution (docs/ISIC_SOURCES.md 4.2); all must read."""
+    """Third-party copies differ in line endings and final newline, and a BOM is tolerated as a
+    precaution (docs/ISIC_SOURCES.md 4.2); all must read."""
     text = "\ufeffimage_id,melanoma,seborrheic_keratosis\r\nISIC_0000000,1.0,0.0\r\nISIC_0000001,0.0,0.0"
     result = harmonize_isic2017(write(tmp_path, "gt.csv", text.encode("utf-8")))
     assert result.frame["isic_id"].tolist() == ["ISIC_0000000", "ISIC_0000001"]

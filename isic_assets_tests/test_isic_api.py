@@ -106,7 +106,7 @@ def test_download_completes_despite_429_burst_page_timeout_and_expired_urls(fake
         assert fake.count(f"api/v2/images/{isic_id}") == 1  # one fresh record each
         assert [r.status for r in fake.records(fake.content_path(isic_id))] == [403, 200]
     assert len([r for r in fake.content_requests() if r.status == 403]) == 3
-    assert not [p for p in dest.rglob(".tmp-*")]
+    assert not list(dest.rglob(".tmp-*"))
     assert not [p for p, data in written_bytes(dest) if b"Signature=" in data or b"Expires=" in data]
 
 

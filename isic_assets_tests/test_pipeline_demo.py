@@ -75,7 +75,7 @@ def test_merge_reproduces_the_mirror_ground_truth(demo_runs, expected):
     merged = expected["merged"]
     frame = pd.read_csv(data_dir / layout.MERGED / "metadata.csv", dtype=str, keep_default_na=False)
     assert len(frame) == merged["kept_images"]
-    assert frame["benign_malignant"].value_counts().to_dict() == {k: v for k, v in merged["benign_malignant"].items()}
+    assert frame["benign_malignant"].value_counts().to_dict() == dict(merged["benign_malignant"].items())
     assert frame["isic_id"].is_unique
     images = sorted(p.name for p in (data_dir / layout.MERGED / "images").iterdir())
     assert images == sorted(frame["image"].str.removeprefix("images/"))

@@ -865,7 +865,9 @@ _LICENSE_CC_0 = (
     b"CC0 1.0 Universal (CC0 1.0) Public Domain Dedication\n\nDemo mirror stand-in for the licence text.\n"
 )
 _LICENSE_CC_BY = b"Attribution 4.0 International (CC BY 4.0)\n\nDemo mirror stand-in for the licence text.\n"
-_LICENSE_CC_BY_NC = b"Attribution-NonCommercial 4.0 International (CC BY-NC 4.0)\n\nDemo mirror stand-in for the licence text.\n"
+_LICENSE_CC_BY_NC = (
+    b"Attribution-NonCommercial 4.0 International (CC BY-NC 4.0)\n\nDemo mirror stand-in for the licence text.\n"
+)
 _ATTRIBUTION_HAM = (
     b"HAM10000 Dataset: (c) by ViDIR Group, Department of Dermatology, Medical University of Vienna\n"
 )

@@ -155,7 +155,9 @@ def _column_conflicts(
         }
     )
     by_code: dict[int, list[tuple[str, str]]] = {}
-    for code, source, value in zip(rows["code"].tolist(), rows["source"].tolist(), rows["value"].tolist()):
+    for code, source, value in zip(
+        rows["code"].tolist(), rows["source"].tolist(), rows["value"].tolist(), strict=True
+    ):
         by_code.setdefault(code, []).append((source, value))
     id_names = unique_ids.tolist()
     has_rules = column in vocab.GRANULARITY_COLUMNS

@@ -224,7 +224,9 @@ def _labelled_ids(frame: pd.DataFrame) -> set[str]:
     return set(frame.loc[frame["benign_malignant"].astype(str) != "", "isic_id"])
 
 
-def build_metadata(combined: pd.DataFrame, kept: Mapping[str, dict[str, Any]], order: Mapping[str, int]) -> pd.DataFrame:
+def build_metadata(
+    combined: pd.DataFrame, kept: Mapping[str, dict[str, Any]], order: Mapping[str, int]
+) -> pd.DataFrame:
     """One row per kept image: combined metadata (or empty where an image had none) + file facts."""
     facts = pd.DataFrame(
         [

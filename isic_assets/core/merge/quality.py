@@ -18,7 +18,7 @@ def missing_percentages(frame: pd.DataFrame, columns: list[str] | None = None) -
     """
     columns = columns if columns is not None else list(frame.columns)
     if len(frame) == 0:
-        return {column: 0.0 for column in columns}
+        return dict.fromkeys(columns, 0.0)
     result = {}
     for column in columns:
         values = frame[column]

@@ -545,7 +545,7 @@ def mapping_rows() -> list[MappingRow]:
         "isic-metadata diagnosis_hierarchical.py; deepest mapped level, else deepest value lower-cased",
     )
     rows += _rows(
-        "sex", "all", {**SEX, **{spelling: MISSING for spelling in sorted(MISSING_SPELLINGS)}}, src_14
+        "sex", "all", {**SEX, **dict.fromkeys(sorted(MISSING_SPELLINGS), MISSING)}, src_14
     )
     rows += _rows(
         "anatom_site_general", "isic2019 / legacy archive", {s: s for s in SITES_2019}, "docs/ISIC_SOURCES.md 1.2"

@@ -643,10 +643,7 @@ class _JobRun:
         if not validator or size == 0 or (total is not None and size >= total):
             self._discard_partial()
             return None
-        if self._hashed is not None and self._hashed[0] == size:
-            hasher = self._hashed[1]
-        else:
-            hasher = self._hash_partial()
+        hasher = self._hashed[1] if self._hashed is not None and self._hashed[0] == size else self._hash_partial()
         return _Resume(size, hasher, validator, sidecar)
 
     def _hash_partial(self) -> Any:

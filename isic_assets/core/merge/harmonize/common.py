@@ -233,7 +233,7 @@ def _read_table(
                 )
             seen.add(name)
     width = len(header)
-    for record, line in zip(body, body_lines):
+    for record, line in zip(body, body_lines, strict=True):
         if len(record) != width:
             raise HarmonizeError(
                 f"{label}: line {line}: found {len(record)} fields {record}; expected {width} "

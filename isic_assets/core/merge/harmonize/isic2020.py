@@ -124,6 +124,6 @@ def _duplicate_pairs(duplicates: Source, known: set[str], ground_truth_label: st
         unknown = np.array([value not in known for value in canonical])
         _value_error(table, unknown, name, f"an image listed in {ground_truth_label}")
         columns.append(canonical)
-    same = np.array([a == b for a, b in zip(*columns)], dtype=bool)
+    same = np.array([a == b for a, b in zip(*columns, strict=True)], dtype=bool)
     _value_error(table, same, "image_name_2", "a different image from image_name_1")
-    return [(str(a), str(b)) for a, b in zip(*columns)]
+    return [(str(a), str(b)) for a, b in zip(*columns, strict=True)]
