@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 # Columns whose shared non-empty value links two images. Each column is its own namespace, so a
 # patient id can never collide with a lesion id.
@@ -113,27 +115,14 @@ def _edges(records: pd.DataFrame, nodes: pd.Index) -> tuple[np.ndarray, np.ndarr
 
 
 def _connected_roots(n_nodes: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Union-find with path halving; the root of each component is its smallest node index.
+    """A component label per node (any labels: only equality matters to the caller).
 
-    A plain loop over integers is near-linear and measured at a few tens of milliseconds for the
-    60k-image union of all ISIC years, so no graph library is needed.
+    scipy's connected components on the sparse link graph (scipy comes with scikit-learn): linear in
+    nodes plus edges, tens of milliseconds for the 60k-image union of all ISIC years.
     """
-    parent = list(range(n_nodes))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in zip(left.tolist(), right.tolist(), strict=True):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            if ra < rb:
-                parent[rb] = ra
-            else:
-                parent[ra] = rb
-    return np.fromiter((find(x) for x in range(n_nodes)), dtype=np.int64, count=n_nodes)
+    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n_nodes, n_nodes))
+    _, labels = connected_components(graph, directed=False)
+    return labels.astype(np.int64)
 
 
 def _group_ids(kept_ids: pd.Series, roots: np.ndarray) -> pd.Series:
