@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.utils.class_weight import compute_class_weight
 
 from .grouping import clean_keys
 
@@ -470,16 +471,20 @@ def _manifest(kept: pd.DataFrame, augmented: pd.DataFrame | None) -> pd.DataFram
 
 
 def _class_weights(manifest: pd.DataFrame, classes: tuple[str, ...], warnings: list[str]) -> dict[str, float]:
-    """n_samples / (n_classes * n_c) on train (sklearn's "balanced"); for the loss under ``none``."""
-    labels = manifest.loc[manifest["split"] == "train", "label"]
-    weights: dict[str, float] = {}
+    """scikit-learn's "balanced" weights on train, n_samples / (n_classes * n_c), for the loss under ``none``.
+
+    A class train lacks gets no weight (and a warning); n_classes then counts the classes train has,
+    as scikit-learn defines it, so the weights still average to 1 over the train images.
+    """
+    labels = manifest.loc[manifest["split"] == "train", "label"].to_numpy(dtype=object)
+    present = [label for label in classes if (labels == label).any()]
     for label in classes:
-        n_c = int((labels == label).sum())
-        if n_c == 0:
+        if label not in present:
             warnings.append(f"no class weight for {label!r}: train has none of it")
-            continue
-        weights[label] = round(len(labels) / (len(classes) * n_c), 6)
-    return weights
+    if not present:
+        return {}
+    values = compute_class_weight("balanced", classes=np.array(present, dtype=object), y=labels)
+    return {label: round(float(value), 6) for label, value in zip(present, values, strict=True)}
 
 
 def _warn_missing_classes(
