@@ -47,14 +47,12 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -65,6 +63,15 @@ import httpx
 from .. import layout
 from ..atomic import atomic_write_json, remove_stale_temporaries
 from .http_mirror import make_etag
+from .retry import (
+    RetriesExhausted,
+    Transient,
+    backoff_delay,
+    call_with_retries,
+    describe_exception,
+    http_status,
+    parse_retry_after,
+)
 
 MANIFEST_NAME = layout.DOWNLOAD_MANIFEST
 PART_SUFFIX = ".part"
@@ -76,7 +83,6 @@ FILE_STATUSES: tuple[str, ...] = ("downloaded", "resumed", "not_modified")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _MB = 1_000_000
-_jitter = random.Random()
 _logger = logging.getLogger(__name__)
 
 
@@ -110,15 +116,8 @@ class DownloadPolicy:
                 raise ValueError(f"DownloadPolicy.{name} must not be negative, got {getattr(self, name)}")
 
     def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after failed ``attempt`` (1-based): Retry-After if given, else full jitter.
-
-        Full jitter spreads the retries of the concurrent downloads instead of having them hit a
-        struggling server in lock-step; both forms are capped at ``backoff_max``.
-        """
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.backoff_max)
-        ceiling = min(self.backoff_max, self.backoff_initial * 2.0 ** min(attempt - 1, 60))
-        return _jitter.uniform(0.0, ceiling)
+        """Seconds to wait after failed ``attempt`` (1-based): see :func:`.retry.backoff_delay`."""
+        return backoff_delay(attempt, self.backoff_initial, self.backoff_max, retry_after)
 
 
 @dataclass(frozen=True)
@@ -235,26 +234,6 @@ class DownloadError(Exception):
         super().__init__("\n".join([header, *(failure.describe() for failure in self.failures)]))
 
 
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait (delay-seconds or HTTP-date), None if unusable."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)  # RFC 9110 says an integer; a decimal is read generously
-    except ValueError:
-        pass
-    else:
-        return seconds if seconds >= 0 else None
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
 def read_manifest(root: Path) -> dict[str, dict[str, Any]]:
     """The manifest of a downloads root (relative path -> url, size, sha256, etag, last_modified)."""
     path = Path(root) / MANIFEST_NAME
@@ -360,14 +339,8 @@ class _Manifest:
             atomic_write_json(self.path, self._entries)
 
 
-class _Retryable(Exception):
+class _Retryable(Transient):
     """Try the same URL again; ``restart`` also discards the partial first (and skips the wait)."""
-
-    def __init__(self, reason: str, retry_after: float | None = None, restart: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-        self.restart = restart
 
 
 class _Rejected(Exception):
@@ -405,15 +378,6 @@ class _Resume:
     hasher: Any
     if_range: str
     sidecar: dict[str, Any]
-
-
-def _describe_exception(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _http_status(response: httpx.Response) -> str:
-    return f"HTTP {response.status_code} {response.reason_phrase}".rstrip()
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -486,31 +450,39 @@ class _JobRun:
         return urls
 
     def _from_url(self, url: str) -> FileRecord:
-        """Attempt one URL until success, a permanent failure or ``max_attempts``."""
+        """Attempt one URL until success, a permanent failure or ``max_attempts`` (retry.py's loop)."""
         attempts = 0
         checksum_retried = False
-        while True:
+
+        def attempt() -> FileRecord:
+            nonlocal attempts, checksum_retried
             attempts += 1
             try:
                 return self._attempt(url)
-            except _Rejected as exc:
-                raise _UrlGivenUp(UrlFailure(url, exc.reason, attempts)) from None
-            except _ChecksumMismatch as exc:
-                self._discard_partial()
-                if checksum_retried:
-                    reason = f"{exc} (also after a fresh re-download)"
-                    raise _UrlGivenUp(UrlFailure(url, reason, attempts)) from None
-                checksum_retried = True
-                self.log(f"{self.job.label}: {exc} from {url}; downloading once more from scratch")
             except _Retryable as exc:
                 if exc.restart:
                     self._discard_partial()
-                if attempts >= self.policy.max_attempts:
-                    raise _UrlGivenUp(UrlFailure(url, exc.reason, attempts)) from None
-                delay = 0.0 if exc.restart else self.policy.backoff_delay(attempts, exc.retry_after)
-                self.log(f"{self.job.label}: {exc.reason} from {url} (attempt {attempts}/"
-                         f"{self.policy.max_attempts}); retrying in {delay:.2f} s")
-                time.sleep(delay)
+                raise
+            except _ChecksumMismatch as exc:
+                # A bad checksum may be a corrupt transfer: one fresh download, at once, then give up.
+                self._discard_partial()
+                if checksum_retried:
+                    raise _Rejected(f"{exc} (also after a fresh re-download)") from None
+                checksum_retried = True
+                self.log(f"{self.job.label}: {exc} from {url}; downloading once more from scratch")
+                return attempt()
+
+        def on_retry(failure: Transient, attempt_number: int, wait: float) -> None:
+            self.log(f"{self.job.label}: {failure.reason} from {url} (attempt {attempts}/"
+                     f"{self.policy.max_attempts}); retrying in {wait:.2f} s")
+
+        try:
+            return call_with_retries(attempt, max_attempts=self.policy.max_attempts,
+                                     delay=self.policy.backoff_delay, on_retry=on_retry)
+        except _Rejected as exc:
+            raise _UrlGivenUp(UrlFailure(url, exc.reason, attempts)) from None
+        except RetriesExhausted as exc:
+            raise _UrlGivenUp(UrlFailure(url, exc.last.reason, attempts)) from None
 
     def _attempt(self, url: str) -> FileRecord:
         scheme = urlsplit(url).scheme.lower()
@@ -539,9 +511,9 @@ class _JobRun:
             with self.client.stream("GET", url, headers=headers) as response:
                 return self._take_response(url, response, resume, conditional)
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise _Retryable(_describe_exception(exc)) from None
+            raise _Retryable(describe_exception(exc)) from None
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise _Rejected(_describe_exception(exc)) from None
+            raise _Rejected(describe_exception(exc)) from None
 
     @staticmethod
     def _conditional_headers(url: str, prior: dict[str, Any]) -> dict[str, str]:
@@ -567,9 +539,9 @@ class _JobRun:
         status = response.status_code
         if status == 429 or 500 <= status <= 599:
             wait = parse_retry_after(response.headers.get("Retry-After"))
-            raise _Retryable(_http_status(response), retry_after=wait)
+            raise _Retryable(http_status(response), retry_after=wait)
         if status >= 300:
-            raise _Rejected(_http_status(response))
+            raise _Rejected(http_status(response))
 
     def _head_says_unchanged(self, url: str, prior: dict[str, Any]) -> bool:
         """For a server without validators: unchanged when HEAD reports the recorded size."""
@@ -585,11 +557,11 @@ class _JobRun:
         if status == 304 and prior is not None:
             return self._not_modified(url, prior)
         if status == 416 and resume is not None:
-            raise _Retryable(f"{_http_status(response)} for bytes={resume.offset}- (the partial is no "
+            raise _Retryable(f"{http_status(response)} for bytes={resume.offset}- (the partial is no "
                              "prefix of the remote file); starting again from zero", restart=True)
         self._check_status(response)
         if status not in (200, 206) or (status == 206 and resume is None):
-            raise _Rejected(f"unexpected {_http_status(response)} to a {'range ' if resume else ''}GET")
+            raise _Rejected(f"unexpected {http_status(response)} to a {'range ' if resume else ''}GET")
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise _Rejected(f"server sent Content-Encoding {encoding!r} despite Accept-Encoding: identity")

@@ -54,7 +54,8 @@ from .. import layout
 from ..atomic import atomic_open, remove_stale_temporaries, write_bytes_if_changed
 from ..ids import ISIC_ID_RE, member_extension
 from ..splits.dataset_card import order_attributions
-from .download import DownloadPolicy, _describe_exception, _http_status, parse_retry_after
+from .download import DownloadPolicy
+from .retry import RetriesExhausted, Transient, call_with_retries, describe_exception, http_status, parse_retry_after
 
 DEFAULT_API_URL = "https://api.isic-archive.com/api/v2/"
 #: The server clamps ``limit`` to 100 per page (isic : ``isic/core/pagination.py``, docs/ISIC_SOURCES.md 2.1).
@@ -228,15 +229,6 @@ class ApiDownloadError(Exception):
         super().__init__("\n".join([header, *(f"    {f.describe()}" for f in report.failures)]))
 
 
-class _Transient(Exception):
-    """Worth another attempt after a backoff: 429, 5xx, a timeout, a dropped connection."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-
-
 class _SignedUrlRefused(Exception):
     """403 from a signed content URL: expired or bad signature, so ask the API for a fresh one."""
 
@@ -307,7 +299,7 @@ class IsicApiClient:
         try:
             return response.json()
         except ValueError:
-            raise IsicApiError(f"{what}: {self.shown(url)} answered {_http_status(response)} that is not "
+            raise IsicApiError(f"{what}: {self.shown(url)} answered {http_status(response)} that is not "
                                f"JSON: {response.text[:200]!r}", response.status_code) from None
 
     def get_text(self, url: str, what: str = "API request") -> str:
@@ -321,9 +313,9 @@ class IsicApiClient:
         try:
             response = self._http.get(url, params=params, headers=headers)
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise _Transient(_describe_exception(exc)) from None
+            raise Transient(describe_exception(exc)) from None
         except httpx.HTTPError as exc:
-            raise IsicApiError(f"{self.shown(url)}: {_describe_exception(exc)}") from None
+            raise IsicApiError(f"{self.shown(url)}: {describe_exception(exc)}") from None
         _raise_for_status(response, self.shown(url))
         return response
 
@@ -340,13 +332,13 @@ class IsicApiClient:
         try:
             with self._http.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:
                 if response.status_code == 403:
-                    raise _SignedUrlRefused(_http_status(response))
+                    raise _SignedUrlRefused(http_status(response))
                 _raise_for_status(response, self.shown(url))
                 return _write_body(response, dest, expected_size)
         except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-            raise _Transient(_describe_exception(exc)) from None
+            raise Transient(describe_exception(exc)) from None
         except httpx.HTTPError as exc:
-            raise IsicApiError(f"{self.shown(url)}: {_describe_exception(exc)}") from None
+            raise IsicApiError(f"{self.shown(url)}: {describe_exception(exc)}") from None
 
     # ------------------------------------------------------------------ retries
     def _with_retries(self, what: str, url: str, attempt: Callable[[], _T]) -> _T:
@@ -355,19 +347,16 @@ class IsicApiClient:
         The same schedule as the zip downloader (download.py): full jitter, ``Retry-After`` honoured
         and both capped at ``backoff_max``.
         """
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                return attempt()
-            except _Transient as exc:
-                if attempts >= self.policy.max_attempts:
-                    raise IsicApiError(f"{what}: {exc.reason} from {self.shown(url)} "
-                                       f"(gave up after {attempts} attempts)") from None
-                delay = self.policy.backoff_delay(attempts, exc.retry_after)
-                self.log(f"isic_api: {what}: {exc.reason} from {self.shown(url)} (attempt {attempts}/"
-                         f"{self.policy.max_attempts}); retrying in {delay:.2f} s")
-                time.sleep(delay)
+        def on_retry(failure: Transient, attempts: int, wait: float) -> None:
+            self.log(f"isic_api: {what}: {failure.reason} from {self.shown(url)} (attempt {attempts}/"
+                     f"{self.policy.max_attempts}); retrying in {wait:.2f} s")
+
+        try:
+            return call_with_retries(attempt, max_attempts=self.policy.max_attempts,
+                                     delay=self.policy.backoff_delay, on_retry=on_retry)
+        except RetriesExhausted as exc:
+            raise IsicApiError(f"{what}: {exc.last.reason} from {self.shown(url)} "
+                               f"(gave up after {exc.attempts} attempts)") from None
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -404,10 +393,10 @@ def _raise_for_status(response: httpx.Response, shown_url: str) -> None:
     """Retry 429 and 5xx (with Retry-After), refuse every other status >= 300 for good."""
     status = response.status_code
     if status == 429 or 500 <= status <= 599:
-        raise _Transient(_http_status(response), parse_retry_after(response.headers.get("Retry-After")))
+        raise Transient(http_status(response), parse_retry_after(response.headers.get("Retry-After")))
     if status >= 300:
         response.read()
-        raise IsicApiError(f"{shown_url} answered {_http_status(response)}: {_server_message(response)}",
+        raise IsicApiError(f"{shown_url} answered {http_status(response)}: {_server_message(response)}",
                            status)
 
 
@@ -741,7 +730,7 @@ class _ImageDownloads:
         except OSError as exc:
             reason = f"local I/O error: {exc}"
         except Exception as exc:  # noqa: BLE001 - reported with its type; the other images must finish
-            reason = f"unexpected {_describe_exception(exc)}"
+            reason = f"unexpected {describe_exception(exc)}"
         self.log(f"isic_api: {ref.isic_id} failed: {reason}")
         return _Outcome(ref.isic_id, "failed", refreshes=refreshes, reason=reason)
 
