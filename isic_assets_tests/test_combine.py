@@ -6,7 +6,6 @@ from; the small inline frames pin down the combining rules so they hold everywhe
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -257,9 +256,10 @@ def test_empty_input() -> None:
     assert result.conflicts.empty
 
 
-def test_seventy_thousand_rows_combine_quickly() -> None:
-    """The merge runs on every materialization: 70k+ rows of overlapping releases (mostly agreeing,
-    some coarser, 1% genuinely conflicting, like the real overlaps) must combine well under 2 s."""
+def test_seventy_thousand_overlapping_rows_combine_with_exactly_the_real_conflicts() -> None:
+    """70k+ rows of overlapping releases (mostly agreeing, some coarser, 1% genuinely conflicting,
+    like the real overlaps): granularity is no conflict, flipped labels are. Its speed is measured
+    by bench/bench_core.py."""
     n = 40_000
     numbers = np.arange(n)
     ids = np.array([f"ISIC_{i:07d}" for i in numbers], dtype=object)
@@ -288,11 +288,8 @@ def test_seventy_thousand_rows_combine_quickly() -> None:
         ("new", source(numbers[n // 2 :], coarse_torso=False, flip=False)),
     ]
     assert sum(len(f) for _, f in sources) >= 60_000
-    started = time.perf_counter()
     result = combine_sources(sources)
-    elapsed = time.perf_counter() - started
     assert len(result.frame) == n
     assert set(result.conflicts["column"]) == {"benign_malignant"}
     flipped = numbers[n // 4 : 3 * n // 4]  # "mid" overlaps "old" or "new" everywhere
     assert len(result.conflicts) == int(((flipped % 100 == 1) & (flipped % 7 != 0)).sum())
-    assert elapsed < 2.0, f"combine took {elapsed:.2f} s"
