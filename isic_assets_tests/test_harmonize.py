@@ -658,7 +658,7 @@ def test_vocab_tables_render_for_readme() -> None:
 
 
 def test_vocab_markdown_is_stable_across_hash_seeds() -> None:
-    """The README embeds render_markdown(); set iteration order must not leak into it (it once did)."""
+    """docs/HARMONIZATION.md embeds render_markdown(); set iteration order must not leak into it (it once did)."""
     repo = Path(__file__).resolve().parents[1]
     script = "from isic_assets.core.merge.vocab import render_markdown; print(render_markdown())"
     outputs = {

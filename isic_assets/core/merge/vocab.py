@@ -49,6 +49,8 @@ from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import NamedTuple
 
+import pandas as pd
+
 # ---------------------------------------------------------------------------------------------
 # Missing values
 # ---------------------------------------------------------------------------------------------
@@ -578,21 +580,22 @@ def granularity_rows() -> list[GranularityRule]:
 
 def render_markdown() -> str:
     """The mapping and granularity tables as Markdown, as docs/HARMONIZATION.md embeds them (make docs)."""
-    lines = [
-        "| column | format | source value | unified value | source of fact |",
-        "|---|---|---|---|---|",
-    ]
-    for row in mapping_rows():
-        unified = f"`{row.unified}`" if row.unified else "*(missing)*"
-        lines.append(
-            f"| {row.column} | {row.source_format} | `{row.source_value}` | {unified} | {row.reference} |"
-        )
-    lines += [
-        "",
-        "| column | coarse | finer (not a conflict; kept) | why |",
-        "|---|---|---|---|",
-    ]
-    for rule in GRANULARITY_RULES:
-        fine = "any value" if rule.fine == ANY_VALUE else f"`{rule.fine}`"
-        lines.append(f"| {rule.column} | `{rule.coarse}` | {fine} | {rule.reference} |")
-    return "\n".join(lines) + "\n"
+    mappings = pd.DataFrame(
+        [
+            (row.column, row.source_format, f"`{row.source_value}`",
+             f"`{row.unified}`" if row.unified else "*(missing)*", row.reference)
+            for row in mapping_rows()
+        ],
+        columns=["column", "format", "source value", "unified value", "source of fact"],
+    )
+    rules = pd.DataFrame(
+        [
+            (rule.column, f"`{rule.coarse}`", "any value" if rule.fine == ANY_VALUE else f"`{rule.fine}`",
+             rule.reference)
+            for rule in GRANULARITY_RULES
+        ],
+        columns=["column", "coarse", "finer (not a conflict; kept)", "why"],
+    )
+    # disable_numparse: values such as `0.0` are labels, never numbers to re-format or right-align.
+    tables = [frame.to_markdown(index=False, disable_numparse=True) for frame in (mappings, rules)]
+    return "\n\n".join(tables) + "\n"
