@@ -14,7 +14,6 @@ ISIC_ID_RE = re.compile(r"^ISIC_[0-9]{7}$")
 _MEMBER_RE = re.compile(r"^(ISIC_[0-9]{7})(_downsampled)?\.(jpe?g|png|tiff?|bmp|webp)$", re.IGNORECASE)
 _NAME_RE = re.compile(r"^(ISIC_[0-9]{7})(_downsampled)?$")
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
 
 
 def normalize_isic_id(name: str) -> str | None:

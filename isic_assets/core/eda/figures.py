@@ -17,7 +17,6 @@ each of them under its stable name.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -35,15 +34,9 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarForm
 
 from .. import layout
 from ..atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
-from ..merge.quality import missing_percentages
 from .report import ReportFigure, ReportTable, gallery_markdown, png_thumbnail_base64, render_report_html
+from .tables import AGE_STEP, UNLABELLED, _class_order, _Columns, _normalize, _summarize, _tables, _valid_dimensions
 
-LABEL_COLUMN = "benign_malignant"
-UNLABELLED = "unlabelled"
-MISSING = "(missing)"
-UNKNOWN_SOURCE = "(no source)"
-#: Classes in the order every figure and table shows them; unexpected labels follow, sorted.
-CLASS_ORDER: tuple[str, ...] = ("benign", "malignant", "indeterminate", UNLABELLED)
 #: Fixed colours so a class looks the same in every figure (seaborn "deep" blue/red/orange, grey).
 CLASS_COLOURS: dict[str, str] = {
     "benign": "#4c72b0",
@@ -83,7 +76,6 @@ REPORT_TITLE = "ISIC merged dataset: exploratory data analysis"
 MAX_SCATTER_POINTS = 20_000
 _ANNOTATE_MAX_POINTS = 40
 DPI = 110
-AGE_STEP = 5  # ISIC publishes age_approx in 5-year steps
 _THOUSANDS = "{x:,.0f}"  # count axes: 12,000 rather than 12000
 _MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "h")
 
@@ -106,20 +98,6 @@ class EdaResult:
     tables: dict[str, pd.DataFrame]
     report: Path
     inputs: dict[str, object] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Columns:
-    """The metadata columns the figures use, normalized once: text stripped, missing as ``""``."""
-
-    n: int
-    label: pd.Series
-    source: pd.Series
-    sex: pd.Series
-    site: pd.Series
-    age: pd.Series
-    width: pd.Series
-    height: pd.Series
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,168 +161,6 @@ def render_png(figure: Figure) -> bytes:
     with _style():
         canvas.print_png(buffer)
     return buffer.getvalue()
-
-
-def summarize_inputs(metadata: pd.DataFrame, duplicates: pd.DataFrame,
-                     quarantine: pd.DataFrame) -> dict[str, object]:
-    """What the run was given, for the report header: sizes, sources and a content fingerprint.
-
-    The fingerprint (a hash of every metadata cell) tells two reports of the same data apart from
-    two reports of different data without a timestamp, which would make every re-run differ.
-    """
-    return _summarize(_normalize(metadata), metadata, duplicates, quarantine)
-
-
-# ----------------------------------------------------------------------------------------------
-# normalization and tables
-
-
-def _tables(cols: _Columns, metadata: pd.DataFrame, duplicates: pd.DataFrame,
-            quarantine: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    classes = _class_order(cols.label)
-    return {
-        "class_counts": _class_counts(cols.label, classes),
-        "source_by_class": _crosstab_table(cols.source, cols.label, classes, "source"),
-        "anatomical_site_by_class": _crosstab_table(cols.site, cols.label, classes, "anatom_site_general"),
-        "sex_by_class": _crosstab_table(cols.sex, cols.label, classes, "sex"),
-        "age_summary": _age_summary(cols, classes),
-        "dimensions_by_source": _dimensions_by_source(cols),
-        "missing_values": _missing_table(metadata),
-        "duplicates_by_reason": _reason_counts(duplicates),
-        "quarantine_by_reason": _reason_counts(quarantine),
-    }
-
-
-def _summarize(cols: _Columns, metadata: pd.DataFrame, duplicates: pd.DataFrame,
-               quarantine: pd.DataFrame) -> dict[str, object]:
-    per_source = cols.source.value_counts().sort_index()
-    return {
-        "metadata rows": len(metadata),
-        "metadata columns": int(metadata.shape[1]),
-        "sources": ", ".join(f"{name} ({count:,})" for name, count in per_source.items()) or "none",
-        "duplicates rows": len(duplicates),
-        "quarantine rows": len(quarantine),
-        "metadata fingerprint": _fingerprint(metadata),
-    }
-
-
-def _normalize(metadata: pd.DataFrame) -> _Columns:
-    return _Columns(
-        n=len(metadata),
-        label=_text(metadata, LABEL_COLUMN).replace("", UNLABELLED),
-        source=_text(metadata, "source").replace("", UNKNOWN_SOURCE),
-        sex=_text(metadata, "sex").replace("", MISSING),
-        site=_text(metadata, "anatom_site_general").replace("", MISSING),
-        age=_numbers(metadata, "age_approx"),
-        width=_numbers(metadata, "width"),
-        height=_numbers(metadata, "height"),
-    )
-
-
-def _text(frame: pd.DataFrame, column: str) -> pd.Series:
-    """A text column with every spelling of 'missing' (NaN, NA, blanks) turned into ``""``.
-
-    Works the same on the CSV read as strings and on the typed parquet frame; an absent column
-    reads as all missing so a partial frame still gets its figures.
-    """
-    if column not in frame.columns:
-        return pd.Series("", index=frame.index, dtype="string")
-    return frame[column].astype("string").fillna("").str.strip()
-
-
-def _numbers(frame: pd.DataFrame, column: str) -> pd.Series:
-    """A numeric column as float64 with NaN for missing or unparsable cells (``""`` included)."""
-    if column not in frame.columns:
-        return pd.Series(np.nan, index=frame.index, dtype="float64")
-    return pd.to_numeric(frame[column], errors="coerce").astype("float64")
-
-
-def _class_order(labels: pd.Series) -> list[str]:
-    extra = sorted(set(labels.unique()) - set(CLASS_ORDER))
-    return [*CLASS_ORDER, *extra]
-
-
-def _class_counts(labels: pd.Series, classes: list[str]) -> pd.DataFrame:
-    counts = labels.value_counts().reindex(classes, fill_value=0).astype("int64")
-    total = int(counts.sum())
-    percent = (100.0 * counts / total).round(2) if total else counts * 0.0
-    return pd.DataFrame({"class": classes, "count": counts.to_numpy(), "percent": percent.to_numpy()})
-
-
-def _crosstab_table(rows: pd.Series, labels: pd.Series, classes: list[str], name: str) -> pd.DataFrame:
-    """Counts per category (rows) and class (columns) plus a total, largest first, missing last."""
-    table = pd.crosstab(rows, labels).reindex(columns=classes, fill_value=0).astype("int64")
-    table["total"] = table.sum(axis=1)
-    missing_last = table.index == MISSING
-    order = np.lexsort((table.index.astype(str), -table["total"].to_numpy(), missing_last))
-    table = table.iloc[order]
-    table.index.name = name
-    table.columns.name = None
-    return table.reset_index()
-
-
-def _age_summary(cols: _Columns, classes: list[str]) -> pd.DataFrame:
-    rows = []
-    for cls in ["all", *classes]:  # a handful of classes, not rows
-        ages = cols.age if cls == "all" else cols.age[cols.label == cls]
-        known = ages.dropna()
-        rows.append({
-            "class": cls,
-            "images": len(ages),
-            "with_age": len(known),
-            "missing_age": int(len(ages) - len(known)),
-            "median": float(known.median()) if len(known) else np.nan,
-            "min": float(known.min()) if len(known) else np.nan,
-            "max": float(known.max()) if len(known) else np.nan,
-        })
-    return pd.DataFrame(rows)
-
-
-def _valid_dimensions(cols: _Columns) -> pd.DataFrame:
-    frame = pd.DataFrame({"source": cols.source, "width": cols.width, "height": cols.height})
-    return frame[(frame["width"] > 0) & (frame["height"] > 0)]
-
-
-def _dimensions_by_source(cols: _Columns) -> pd.DataFrame:
-    dims = _valid_dimensions(cols)
-    columns = ["source", "images", "distinct_sizes", "min_width", "median_width", "max_width",
-               "min_height", "median_height", "max_height"]
-    if dims.empty:
-        return pd.DataFrame(columns=columns)
-    grouped = dims.groupby("source", sort=True)
-    table = pd.DataFrame({
-        "images": grouped.size(),
-        "distinct_sizes": grouped[["width", "height"]].apply(lambda g: len(g.drop_duplicates())),
-        "min_width": grouped["width"].min(),
-        "median_width": grouped["width"].median(),
-        "max_width": grouped["width"].max(),
-        "min_height": grouped["height"].min(),
-        "median_height": grouped["height"].median(),
-        "max_height": grouped["height"].max(),
-    })
-    for column in ("min_width", "max_width", "min_height", "max_height"):
-        table[column] = table[column].astype("int64")
-    return table.reset_index()[columns]
-
-
-def _missing_table(metadata: pd.DataFrame) -> pd.DataFrame:
-    """Missing percentage per column, using the checks' own rule (quality.missing_percentages)."""
-    percentages = missing_percentages(metadata)
-    return pd.DataFrame({"column": list(percentages), "missing_percent": list(percentages.values())})
-
-
-def _reason_counts(frame: pd.DataFrame) -> pd.DataFrame:
-    reasons = _text(frame, "reason").replace("", MISSING)
-    counts = reasons.value_counts()
-    table = pd.DataFrame({"reason": counts.index.astype(str), "count": counts.to_numpy().astype("int64")})
-    return table.sort_values(["count", "reason"], ascending=[False, True], kind="stable").reset_index(drop=True)
-
-
-def _fingerprint(metadata: pd.DataFrame) -> str:
-    cells = pd.util.hash_pandas_object(metadata.astype("string").fillna(""), index=False)
-    digest = hashlib.sha256("\x1f".join(map(str, metadata.columns)).encode())
-    digest.update(cells.to_numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -71,7 +71,6 @@ MISSING_SPELLINGS: frozenset[str] = frozenset({"", "unknown", "nan", "NaN"})
 BENIGN = "benign"
 MALIGNANT = "malignant"
 INDETERMINATE = "indeterminate"
-BENIGN_MALIGNANT_VALUES: tuple[str, ...] = (BENIGN, MALIGNANT, INDETERMINATE)
 
 #: 2016 Part 3: training writes the strings, test writes floats (docs/ISIC_SOURCES.md 1.2, 1.4).
 ISIC2016_LABELS: dict[str, str] = {
