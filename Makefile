@@ -69,10 +69,11 @@ pool: $(VENV)/.installed
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster instance concurrency set isic_data 1
 
-## bench: image preprocessing and ingestion benchmarks (tables for the README)
+## bench: image preprocessing, ingestion and core-step speed benchmarks (tables for the README)
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_transform.py
 	$(BIN)/python bench/bench_ingest.py
+	$(BIN)/python bench/bench_core.py
 
 ## docs: regenerate the documentation derived from code (docs/HARMONIZATION.md)
 docs: $(VENV)/.installed

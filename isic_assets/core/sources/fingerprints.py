@@ -53,7 +53,7 @@ class Fingerprint:
 
     Two fingerprints of the same URL denote the same version when all three validators are equal.
     A server that sends none of them can only be compared by size, which misses a same-size rewrite;
-    that is the same trade-off the downloader makes (``core/download.py``).
+    that is the same trade-off the downloader makes (``core/sources/download.py``).
     """
 
     url: str

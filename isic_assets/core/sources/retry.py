@@ -1,6 +1,6 @@
 """The one retry loop of every network client here: exponential backoff, full jitter, Retry-After.
 
-The zip downloader (download.py) and the ISIC Archive client (isic_api.py) both retry the same
+The zip downloader (download.py) and the ISIC Archive client (the isic_api package) both retry the same
 transient failures (connection errors, timeouts, incomplete bodies, 429 and 5xx) on the same
 schedule: after failed attempt ``n`` wait a uniform random time in ``[0, min(cap, initial * 2**(n-1))]``
 ("full jitter", which spreads concurrent clients instead of having them retry in lock-step), or what

@@ -307,7 +307,7 @@ class IsicApiClient:
     def _with_retries(self, what: str, url: str, attempt: Callable[[], _T]) -> _T:
         """Run ``attempt`` until it succeeds, raises a non-transient error, or ``max_attempts`` is hit.
 
-        The same schedule as the zip downloader (download.py): full jitter, ``Retry-After`` honoured
+        The one retry loop of retry.py, as the zip downloader uses it: full jitter, ``Retry-After`` honoured
         and both capped at ``backoff_max``.
         """
         def on_retry(failure: Transient, attempts: int, wait: float) -> None:
