@@ -58,3 +58,18 @@ def test_every_relative_link_in_the_docs_resolves():
             elif anchor and anchor not in _anchors(linked):
                 broken.append(f"{document.name}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
+
+
+def test_nothing_points_outside_the_repository():
+    """A clone has no sibling folders: docs and comments must cite docs/, not a neighbour's files."""
+    outside = "../" + "shared"  # split so this test does not find itself
+    suffixes = {".py", ".md", ".toml", ".yaml", ".yml", ".cfg", ".txt"}
+    skipped = {".venv", ".git", "test-artifacts", ".dagster_home", "data", "isic_assets.egg-info"}
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in REPO.rglob("*")
+        if path.suffix in suffixes and path.is_file()
+        and not skipped & set(path.relative_to(REPO).parts)
+        and outside in path.read_text(encoding="utf-8", errors="replace")
+    ]
+    assert not offenders, offenders
