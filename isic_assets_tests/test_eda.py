@@ -14,6 +14,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from isic_assets.core.eda import figures as eda
+from isic_assets.core.eda import tables as eda_tables
 from isic_assets.core.eda.figures import (
     FIGURE_TITLES,
     REPORT_NAME,
@@ -203,8 +204,8 @@ def test_tables_count_what_the_metadata_holds() -> None:
     assert per_source["total"].to_dict() == {name: rows for name, (rows, _) in SOURCES.items()}
     assert int(per_source["malignant"].sum()) == 60
     sites = tables["anatomical_site_by_class"]
-    assert set(sites["anatom_site_general"]) == {*SITES, eda.MISSING}
-    assert sites["anatom_site_general"].iloc[-1] == eda.MISSING
+    assert set(sites["anatom_site_general"]) == {*SITES, eda_tables.MISSING}
+    assert sites["anatom_site_general"].iloc[-1] == eda_tables.MISSING
     assert sites["total"].iloc[:-1].is_monotonic_decreasing
     missing = tables["missing_values"].set_index("column")["missing_percent"]
     assert missing["sex"] == pytest.approx(100 * (metadata["sex"] == "").mean(), abs=0.01)
