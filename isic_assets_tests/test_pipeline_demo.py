@@ -208,7 +208,7 @@ def test_eda_plots_written_with_figures_in_the_ui(demo_runs):
 
 def test_balanced_splits_are_balanced_and_leak_free(demo_runs):
     data_dir, first, _, _ = demo_runs
-    out = data_dir / layout.SPLITS
+    out = data_dir / layout.SPLITS_DIR
     manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     counts = manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
     assert (counts["benign"] == counts["malignant"]).all(), counts
@@ -275,7 +275,7 @@ def test_make_demo_summary_names_every_output(demo_runs, expected):
     data_dir, _, _, _ = demo_runs
     text = "\n".join(summarize(data_dir))
     assert f"{expected['merged']['kept_images']} images" in text
-    for folder in (layout.DOWNLOADS, layout.MERGED, layout.TRANSFORMED, layout.EDA, layout.SPLITS):
+    for folder in (layout.DOWNLOADS, layout.MERGED, layout.TRANSFORMED, layout.EDA, layout.SPLITS_DIR):
         assert folder + "/" in text
     assert "DATASET_CARD.md" in text and "report.html" in text
 
@@ -288,7 +288,7 @@ def test_label_conflicts_are_flagged_and_left_out_of_the_splits(demo_runs, expec
     flags = merged.set_index("isic_id")["label_conflict"]
     assert flags[conflict_id] == "True"
     assert (flags == "True").sum() == 1
-    manifest = pd.read_csv(data_dir / layout.SPLITS / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = pd.read_csv(data_dir / layout.SPLITS_DIR / "manifest.csv", dtype=str, keep_default_na=False)
     assert conflict_id not in set(manifest["isic_id"])
     assert _metadata(first, "balanced_splits")["excluded"]["label_conflict"] == 1
 

@@ -143,7 +143,7 @@ class SplitBalanceConfig(dg.Config):
 @dg.asset_check(asset=balanced_splits, name="class_balance", blocking=True)
 def split_class_balance(config: SplitBalanceConfig, isic: IsicSettings) -> dg.AssetCheckResult:
     """Per split, the max/min class ratio is within tolerance of what the chosen strategy promises."""
-    out_dir = isic.path(layout.SPLITS)
+    out_dir = isic.path(layout.SPLITS_DIR)
     plan = read_plan(out_dir)
     outcome = class_balance(read_manifest(out_dir), plan["config"]["strategy"], config.tolerance,
                             classes=plan["classes"])
@@ -154,7 +154,7 @@ def split_class_balance(config: SplitBalanceConfig, isic: IsicSettings) -> dg.As
 def no_leakage(isic: IsicSettings) -> dg.AssetCheckResult:
     """No image, patient, lesion, content hash or listed duplicate appears in two splits."""
     outcome = leakage(
-        read_manifest(isic.path(layout.SPLITS)),
+        read_manifest(isic.path(layout.SPLITS_DIR)),
         layout.read_table(isic.path(layout.TRANSFORMED, layout.METADATA_CSV)),
         layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
     )
@@ -170,7 +170,7 @@ class ProportionsConfig(dg.Config):
 @dg.asset_check(asset=balanced_splits, name="split_proportions")
 def split_proportions_check(config: ProportionsConfig, isic: IsicSettings) -> dg.AssetCheckResult:
     """Split sizes are within tolerance of the configured ratios (WARN: whole groups make it inexact)."""
-    out_dir = isic.path(layout.SPLITS)
+    out_dir = isic.path(layout.SPLITS_DIR)
     ratios = tuple(read_plan(out_dir)["config"]["ratios"])
     outcome = split_proportions(read_manifest(out_dir), ratios, config.tolerance)
     return _result(outcome, dg.AssetCheckSeverity.WARN, "split proportions")

@@ -90,7 +90,7 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
         context.log.warning(warning)
     spec = json.loads(config.augmentations_json) if config.augmentations_json else DEFAULT_AUGMENTATIONS
     spec_version = hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:12]
-    out_dir = root / layout.SPLITS
+    out_dir = root / layout.SPLITS_DIR
     report = write_splits(
         plan, metadata, transformed, out_dir,
         make_augmented_copy=lambda src, dst, seed: augment_file(src, dst, seed, spec),
