@@ -12,7 +12,7 @@ Default statuses, as a user would expect them:
 * ``dropzone_sensor`` starts RUNNING: it only looks at a local folder, and dropping files there with
   a sidecar is already the user's explicit request to ingest them.
 
-The weekly refresh is an automation condition on raw_zips (``defs/automation.py``).
+The weekly refresh is an automation condition on raw_zips (``defs/policies.py``).
 """
 
 import os
