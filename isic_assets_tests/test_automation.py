@@ -96,3 +96,16 @@ def test_the_automation_sensor_runs_by_default_and_covers_every_asset():
     graph = defs.resolve_asset_graph()
     for key in ASSETS:
         assert graph.get(dg.AssetKey(key)).automation_condition is not None, key
+
+
+def test_every_asset_has_owners_tags_and_users_assets_a_freshness_policy():
+    graph = defs.resolve_asset_graph()
+    for key in ASSETS:
+        node = graph.get(dg.AssetKey(key))
+        assert node.owners == ["team:isic-data"], key
+        assert node.tags.get("isic/stage"), key
+    for key in ("transformed_images", "eda_plots", "balanced_splits"):
+        assert graph.get(dg.AssetKey(key)).freshness_policy is not None, key
+    raw_zips = next(a for a in defs.assets if dg.AssetKey("raw_zips") in a.keys)
+    policy = raw_zips.op.retry_policy
+    assert policy.max_retries >= 1 and policy.backoff == dg.Backoff.EXPONENTIAL and policy.jitter is not None
