@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .defs import checks, cleanup, eda, merge, sensors, sources, splits, transform
+from .defs import checks, cleanup, eda, merge, policies, sensors, sources, splits, transform
 from .defs.resources import IsicSettings
 
 # The whole graph on the multiprocess executor, for a machine with memory to spare. max_concurrent is
@@ -29,15 +29,14 @@ defs = dg.Definitions(
     ],
     asset_checks=[
         checks.missing_data,
-        checks.natural_class_balance,
+        checks.balanced_dataset_buildable,
         checks.merged_images_readable,
         checks.transformed_images_readable,
         checks.split_class_balance,
         checks.no_leakage,
-        checks.split_proportions_check,
+        checks.split_proportions,
     ],
-    sensors=[sensors.isic_sources_sensor, sensors.dropzone_sensor],
-    schedules=[sensors.isic_weekly_refresh],
+    sensors=[sensors.isic_sources_sensor, sensors.dropzone_sensor, policies.automation_sensor],
     jobs=[cleanup.clean_intermediates_job, materialize_all_multiprocess],
     resources={"isic": IsicSettings()},
     # Image-heavy steps parallelise inside themselves (process/thread pools); one process per step

@@ -46,14 +46,14 @@ def summarize(root: Path) -> list[str]:
     if report.is_file():
         figures = len(list((root / layout.EDA).glob("*.png")))
         lines.append(f"  {layout.EDA + '/':22} {figures} figures; open {report}")
-    splits = root / layout.SPLITS / layout.MANIFEST_CSV
+    splits = root / layout.SPLITS_DIR / layout.MANIFEST_CSV
     if splits.is_file():
         frame = layout.read_table(splits)
         table = frame.groupby(["split", "label"]).size()
         labels = sorted(set(frame["label"]))
         parts = [f"{split} " + "/".join(f"{table[split].get(label, 0)} {label}" for label in labels)
                  for split in ("train", "validation", "test") if split in table.index.get_level_values(0)]
-        lines.append(f"  {layout.SPLITS + '/':22} {'; '.join(parts)}; DATASET_CARD.md")
+        lines.append(f"  {layout.SPLITS_DIR + '/':22} {'; '.join(parts)}; DATASET_CARD.md")
     return lines
 
 

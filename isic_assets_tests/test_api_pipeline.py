@@ -71,7 +71,7 @@ def test_rerun_fetches_no_image_content(api_run):
 
 def test_dataset_card_licence_counts_match_the_split_images(api_run):
     data_dir, _, _, _ = api_run
-    out = data_dir / layout.SPLITS
+    out = data_dir / layout.SPLITS_DIR
     card = (out / "DATASET_CARD.md").read_text()
     manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     meta = pd.read_csv(data_dir / layout.MERGED / "metadata.csv", dtype=str, keep_default_na=False)

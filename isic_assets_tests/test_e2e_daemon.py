@@ -115,7 +115,7 @@ def test_a_changed_file_on_the_mirror_launches_exactly_one_successful_run(daemon
     finally:
         _stop(daemon)
     data = Path(env["ISIC_DATA_DIR"])
-    assert (data / layout.SPLITS / "manifest.csv").is_file()
+    assert (data / layout.SPLITS_DIR / "manifest.csv").is_file()
     [run_log] = (data / layout.LOGS).glob(f"*_{run.run_id}.log")  # the plain-text log of a daemon run
     assert "RUN_SUCCESS" in run_log.read_text()
 

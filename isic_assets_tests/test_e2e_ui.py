@@ -5,8 +5,8 @@ demo mirror. Debian's Chromium (headless, through Playwright's ``executable_path
 downloaded) opens the asset graph, clicks "Materialize all", follows the run to success on its run
 page, and then checks what a user would look at: every asset node says "Materialized", the EDA
 figures render on the eda_plots page (base64 PNGs in markdown metadata, behind "[Show Markdown]"),
-and the merged_metadata class_balance check (WARN; the demo's 12:1 imbalance fails it by design)
-shows as failed. Screenshots (``ui_*.png``) and the ``dagster dev`` log go to ``test-artifacts/`` at
+and the merged_metadata balanced_dataset_buildable check (the small demo gives validation and test
+fewer than 10 images of a class) shows as failed with its reason. Screenshots (``ui_*.png``) and the ``dagster dev`` log go to ``test-artifacts/`` at
 the repository root.
 
 `make test` installs what this needs (`make browser`: Debian's chromium, as root; Playwright from
@@ -165,19 +165,19 @@ def _ui_flow(page, server: DagsterDev) -> None:
     page.screenshot(path=ARTIFACTS / "ui_eda_plots_figures.png")
     page.keyboard.press("Escape")
 
-    # 5. A failed check as a user finds it: merged_metadata > Checks > class_balance.
+    # 5. A failed check as a user finds it: merged_metadata > Checks > balanced_dataset_buildable.
     page.goto(f"{server.url}/assets/merged_metadata?view=checks")
-    row = page.locator("[class*='checkRow']").filter(has=page.get_by_text("class_balance", exact=True))
+    row = page.locator("[class*='checkRow']").filter(has=page.get_by_text("balanced_dataset_buildable", exact=True))
     sync_api.expect(row).to_contain_text("Failed", timeout=UI_S * 1000)  # the list shows it too
     for _ in range(3):  # a click can land while the virtualized list re-renders; the URL tells
         row.click()
         with contextlib.suppress(AssertionError):
-            sync_api.expect(page).to_have_url(re.compile(r"checkDetail=class_balance"), timeout=5000)
+            sync_api.expect(page).to_have_url(re.compile(r"checkDetail=balanced_dataset_buildable"), timeout=5000)
             break
-    sync_api.expect(page).to_have_url(re.compile(r"checkDetail=class_balance"))
+    sync_api.expect(page).to_have_url(re.compile(r"checkDetail=balanced_dataset_buildable"))
     result = page.get_by_text("Evaluation result").locator("xpath=..")
     sync_api.expect(result).to_contain_text("Failed", timeout=UI_S * 1000)
-    sync_api.expect(page.get_by_text("natural class ratio", exact=False).first).to_be_visible()
+    sync_api.expect(page.get_by_text("fewer than the 10 required", exact=False).first).to_be_visible()
     page.screenshot(path=ARTIFACTS / "ui_failed_check.png")
 
 

@@ -235,8 +235,8 @@ def test_eda_plots_written_with_figures_in_the_ui(demo_runs):
 
 
 def test_balanced_splits_are_balanced_and_leak_free(demo_runs):
-    data_dir, _, _, _ = demo_runs
-    out = data_dir / layout.SPLITS
+    data_dir, first, _, _ = demo_runs
+    out = data_dir / layout.SPLITS_DIR
     manifest = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
     counts = manifest.groupby(["split", "label"]).size().unstack(fill_value=0)
     assert (counts["benign"] == counts["malignant"]).all(), counts
@@ -245,6 +245,38 @@ def test_balanced_splits_are_balanced_and_leak_free(demo_runs):
             files = {p.stem for p in (out / split / label).glob("*.jpg")}
             expected = set(manifest.loc[(manifest["split"] == split) & (manifest["label"] == label), "isic_id"])
             assert files == expected
+    checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in first.get_asset_check_evaluations()}
+    assert checks[("balanced_splits", "no_leakage")] is True
+    assert checks[("balanced_splits", "split_class_balance")] is True
+    assert checks[("merged_images", "merged_images_readable")] is True
+    assert checks[("transformed_images", "transformed_images_readable")] is True
+    # The demo is small: after undersampling by whole groups, validation and test get fewer than 10
+    # images of a class, which the check reports (ERROR, not blocking: the rest of the graph runs).
+    assert checks[("merged_metadata", "balanced_dataset_buildable")] is False
+    [buildable] = [e for e in first.get_asset_check_evaluations() if e.check_name == "balanced_dataset_buildable"]
+    assert "fewer than the 10 required" in buildable.description
+    assert checks[("merged_metadata", "missing_data")] is True
+    assert checks[("balanced_splits", "split_proportions")] is True
+    assert len(checks) == len(defs.asset_checks) == 7
+
+
+def test_every_asset_has_a_data_version_and_tables_a_schema_of_their_real_types(demo_runs):
+    data_dir, first, _, _ = demo_runs
+    versions = {e.asset_key.to_user_string(): e.materialization.tags.get("dagster/data_version")
+                for e in first.get_asset_materialization_events()}
+    assert set(versions) == {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert all(versions.values()), versions
+    merged = {c.name: c.type for c in _metadata(first, "merged_metadata")["dagster/column_schema"].columns}
+    stored = pd.read_parquet(data_dir / layout.MERGED / layout.METADATA_PARQUET)
+    assert list(merged) == list(stored.columns)
+    assert merged["age_approx"] == merged["width"] == "int" and merged["label_conflict"] == "bool"
+    assert merged["isic_id"] == "string"
+    transformed = {c.name: c.type for c in _metadata(first, "transformed_images")["dagster/column_schema"].columns}
+    written = pd.read_csv(data_dir / layout.TRANSFORMED / layout.METADATA_CSV, nrows=1)
+    assert list(transformed) == list(written.columns)
+    assert transformed["source_width"] == transformed["width"] == "int" and transformed["transform"] == "string"
+    manifest = {c.name: c.type for c in _metadata(first, "balanced_splits")["dagster/column_schema"].columns}
+    assert manifest["is_augmented"] == "bool" and manifest["split"] == "string"
 
 
 def test_failing_blocking_check_stops_downstream_in_the_same_run(own_data_dir):
@@ -279,13 +311,13 @@ def test_failing_class_balance_blocks_an_asset_downstream_of_balanced_splits(own
             selection=["balanced_splits", "train_model"],
             run_config={"ops": {
                 "balanced_splits": {"config": {"strategy": "none"}},
-                "balanced_splits_class_balance": {"config": {"tolerance": 0.0}},
+                "balanced_splits_split_class_balance": {"config": {"tolerance": 0.0}},
             }},
             raise_on_error=False,
         )
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()
                    if e.asset_key.to_user_string() == "balanced_splits"}
-    assert evaluations["class_balance"].passed is False
+    assert evaluations["split_class_balance"].passed is False
     assert not ran
     assert not result.success
 
@@ -297,7 +329,7 @@ def test_make_demo_summary_names_every_output(demo_runs, expected):
     data_dir, _, _, _ = demo_runs
     text = "\n".join(summarize(data_dir))
     assert f"{expected['merged']['kept_images']} images" in text
-    for folder in (layout.DOWNLOADS, layout.MERGED, layout.TRANSFORMED, layout.EDA, layout.SPLITS):
+    for folder in (layout.DOWNLOADS, layout.MERGED, layout.TRANSFORMED, layout.EDA, layout.SPLITS_DIR):
         assert folder + "/" in text
     assert "DATASET_CARD.md" in text and "report.html" in text
 
@@ -310,7 +342,7 @@ def test_label_conflicts_are_flagged_and_left_out_of_the_splits(demo_runs, expec
     flags = merged.set_index("isic_id")["label_conflict"]
     assert flags[conflict_id] == "True"
     assert (flags == "True").sum() == 1
-    manifest = pd.read_csv(data_dir / layout.SPLITS / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest = pd.read_csv(data_dir / layout.SPLITS_DIR / "manifest.csv", dtype=str, keep_default_na=False)
     assert conflict_id not in set(manifest["isic_id"])
     assert _metadata(first, "balanced_splits")["excluded"]["label_conflict"] == 1
 

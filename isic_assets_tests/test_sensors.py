@@ -23,16 +23,10 @@ import pytest
 
 from isic_assets.core.sources.fingerprints import Fingerprint, SourceUnreachable, probe
 from isic_assets.core.sources.http_mirror import MirrorRequestHandler, MirrorServer, make_etag
+from isic_assets.core.sources.watch import change_run_key, probe_files, read_sources_cursor
 from isic_assets.definitions import defs
 from isic_assets.defs.resources import IsicSettings
-from isic_assets.defs.sensors import (
-    change_run_key,
-    dropzone_sensor,
-    isic_sources_sensor,
-    isic_weekly_refresh,
-    probe_files,
-    read_sources_cursor,
-)
+from isic_assets.defs.sensors import dropzone_sensor, isic_sources_sensor
 from isic_assets_tests.fault_server import (
     ErrorStatus,
     FaultServer,
@@ -316,8 +310,8 @@ def test_sensors_target_raw_zips_and_everything_downstream_with_default_statuses
         assert job.executor_def.name == "in_process"
     assert isic_sources_sensor.default_status == dg.DefaultSensorStatus.STOPPED
     assert dropzone_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert isic_weekly_refresh.default_status == dg.DefaultScheduleStatus.STOPPED
-    assert {s.name for s in defs.sensors} == {"isic_sources_sensor", "dropzone_sensor"}
+    assert {s.name for s in defs.sensors} == {"isic_sources_sensor", "dropzone_sensor", "isic_automation"}
+    assert not list(defs.schedules or [])  # the weekly refresh is an automation condition on raw_zips
 
 
 def test_interval_comes_from_the_environment_when_the_code_location_loads():

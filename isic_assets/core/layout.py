@@ -15,7 +15,7 @@ DOWNLOADS = "downloaded_zips"
 MERGED = "merged_data"
 TRANSFORMED = "data_transformed"
 EDA = "data_visual_repr"
-SPLITS = "neural_network_data"
+SPLITS_DIR = "neural_network_data"
 LOGS = "logs"
 
 # File names inside the stage folders.

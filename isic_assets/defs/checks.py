@@ -19,11 +19,13 @@ from ..core.merge.quality import (
     share_without_grouping_key,
     unreadable_images,
 )
-from ..core.splits.checks import CheckOutcome, class_balance, leakage, natural_imbalance, split_proportions
+from ..core.splits.checks import CheckOutcome, class_balance, leakage
+from ..core.splits.checks import split_proportions as measure_split_proportions
+from ..core.splits.feasibility import balanced_dataset_feasibility
 from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import table_metadata
 from .resources import IsicSettings
-from .splits import balanced_splits, read_manifest, read_plan
+from .splits import BalancedSplitsConfig, balanced_splits, read_manifest, read_plan, split_config
 from .transform import transformed_images
 
 # Columns a training set is expected to have; their missing share is reported on every run.
@@ -71,35 +73,52 @@ def missing_data(config: MissingDataConfig, isic: IsicSettings) -> dg.AssetCheck
         "missing_by_column": table_metadata(rows),
         "rows": len(frame),
     }
+    label_words = (f"{label_missing:.2f}% of the {len(frame)} rows have no {LABEL_COLUMN} "
+                   f"(at most {config.max_missing_label_pct}% allowed)")
     if not label_ok:
-        return dg.AssetCheckResult(
-            passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
-            description=f"{label_missing:.2f}% of rows have no {LABEL_COLUMN} (threshold "
-                        f"{config.max_missing_label_pct}%)",
-        )
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+                                   description=label_words)
     if over:
+        worst = max(over, key=over.get)
         return dg.AssetCheckResult(
             passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
-            description=f"columns over {config.max_missing_other_pct}% missing: {', '.join(over)}",
+            description=f"{len(over)} core column(s) miss more than {config.max_missing_other_pct}% of their "
+                        f"values, worst {worst} with {over[worst]:.1f}% ({', '.join(over)}); {label_words}",
         )
-    return dg.AssetCheckResult(passed=True, metadata=metadata)
+    worst_core = max((c for c in CORE_COLUMNS if c != LABEL_COLUMN), key=lambda c: missing.get(c, 100.0))
+    return dg.AssetCheckResult(
+        passed=True, metadata=metadata,
+        description=f"{label_words}; every other core column misses at most {config.max_missing_other_pct}% "
+                    f"(worst {worst_core}: {missing.get(worst_core, 100.0):.1f}%)",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
-# merged_metadata: the natural imbalance the splits will face
+# merged_metadata: can the requested balanced dataset be built from these images?
 
 
-class NaturalBalanceConfig(dg.Config):
-    """The ratio above which the natural class imbalance is reported as a warning."""
+class BalancedDatasetBuildableConfig(BalancedSplitsConfig):
+    """The split settings to plan with (the same fields and defaults as balanced_splits: set the same
+    values here when you change them there) and the smallest acceptable count per split and class."""
 
-    max_ratio: float = Field(default=2.0, gt=1, description="WARN when majority/minority exceeds this.")
+    min_images_per_class: int = Field(
+        default=10, ge=1, description="ERROR when a split with a positive ratio would get fewer original images "
+                                      "of a class than this.",
+    )
 
 
-@dg.asset_check(asset=MERGED_METADATA, name="class_balance")
-def natural_class_balance(config: NaturalBalanceConfig, isic: IsicSettings) -> dg.AssetCheckResult:
-    """The natural benign:malignant ratio of the merged data (WARN only: the splits balance it)."""
-    outcome = natural_imbalance(_read_metadata(isic), max_ratio=config.max_ratio)
-    return _result(outcome, dg.AssetCheckSeverity.WARN, "natural class ratio")
+# ERROR but not blocking: the images can still be prepared and explored (a small drop, a first look at a
+# new source); the red check says before any of that work why the splits would measure nothing.
+@dg.asset_check(asset=MERGED_METADATA, name="balanced_dataset_buildable")
+def balanced_dataset_buildable(config: BalancedDatasetBuildableConfig, isic: IsicSettings) -> dg.AssetCheckResult:
+    """Plans the splits dry (nothing written) with balanced_splits' strategy, ratios and seed: every split
+    must get at least ``min_images_per_class`` images of every class. The natural imbalance alone is
+    not a failure; a test set with three melanomas is."""
+    outcome = balanced_dataset_feasibility(
+        _read_metadata(isic), layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
+        split_config(config), config.min_images_per_class, config.exclude_label_conflicts,
+    )
+    return _result(outcome, dg.AssetCheckSeverity.ERROR)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,22 +127,28 @@ def natural_class_balance(config: NaturalBalanceConfig, isic: IsicSettings) -> d
 
 def _readable_result(frame: pd.DataFrame, base: Path, size_column: str | None) -> dg.AssetCheckResult:
     problems = unreadable_images(frame, base, size_column)
-    metadata = {"rows": len(frame), "unreadable": len(problems),
+    metadata = {"rows": len(frame), "unreadable": len(problems), "threshold": 0,
                 "examples": dg.MetadataValue.json(problems[:20])}
+    recorded = " of the recorded size" if size_column else ""
     if problems:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
-                                   description=f"{len(problems)} of {len(frame)} rows have no readable image")
-    return dg.AssetCheckResult(passed=True, metadata=metadata)
+        first = problems[0]
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+            description=f"{len(problems)} of {len(frame)} rows have no readable image{recorded} (none allowed), "
+                        f"e.g. {first['isic_id']}: {first['reason']}",
+        )
+    return dg.AssetCheckResult(passed=True, metadata=metadata,
+                               description=f"all {len(frame)} rows point at a file{recorded} whose header opens")
 
 
-@dg.asset_check(asset=MERGED_IMAGES, name="images_readable", blocking=True,
+@dg.asset_check(asset=MERGED_IMAGES, name="merged_images_readable", blocking=True,
                 additional_deps=[MERGED_METADATA])
 def merged_images_readable(isic: IsicSettings) -> dg.AssetCheckResult:
     """Every merged metadata row points at a file of the recorded size whose header opens."""
     return _readable_result(_read_metadata(isic), isic.path(layout.MERGED), "file_bytes")
 
 
-@dg.asset_check(asset=transformed_images, name="images_readable", blocking=True)
+@dg.asset_check(asset=transformed_images, name="transformed_images_readable", blocking=True)
 def transformed_images_readable(isic: IsicSettings) -> dg.AssetCheckResult:
     """Every transformed metadata row points at a JPEG whose header opens with the recorded size."""
     frame = layout.read_table(isic.path(layout.TRANSFORMED, layout.METADATA_CSV))
@@ -140,25 +165,25 @@ class SplitBalanceConfig(dg.Config):
     tolerance: float = Field(default=0.1, ge=0, description="undersample: ratio <= 1 + tolerance.")
 
 
-@dg.asset_check(asset=balanced_splits, name="class_balance", blocking=True)
+@dg.asset_check(asset=balanced_splits, name="split_class_balance", blocking=True)
 def split_class_balance(config: SplitBalanceConfig, isic: IsicSettings) -> dg.AssetCheckResult:
     """Per split, the max/min class ratio is within tolerance of what the chosen strategy promises."""
-    out_dir = isic.path(layout.SPLITS)
+    out_dir = isic.path(layout.SPLITS_DIR)
     plan = read_plan(out_dir)
     outcome = class_balance(read_manifest(out_dir), plan["config"]["strategy"], config.tolerance,
                             classes=plan["classes"])
-    return _result(outcome, dg.AssetCheckSeverity.ERROR, "class balance")
+    return _result(outcome, dg.AssetCheckSeverity.ERROR)
 
 
 @dg.asset_check(asset=balanced_splits, name="no_leakage", blocking=True)
 def no_leakage(isic: IsicSettings) -> dg.AssetCheckResult:
     """No image, patient, lesion, content hash or listed duplicate appears in two splits."""
     outcome = leakage(
-        read_manifest(isic.path(layout.SPLITS)),
+        read_manifest(isic.path(layout.SPLITS_DIR)),
         layout.read_table(isic.path(layout.TRANSFORMED, layout.METADATA_CSV)),
         layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
     )
-    return _result(outcome, dg.AssetCheckSeverity.ERROR, "leakage")
+    return _result(outcome, dg.AssetCheckSeverity.ERROR)
 
 
 class ProportionsConfig(dg.Config):
@@ -168,20 +193,19 @@ class ProportionsConfig(dg.Config):
 
 
 @dg.asset_check(asset=balanced_splits, name="split_proportions")
-def split_proportions_check(config: ProportionsConfig, isic: IsicSettings) -> dg.AssetCheckResult:
+def split_proportions(config: ProportionsConfig, isic: IsicSettings) -> dg.AssetCheckResult:
     """Split sizes are within tolerance of the configured ratios (WARN: whole groups make it inexact)."""
-    out_dir = isic.path(layout.SPLITS)
+    out_dir = isic.path(layout.SPLITS_DIR)
     ratios = tuple(read_plan(out_dir)["config"]["ratios"])
-    outcome = split_proportions(read_manifest(out_dir), ratios, config.tolerance)
-    return _result(outcome, dg.AssetCheckSeverity.WARN, "split proportions")
+    outcome = measure_split_proportions(read_manifest(out_dir), ratios, config.tolerance)
+    return _result(outcome, dg.AssetCheckSeverity.WARN)
 
 
-def _result(outcome: CheckOutcome, severity: dg.AssetCheckSeverity, what: str) -> dg.AssetCheckResult:
+def _result(outcome: CheckOutcome, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
     metadata = {k: _metadata_value(v) for k, v in outcome.measured.items()}
     metadata["offending"] = dg.MetadataValue.json(outcome.offending[:20])
-    description = None if outcome.passed else f"{what}: {len(outcome.offending)} offending case(s)"
     return dg.AssetCheckResult(passed=bool(outcome.passed), severity=severity, metadata=metadata,
-                               description=description)
+                               description=outcome.description)
 
 
 def _metadata_value(value: object) -> object:

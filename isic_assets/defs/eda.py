@@ -1,25 +1,32 @@
 """eda_plots: figures and a self-contained report of the merged dataset (EDA stage)."""
 
-
-
 import dagster as dg
 
 from ..core import layout
 from ..core.eda.figures import make_eda, markdown_gallery
 from .merge import MERGED_IMAGES, MERGED_METADATA
-from .metadata import md_table
+from .metadata import fingerprint
+from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .transform import GROUP
+
+EDA_CODE_VERSION = "1"
+# The tables every figure is drawn from; their bytes and the code version are the data version.
+INPUT_TABLES = (layout.METADATA_CSV, layout.DUPLICATES_CSV, layout.QUARANTINE_CSV)
 
 
 @dg.asset(
     deps=[MERGED_METADATA, MERGED_IMAGES],
     group_name=GROUP,
-    code_version="1",
+    code_version=EDA_CODE_VERSION,
     kinds={"python", "matplotlib", "html"},
     description="Figures of the merged dataset (classes, sites, sex, age, dimensions, missing values, "
                 "sources, duplicates) and a self-contained report.html in data_visual_repr/.",
     pool=WRITE_POOL,
+    automation_condition=DOWNSTREAM_AUTOMATION,
+    freshness_policy=USER_FACING_FRESHNESS,
+    owners=OWNERS,
+    tags=stage_tags("eda"),
 )
 def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
@@ -32,12 +39,18 @@ def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.Mater
     )
     context.log.info(f"wrote {len(result.figures)} figures and {result.report}")
     class_counts = result.tables.get("class_counts")
+    # The figures are a function of the merged tables and this code: hashing those is stable where the
+    # PNG and HTML bytes are not guaranteed to be (renderer versions).
+    version = fingerprint([f"code:{EDA_CODE_VERSION}",
+                           *(f"{name}:{fingerprint([(merged_dir / name).read_text()])}" for name in INPUT_TABLES)])
     return dg.MaterializeResult(
         metadata={
             "figures": dg.MetadataValue.md(markdown_gallery(result)),
-            "class_counts": dg.MetadataValue.md(md_table(class_counts) if class_counts is not None else ""),
+            "class_counts": dg.MetadataValue.md(class_counts.to_markdown(index=False)
+                                                if class_counts is not None else ""),
             "report": dg.MetadataValue.path(str(result.report)),
             "path": dg.MetadataValue.path(str(root / layout.EDA)),
             "figure_files": dg.MetadataValue.json({k: str(v) for k, v in result.figures.items()}),
-        }
+        },
+        data_version=dg.DataVersion(version),
     )

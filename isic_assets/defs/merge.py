@@ -13,7 +13,9 @@ from ..core import layout
 from ..core.merge.merge_sources import MergeOptions, MergeReport, SourceArchive, merge_sources
 from ..core.merge.quality import class_counts
 from ..core.merge.zip_stream import ZipLimits, ZipRefused
-from .metadata import fingerprint, md_table, table_metadata
+from ..core.table_schema import column_types, parquet_column_types, typed_columns
+from .metadata import column_schema, fingerprint, table_metadata
+from .policies import DOWNSTREAM_AUTOMATION, OWNERS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .sources import GROUP, raw_zips
 
@@ -34,10 +36,12 @@ MERGED_METADATA = dg.AssetKey("merged_metadata")
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(MERGED_IMAGES, deps=[raw_zips], group_name=GROUP, code_version="1", kinds={"python", "jpeg"},
+                     automation_condition=DOWNSTREAM_AUTOMATION, owners=OWNERS, tags=stage_tags("merge"),
                      description="Every kept image once, as merged_data/images/<isic_id>.<ext>; duplicates "
                                  "and corrupt files recorded, never silently dropped."),
         dg.AssetSpec(MERGED_METADATA, deps=[raw_zips], group_name=GROUP, code_version="1",
                      kinds={"python", "csv", "parquet"},
+                     automation_condition=DOWNSTREAM_AUTOMATION, owners=OWNERS, tags=stage_tags("merge"),
                      description="One harmonized metadata row per kept image: merged_data/metadata.csv "
                                  "(and .parquet), duplicates.csv, quarantine.csv, conflicts.csv."),
     ],
@@ -136,14 +140,13 @@ def _metadata_metadata(out_dir: Path, report: MergeReport) -> dict:
         "images_without_metadata": report.images_without_metadata,
         "unlabelled_rows": int(frame["benign_malignant"].eq("").sum()) if len(frame) else 0,
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in report.notes) or "none"),
-        "preview": dg.MetadataValue.md(md_table(frame[preview_columns].head(10))),
+        "preview": dg.MetadataValue.md(frame[preview_columns].head(10).to_markdown(index=False)),
         "path": dg.MetadataValue.path(str(out_dir / layout.METADATA_CSV)),
         "parquet": dg.MetadataValue.path(str(out_dir / layout.METADATA_PARQUET)),
         "conflicts_csv": dg.MetadataValue.path(str(out_dir / layout.CONFLICTS_CSV)),
-        "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(c, "integer" if c in ("age_approx", "width", "height", "file_bytes",
-                                                          "exif_orientation") else "string")
-                     for c in frame.columns]
+        # The types stored in metadata.parquet, which the CSV (read back as text) does not keep.
+        "dagster/column_schema": column_schema(
+            typed_columns(frame.columns, parquet_column_types(out_dir / layout.METADATA_PARQUET), column_types(frame))
         ),
     }
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
-import pandas as pd
 
 
 def table_metadata(rows: Sequence[dict[str, Any]]) -> dg.TableMetadataValue:
@@ -21,13 +20,9 @@ def table_metadata(rows: Sequence[dict[str, Any]]) -> dg.TableMetadataValue:
     return dg.MetadataValue.table(records=records, schema=schema)
 
 
-def md_table(frame: pd.DataFrame) -> str:
-    """A markdown table without the optional tabulate dependency."""
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |"
-            for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
+def column_schema(types: Mapping[str, str]) -> dg.TableSchema:
+    """``dagster/column_schema`` of a table from its column types (``core/table_schema.py``)."""
+    return dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in types.items()])
 
 
 def _kind(value: Any) -> str:

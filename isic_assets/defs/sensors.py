@@ -1,7 +1,8 @@
-"""Refreshes nobody has to click: a sensor on the sources, a sensor on the dropzone, a weekly schedule.
+"""The two sensors, for what automation conditions cannot see: remote files and the dropzone.
 
-Both sensors request raw_zips and everything downstream of it (checks included); the pool on every
-writing asset (``WRITE_POOL``) makes such a run wait while another one writes.
+Both request raw_zips and everything downstream of it (checks included); the pool on every writing
+asset (``WRITE_POOL``) makes such a run wait while another one writes. What they probe and how they
+decide lives in ``core/sources/watch.py``; here they only turn a decision into a run request.
 
 Default statuses, as a user would expect them:
 
@@ -10,36 +11,22 @@ Default statuses, as a user would expect them:
   the fingerprints: turning it on for an already materialized graph launches nothing.
 * ``dropzone_sensor`` starts RUNNING: it only looks at a local folder, and dropping files there with
   a sidecar is already the user's explicit request to ingest them.
-* ``isic_weekly_refresh`` starts STOPPED: a full pass that repairs what a failed sensor run left.
+
+The weekly refresh is an automation condition on raw_zips (``defs/policies.py``).
 """
 
-import hashlib
-import json
 import os
-import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
-from dataclasses import dataclass, field
 
 import dagster as dg
 
-from ..core.sources import dropzone
-from ..core.sources.catalog import CatalogError, Source
-from ..core.sources.download import DownloadPolicy
-from ..core.sources.fingerprints import Fingerprint, SourceUnreachable, make_client, probe_first
-from ..core.sources.isic_api import ApiQuery, IsicApiClient, api_token_from_env, search_fingerprint
+from ..core.sources.catalog import CatalogError
+from ..core.sources.demo_url import demo_mirror_url
+from ..core.sources.watch import WatchDecision, evaluate_dropzone, evaluate_sources
 from .resources import IsicSettings
-from .sources import DEMO_MIRROR_URL_ENV, DEMO_PLACEHOLDER, demo_mirror_url
 
 # raw_zips and everything downstream of it: today the whole graph, and still right if a second root
 # (an API source, say) is added later.
 REFRESH_TARGET = dg.AssetSelection.assets("raw_zips").downstream()
-
-# Dagster abandons a sensor evaluation after 60 s (DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS); probing
-# stops after this budget whatever the servers do, leaving time to load the catalog and answer.
-PROBE_BUDGET_S = 25.0
-PROBE_THREADS = 8
 
 
 def _interval(env: str, default: int) -> int:
@@ -56,158 +43,14 @@ SOURCES_INTERVAL_S = _interval("ISIC_SENSOR_INTERVAL_S", 3600)
 DROPZONE_INTERVAL_S = _interval("ISIC_DROPZONE_INTERVAL_S", 30)
 
 
-# ----------------------------------------------------------------------------------------------
-# isic_sources_sensor
-
-
-@dataclass
-class SourcesCheck:
-    """One evaluation's findings, per file key ``<source>/<role>``."""
-
-    fingerprints: dict[str, Fingerprint] = field(default_factory=dict)  # the next cursor
-    changed: dict[str, tuple[Fingerprint, Fingerprint]] = field(default_factory=dict)  # old, new
-    recorded: list[str] = field(default_factory=list)  # first seen: recorded, not a change
-    unreachable: dict[str, str] = field(default_factory=dict)  # key -> error
-
-
-def watch_list(sources: list[Source], demo_url: str | None) -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
-    """URLs to probe per file key, and the sources that cannot be watched, with why."""
-    watched: dict[str, tuple[str, ...]] = {}
-    unwatched: dict[str, str] = {}
-    for source in sources:
-        if source.placeholders and demo_url and source.placeholders == {DEMO_PLACEHOLDER}:
-            source = source.with_substitutions({DEMO_PLACEHOLDER: demo_url})
-        if source.placeholders:
-            unwatched[source.name] = "demo" if DEMO_PLACEHOLDER in source.placeholders else "placeholder"
-        elif source.api is not None:
-            continue  # probed through the API (probe_api_sources), not by file
-        elif not source.files:
-            unwatched[source.name] = "no files"
-        for role, spec in source.files.items():
-            if source.name not in unwatched:
-                watched[f"{source.name}/{role}"] = spec.urls
-    return watched, unwatched
-
-
-def probe_files(watched: Mapping[str, tuple[str, ...]], previous: Mapping[str, Fingerprint],
-                budget_s: float = PROBE_BUDGET_S) -> dict[str, Fingerprint | SourceUnreachable]:
-    """Probe every file concurrently; none takes longer than ``budget_s`` in total."""
-    deadline = time.monotonic() + budget_s
-    results: dict[str, Fingerprint | SourceUnreachable] = {}
-    pool = ThreadPoolExecutor(max_workers=max(1, min(PROBE_THREADS, len(watched))), thread_name_prefix="probe")
-    with make_client() as client:
-        futures = {key: pool.submit(probe_first, urls, client, previous.get(key), deadline)
-                   for key, urls in watched.items()}
-        wait_all(futures.values(), timeout=budget_s + 2.0)
-        for key, future in futures.items():
-            if not future.done():
-                results[key] = SourceUnreachable(watched[key][0], f"no answer within {budget_s:.0f} s")
-                continue
-            try:
-                results[key] = future.result()
-            except SourceUnreachable as exc:
-                results[key] = exc
-        pool.shutdown(wait=False, cancel_futures=True)
-    return results
-
-
-def probe_api_sources(sources: list[Source]) -> dict[str, Fingerprint | SourceUnreachable]:
-    """One fingerprint per ``isic_api`` source: the archive's count and total size for its query.
-
-    Two small requests (``images/search/?limit=1`` and ``images/search/size/``) with a short retry
-    policy, so an evaluation stays far inside the sensor timeout. A new image matching the query
-    changes the count; the run it launches downloads and processes only the new images, because
-    every stage skips what it already has.
-    """
-    policy = DownloadPolicy(connect_timeout=5.0, read_timeout=10.0, max_attempts=2, backoff_initial=0.5,
-                            backoff_max=2.0)
-    results: dict[str, Fingerprint | SourceUnreachable] = {}
-    for source in sources:
-        if source.api is None:
-            continue
-        query = ApiQuery(query=source.api.query, collections=source.api.collections, limit=source.api.limit,
-                         api_url=source.api.api_url)
-        url = f"{query.api_url}images/search/?query={query.query}&collections={','.join(map(str, query.collections))}"
-        try:
-            with IsicApiClient.for_query(query, policy=policy, token=api_token_from_env()) as client:
-                version = search_fingerprint(client, query)
-        except Exception as exc:  # noqa: BLE001 - any failure is "unreachable", reported, never a crash
-            results[f"{source.name}/query"] = SourceUnreachable(url, f"{type(exc).__name__}: {exc}")
-            continue
-        results[f"{source.name}/query"] = Fingerprint(url=url, etag=version, last_modified=None, content_length=None)
-    return results
-
-
-def compare(previous: Mapping[str, Fingerprint],
-            probes: Mapping[str, Fingerprint | SourceUnreachable]) -> SourcesCheck:
-    """Sort each probed file into unchanged, changed, first seen or unreachable.
-
-    A file answered by another mirror than last time is recorded, not counted as a change: ETags of
-    two servers are not comparable, and the downloader decides with its own manifest anyway.
-    """
-    check = SourcesCheck()
-    for key, result in sorted(probes.items()):
-        old = previous.get(key)
-        if isinstance(result, SourceUnreachable):
-            check.unreachable[key] = str(result)
-            if old is not None:
-                check.fingerprints[key] = old  # not advanced: the next reachable probe decides
-            continue
-        check.fingerprints[key] = result
-        if old is None or old.url != result.url:
-            check.recorded.append(key)
-        elif not result.same_version(old):
-            check.changed[key] = (old, result)
-    return check
-
-
-def change_run_key(changed: Mapping[str, tuple[Fingerprint, Fingerprint]], launch: int) -> str:
-    """Same change, same key (Dagster launches a run_key once); a later change gets a new key.
-
-    ``launch`` is the cursor's launch counter: the same tick evaluated twice has the same counter,
-    while a file whose content goes back and forth (S3 ETags are content hashes, so A, B, A, B) gets a
-    new key each time instead of being deduplicated away.
-    """
-    payload = {"launch": launch,
-               "files": {key: [old.to_dict(), new.to_dict()] for key, (old, new) in sorted(changed.items())}}
-    return "isic-sources-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def read_sources_cursor(cursor: str | None) -> tuple[dict[str, Fingerprint], int]:
-    """(fingerprint per file key, number of runs requested so far)."""
-    if not cursor:
-        return {}, 0
-    data = json.loads(cursor)
-    files = {key: Fingerprint.from_dict(value) for key, value in data.get("files", {}).items()}
-    return files, int(data.get("launches", 0))
-
-
-def write_sources_cursor(fingerprints: Mapping[str, Fingerprint], launches: int) -> str:
-    return json.dumps({"version": 1, "launches": launches,
-                       "files": {k: v.to_dict() for k, v in sorted(fingerprints.items())}}, sort_keys=True)
-
-
-def _by_source(keys: list[str] | Mapping[str, str]) -> str:
-    """``source (role: error; role: error)`` summaries, one per source."""
-    grouped: dict[str, list[str]] = {}
-    for key in keys:
-        source, role = key.split("/", 1)
-        detail = f"{role}: {keys[key]}" if isinstance(keys, Mapping) else role
-        grouped.setdefault(source, []).append(detail)
-    return "; ".join(f"{source} ({', '.join(parts)})" for source, parts in grouped.items())
-
-
-def _unwatched_note(unwatched: Mapping[str, str]) -> str:
-    demo = [name for name, why in unwatched.items() if why == "demo"]
-    other = [name for name, why in unwatched.items() if why != "demo"]
-    note = ""
-    if demo:
-        note += (f" Not watched: {', '.join(demo)}: the demo mirror exists only while raw_zips runs. To watch "
-                 f"it, serve it with `python -m isic_assets.demo serve data/demo_mirror --port 8765` and set "
-                 f"{DEMO_MIRROR_URL_ENV}=http://127.0.0.1:8765 for the daemon and the runs.")
-    if other:
-        note += f" Not watched (no file URLs to fingerprint): {', '.join(other)}."
-    return note
+def _result(context: dg.SensorEvaluationContext, decision: WatchDecision,
+            run_config: dict | None = None) -> dg.SensorResult:
+    if decision.run_key is None:
+        return dg.SensorResult(skip_reason=decision.skip_reason, cursor=decision.cursor)
+    if decision.log:
+        context.log.info(decision.log)
+    request = dg.RunRequest(run_key=decision.run_key, run_config=run_config or {}, tags=decision.tags)
+    return dg.SensorResult(run_requests=[request], cursor=decision.cursor)
 
 
 @dg.sensor(
@@ -224,65 +67,7 @@ def isic_sources_sensor(context: dg.SensorEvaluationContext, isic: IsicSettings)
         sources = isic.selected_sources()
     except CatalogError as exc:
         return dg.SkipReason(f"cannot resolve the selected sources: {exc}")
-    watched, unwatched = watch_list(sources, demo_mirror_url())
-    has_api = any(source.api is not None for source in sources)
-    if not watched and not has_api:
-        return dg.SkipReason(f"no selected source can be watched ({isic.selection()}).{_unwatched_note(unwatched)}")
-    first = context.cursor is None
-    previous, launches = read_sources_cursor(context.cursor)
-    probes = probe_files(watched, previous) if watched else {}
-    probes.update(probe_api_sources(sources))
-    check = compare(previous, probes)
-    cursor = write_sources_cursor(check.fingerprints, launches)
-    note = _unwatched_note(unwatched)
-    if check.unreachable:
-        # A run now would fail in raw_zips on the unreachable files; keep every change pending (old
-        # fingerprint in the cursor) so that it launches once every source answers again.
-        pending = {**check.fingerprints, **{key: old for key, (old, _new) in check.changed.items()}}
-        waiting = f" {len(check.changed)} changed file(s) wait for them." if check.changed else ""
-        return dg.SensorResult(
-            skip_reason=f"unreachable: {_by_source(check.unreachable)}. No run until every selected source "
-                        f"answers.{waiting}{note}",
-            cursor=write_sources_cursor(pending, launches),
-        )
-    if check.changed:
-        changed = sorted(check.changed)
-        context.log.info(f"changed: {', '.join(changed)}")
-        request = dg.RunRequest(
-            run_key=change_run_key(check.changed, launches + 1),
-            tags={"isic/trigger": "isic_sources_sensor", "isic/changed": ",".join(changed)[:500]},
-        )
-        return dg.SensorResult(run_requests=[request],
-                               cursor=write_sources_cursor(check.fingerprints, launches + 1))
-    if first:
-        message = f"first evaluation: recorded the fingerprints of {len(check.fingerprints)} file(s); no run"
-    elif check.recorded:
-        message = f"recorded {len(check.recorded)} newly watched file(s) ({_by_source(check.recorded)}); no run"
-    else:
-        message = f"{len(check.fingerprints)} file(s) unchanged"
-    return dg.SensorResult(skip_reason=message + "." + note, cursor=cursor)
-
-
-# ----------------------------------------------------------------------------------------------
-# dropzone_sensor
-
-
-def read_dropzone_cursor(cursor: str | None) -> tuple[dict[str, dropzone.Snapshot], dict[str, str], int]:
-    """(snapshot of every drop at the previous scan, fingerprint of every drop launched, launch count)."""
-    if not cursor:
-        return {}, {}, 0
-    data = json.loads(cursor)
-    return data.get("seen", {}), data.get("launched", {}), int(data.get("launches", 0))
-
-
-def write_dropzone_cursor(seen: Mapping[str, dropzone.Snapshot], launched: Mapping[str, str], launches: int) -> str:
-    return json.dumps({"version": 1, "launches": launches, "seen": dict(sorted(seen.items())),
-                       "launched": dict(sorted(launched.items()))}, sort_keys=True)
-
-
-def _drop_summary(statuses: list[dropzone.DropStatus]) -> str:
-    parts = [f"{s.drop.name}: {s.reason}" for s in statuses if s.state != "complete"]
-    return "; ".join(parts)
+    return _result(context, evaluate_sources(sources, context.cursor, demo_mirror_url(), isic.selection()))
 
 
 @dg.sensor(
@@ -296,49 +81,7 @@ def _drop_summary(statuses: list[dropzone.DropStatus]) -> str:
 )
 def dropzone_sensor(context: dg.SensorEvaluationContext, isic: IsicSettings) -> dg.SensorResult | dg.SkipReason:
     folder = isic.dropzone_dir()
-    if not folder.is_dir():
-        return dg.SkipReason(f"no dropzone folder at {folder}: create it and drop files with a sidecar YAML "
-                             "(README, 'The dropzone')")
-    seen, launched, launches = read_dropzone_cursor(context.cursor)
-    statuses = [dropzone.check_drop(drop, seen.get(drop.name)) for drop in dropzone.discover_drops(folder)]
-    present = {s.drop.name for s in statuses}
-    seen = {s.drop.name: s.snapshot for s in statuses if s.snapshot}
-    launched = {name: fp for name, fp in launched.items() if name in present}
-    complete = [s for s in statuses if s.state == "complete"]
-    new = [s for s in complete if launched.get(s.drop.name) != s.fingerprint]
-    others = _drop_summary(statuses)
-    if not new:
-        detail = f" ({others})" if others else ""
-        message = f"{len(complete)} drop(s) already ingested, {len(statuses) - len(complete)} not ready{detail}"
-        return dg.SensorResult(skip_reason=message, cursor=write_dropzone_cursor(seen, launched, launches))
-    selection = ",".join([isic.selection(), *(s.drop.name for s in complete)])
-    try:
-        isic.load_catalog().select(selection)
-    except CatalogError as exc:  # e.g. ISIC_SOURCES names an unknown source: nothing a run could fix
-        return dg.SensorResult(skip_reason=f"cannot launch {selection!r}: {exc}", cursor=context.cursor)
-    for status in new:
-        launched[status.drop.name] = status.fingerprint
-    names = [s.drop.name for s in new]
-    # The launch counter makes a drop removed and put back unchanged a new request, not a duplicate.
-    payload = [launches + 1, sorted((s.drop.name, s.fingerprint) for s in new)]
-    digest = hashlib.sha256(json.dumps(payload).encode()).hexdigest()
-    context.log.info(f"complete new drop(s): {', '.join(names)}; launching with sources {selection}")
-    request = dg.RunRequest(
-        run_key=f"dropzone-{digest[:24]}",
-        run_config={"resources": {"isic": {"config": {"sources": selection, "dropzone": str(folder)}}}},
-        tags={"isic/trigger": "dropzone_sensor", "isic/drops": ",".join(names)[:500]},
-    )
-    return dg.SensorResult(run_requests=[request], cursor=write_dropzone_cursor(seen, launched, launches + 1))
-
-
-# ----------------------------------------------------------------------------------------------
-
-
-isic_weekly_refresh = dg.ScheduleDefinition(
-    name="isic_weekly_refresh",
-    cron_schedule="0 3 * * 1",
-    target=REFRESH_TARGET,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
-    description="Every Monday 03:00: the whole graph. Unchanged files are not downloaded again and known images "
-                "are not decoded again, so it costs little; it repairs what a failed sensor-launched run left.",
-)
+    decision = evaluate_dropzone(folder, context.cursor, isic.selection(),
+                                 lambda selection: isic.load_catalog().select(selection))
+    run_config = {"resources": {"isic": {"config": {"sources": decision.selection, "dropzone": str(folder)}}}}
+    return _result(context, decision, run_config if decision.run_key else None)

@@ -4,7 +4,6 @@
 
 import contextlib
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,24 +12,17 @@ import pandas as pd
 from pydantic import Field
 
 from ..core import layout
-from ..core.sources.catalog import Source
+from ..core.sources.catalog import CatalogError, Source
+from ..core.sources.demo_url import DEMO_MIRROR_URL_ENV, DEMO_PLACEHOLDER, demo_mirror_url
 from ..core.sources.download import DownloadJob, DownloadPolicy, FileRecord, download_all
 from ..core.sources.http_mirror import serve_folder
 from ..core.sources.isic_api import ApiDownloadReport, ApiQuery, api_token_from_env, download_api_source
 from ..demo.generate import generate_demo_mirror
 from .metadata import fingerprint, table_metadata
+from .policies import NETWORK_RETRY, OWNERS, RAW_ZIPS_AUTOMATION, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 
 GROUP = "ingest"
-DEMO_PLACEHOLDER = "demo_mirror"
-# A demo mirror served elsewhere (`python -m isic_assets.demo serve DIR`): raw_zips and the sources
-# sensor then use that URL for {demo_mirror} instead of generating and serving one per run.
-DEMO_MIRROR_URL_ENV = "ISIC_DEMO_MIRROR_URL"
-
-
-def demo_mirror_url() -> str | None:
-    """The external demo mirror's base URL from $ISIC_DEMO_MIRROR_URL, or None when unset."""
-    return os.environ.get(DEMO_MIRROR_URL_ENV, "").strip().rstrip("/") or None
 
 
 class RawZipsConfig(dg.Config):
@@ -51,10 +43,18 @@ class RawZipsConfig(dg.Config):
     kinds={"python", "http"},
     description="Downloads every file of the selected ISIC sources into downloaded_zips/<source>/.",
     pool=WRITE_POOL,
+    automation_condition=RAW_ZIPS_AUTOMATION,
+    retry_policy=NETWORK_RETRY,
+    owners=OWNERS,
+    tags=stage_tags("sources"),
 )
 def raw_zips(context: dg.AssetExecutionContext, config: RawZipsConfig, isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
-    sources = isic.selected_sources()
+    try:
+        sources = isic.selected_sources()
+    except CatalogError as exc:
+        # A wrong selection or catalog is not fixed by waiting: fail at once instead of retrying.
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
     policy = DownloadPolicy(
         concurrency=config.concurrency,
         connect_timeout=config.connect_timeout_s,

@@ -1,8 +1,9 @@
 """Measurements behind the balanced_splits checks, on plain DataFrames.
 
-Each function returns a ``CheckOutcome`` ``(passed, measured, offending)``: ``measured`` is a small
-JSON-able dict that carries the threshold and the measured values, ``offending`` names the rows or
-keys at fault, so a failed check explains itself on the asset page. They accept the manifest either
+Each function returns a ``CheckOutcome`` ``(passed, measured, offending, description)``: ``measured``
+is a small JSON-able dict that carries the threshold and the measured values, ``offending`` names the
+rows or keys at fault, and ``description`` says in words what was measured against which threshold,
+so a check explains itself on the asset page, passed or failed. They accept the manifest either
 as planned (``SplitPlan.manifest``) or as read back from ``manifest.csv`` (every column a string).
 """
 
@@ -23,11 +24,13 @@ _IDS_PER_EXAMPLE = 10
 
 
 class CheckOutcome(NamedTuple):
-    """What a check found: pass/fail, the measured values (with thresholds), the offending cases."""
+    """What a check found: pass/fail, the measured values (with thresholds), the offending cases, and
+    one sentence giving the measured value and the threshold."""
 
     passed: bool
     measured: dict[str, Any]
     offending: list[dict[str, Any]]
+    description: str = ""
 
 
 def augmented_mask(manifest: pd.DataFrame) -> pd.Series:
@@ -105,7 +108,17 @@ def leakage(
         "images_without_metadata": len(unknown),
         "threshold": 0,
     }
-    return CheckOutcome(not len(leaking) and not unknown, measured, offending)
+    if leaking.empty and not unknown:
+        description = (f"no image, patient, lesion, content hash or listed duplicate of the "
+                       f"{measured['images_checked']} images is in two splits (none allowed)")
+    elif len(leaking):
+        first = offending[0]
+        description = (f"{len(leaking)} key(s) appear in two splits, none allowed; e.g. {first['key_type']} "
+                       f"{first['key']} in {' and '.join(first['splits'])}")
+    else:
+        description = (f"{len(unknown)} manifest image(s) have no metadata row, so their leakage cannot be "
+                       f"verified (none allowed), e.g. {unknown[0]}")
+    return CheckOutcome(leaking.empty and not unknown, measured, offending, description)
 
 
 def _occ(key_type: str, key: pd.Series | Any, split: Any, isic_id: Any) -> pd.DataFrame:
@@ -245,7 +258,26 @@ def class_balance(
         "checked_splits": checked,
         "counts": {s: {c: int(v) for c, v in row.items()} for s, row in table.iterrows()},
     }
-    return CheckOutcome(not offending, measured, offending)
+    allowed = (f"at most {1.0 + tolerance:.2f}" if strategy != "none"
+               else f"within {tolerance:.0%} of the natural {_describe_ratio(natural_ratio)}")
+    if offending:
+        worst = offending[0]
+        counts = " to ".join(f"{n} {c}" for c, n in worst["counts"].items())
+        description = (f"{worst['split']} has {counts} (majority/minority {_describe_ratio(ratios.get(worst['split'], math.inf))}); "
+                       f"{strategy} allows {allowed}")
+    elif checked:
+        worst_split = max(checked, key=lambda s: ratios.get(s, math.inf))
+        description = (f"{strategy}: every checked split's majority/minority ratio is {allowed} "
+                       f"(largest: {worst_split} {_describe_ratio(ratios[worst_split])})")
+    else:
+        description = "no split holds any image"
+    return CheckOutcome(not offending, measured, offending, description)
+
+
+def _describe_ratio(ratio: float | None) -> str:
+    if ratio is None or not math.isfinite(ratio):
+        return "infinite ratio (a class is absent)"
+    return f"{ratio:.2f}"
 
 
 def _ratio_ok(ratio: float, expected: float | None, tolerance: float, strategy: str) -> bool:
@@ -280,7 +312,18 @@ def split_proportions(
         "shares": {s: round(v, 4) for s, v in shares.items()},
         "counts": {s: int((originals == s).sum()) for s in SPLITS},
     }
-    return CheckOutcome(not offending, measured, offending)
+    if total == 0:
+        description = "the manifest holds no original image"
+    elif len(offending):
+        worst = max(offending, key=lambda o: abs(o["share"] - o["expected"]))
+        description = (f"{worst['split']} holds {worst['share']:.1%} of the original images, "
+                       f"{abs(worst['share'] - worst['expected']):.1%} away from its ratio {worst['expected']:.0%} "
+                       f"(tolerance {tolerance:.1%})")
+    else:
+        gap = max(abs(shares[s] - r) for s, r in zip(SPLITS, ratios, strict=True))
+        description = (f"every split's share of the {total} original images is within {tolerance:.1%} of its "
+                       f"ratio (largest gap {gap:.1%})")
+    return CheckOutcome(not offending, measured, offending, description)
 
 
 def natural_imbalance(
