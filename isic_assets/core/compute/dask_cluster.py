@@ -100,7 +100,12 @@ class DaskSession:
         scheduler = self.client.scheduler_info()
         workers = scheduler.get("workers", {})
         threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
-        return ClusterInfo(self.choice.kind, self.address, len(workers), threads, _dashboard(scheduler, self.address))
+        try:
+            served = self.client.run_on_scheduler(_serves_dashboard)
+        except Exception:  # noqa: BLE001 - only decides whether a link is shown
+            served = False
+        dashboard = _dashboard(scheduler, self.address) if served else None
+        return ClusterInfo(self.choice.kind, self.address, len(workers), threads, dashboard)
 
     def probe(self, root: Path) -> None:
         """Every worker reads a file the step just wrote under ``root``; any miss fails the step now."""
@@ -245,6 +250,13 @@ def _read_probe(path: str, token: str) -> str | None:
     if found != token:
         return f"{where}: {path} holds other content (a different file system at the same path?)"
     return None
+
+
+def _serves_dashboard() -> bool:
+    """On the scheduler: the dashboard pages need bokeh; without it only the bare HTTP routes run."""
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
 
 
 def _dashboard(scheduler: dict[str, Any], address: str) -> str | None:
