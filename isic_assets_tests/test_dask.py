@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
+from isic_assets.core import layout
 from isic_assets.core.compute import dask_cluster
 from isic_assets.core.compute.dask_cluster import ComputeLost, ComputeUnavailable, SharedStorageError
 from isic_assets.core.compute.setting import ComputeSettingError, parse_compute
@@ -254,3 +255,43 @@ def test_a_worker_that_cannot_see_the_data_root_fails_the_step_naming_it_and_the
     assert not list((data_root / "out" / "images").iterdir())
     assert not list((data_root / "out").glob(".compute-probe-*"))
 
+
+
+def _graph_outputs(data_dir: Path) -> dict[str, bytes]:
+    """What the graph leaves for users: both metadata.csv files, the transform's outputs, the splits."""
+    found = {}
+    for folder in (layout.TRANSFORMED, layout.SPLITS):
+        found.update({f"{folder}/{k}": v for k, v in _outputs(data_dir / folder).items()})
+    found["merged_data/metadata.csv"] = (data_dir / layout.MERGED / layout.METADATA_CSV).read_bytes()
+    return found
+
+
+def test_the_demo_graph_writes_the_same_bytes_on_every_engine_and_names_the_cluster(tmp_path: Path, cluster) -> None:
+    """One run of the whole demo graph per engine; every user-facing output must be identical."""
+    import dagster as dg
+
+    from isic_assets.definitions import defs
+    from isic_assets.defs.resources import IsicSettings
+
+    outputs, metadata, messages = {}, {}, {}
+    with dg.instance_for_test() as instance:
+        for engine in ("local", "dask-local", cluster.address):
+            data_dir = tmp_path / engine.replace(":", "_").replace("/", "_")
+            result = dg.materialize(
+                [*defs.assets, *defs.asset_checks], instance=instance, raise_on_error=False,
+                resources={"isic": IsicSettings(data_dir=str(data_dir), sources="demo", compute=engine)},
+            )
+            assert result.success, engine
+            outputs[engine] = _graph_outputs(data_dir)
+            event = [e for e in result.get_asset_materialization_events()
+                     if e.asset_key.to_user_string() == "transformed_images"][-1]
+            metadata[engine] = {k: v.value for k, v in event.materialization.metadata.items()}
+            messages[engine] = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any(name.startswith(layout.SPLITS) and name.endswith(layout.MANIFEST_CSV) for name in outputs["local"])
+    assert any(name.startswith(f"{layout.TRANSFORMED}/images/") for name in outputs["local"])
+    assert outputs["dask-local"] == outputs["local"]
+    assert outputs[cluster.address] == outputs["local"]
+    assert [metadata[e]["compute_backend"] for e in outputs] == ["local", "dask-local", "dask"]
+    assert metadata["dask-local"]["compute_workers"] == 2 and metadata[cluster.address]["compute_workers"] == 2
+    assert any(f"dask cluster at {cluster.address}: 2 workers, 2 threads, dashboard" in m
+               for m in messages[cluster.address])
