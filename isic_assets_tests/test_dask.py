@@ -295,3 +295,31 @@ def test_the_demo_graph_writes_the_same_bytes_on_every_engine_and_names_the_clus
     assert metadata["dask-local"]["compute_workers"] == 2 and metadata[cluster.address]["compute_workers"] == 2
     assert any(f"dask cluster at {cluster.address}: 2 workers, 2 threads, dashboard" in m
                for m in messages[cluster.address])
+
+
+def test_the_merge_checks_images_on_the_cluster_and_writes_what_a_local_merge_writes(tmp_path: Path, cluster) -> None:
+    """Duplicates across sources, a downsampled copy, identical bytes under two ids and a truncated
+    member: workers read, check and stage; the step decides; the outputs match byte for byte."""
+    from isic_assets.core.merge.merge_sources import MergeOptions, merge_sources
+    from isic_assets_tests.test_merge import _jpeg, _source_2016
+
+    same = _jpeg(7)
+    first = {f"ISIC_00000{i:02d}.jpg": _jpeg(i, (64 + i, 48)) for i in range(20)}
+    first.update({"ISIC_0000090.jpg": same, "ISIC_0000091.jpg": same, "ISIC_0000092.jpg": _jpeg(92)[:300],
+                  "ISIC_0000005_downsampled.jpg": _jpeg(5, (32, 24))})
+    second = {f"ISIC_00000{i:02d}.jpg": _jpeg(i, (80, 60)) for i in range(10, 30)}
+    sources = [
+        _source_2016(tmp_path / "a", "a", 0, first, {k[:12]: "benign" for k in first}),
+        _source_2016(tmp_path / "b", "b", 1, second, {k[:12]: "malignant" for k in second}),
+    ]
+    local = merge_sources(sources, tmp_path / "local", log=_quiet)
+    logs: list[str] = []
+    on_cluster = merge_sources(sources, tmp_path / "cluster", MergeOptions(compute=parse_compute(cluster.address)),
+                               log=logs.append)
+    assert _outputs(tmp_path / "cluster") == _outputs(tmp_path / "local")
+    assert len(local.metadata) == 31 and "truncated" in set(on_cluster.quarantine["reason"])
+    assert any(f"checking images on the dask cluster at {cluster.address}" in line for line in logs)
+    assert not [p for p in (tmp_path / "cluster").rglob(".tmp-*")]
+    again = merge_sources(sources, tmp_path / "cluster", MergeOptions(compute=parse_compute(cluster.address)),
+                          log=logs.append)
+    assert again.scanned == 0  # nothing new: no cluster needed, nothing checked twice

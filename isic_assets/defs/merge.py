@@ -60,6 +60,7 @@ def merge_sources_asset(context: dg.AssetExecutionContext, config: MergeConfig, 
             max_ratio=config.max_compression_ratio,
         ),
         workers=config.workers,
+        compute=isic.compute_choice(),
     )
     out_dir = root / layout.MERGED
     try:
