@@ -283,9 +283,10 @@ def test_the_demo_graph_writes_the_same_bytes_on_every_engine_and_names_the_clus
             )
             assert result.success, engine
             outputs[engine] = _graph_outputs(data_dir)
-            event = [e for e in result.get_asset_materialization_events()
-                     if e.asset_key.to_user_string() == "transformed_images"][-1]
-            metadata[engine] = {k: v.value for k, v in event.materialization.metadata.items()}
+            events = {e.asset_key.to_user_string(): e for e in result.get_asset_materialization_events()}
+            metadata[engine] = {k: v.value for k, v in events["transformed_images"].materialization.metadata.items()}
+            merged = events["merged_images"].materialization.metadata
+            assert merged["compute_backend"].value == metadata[engine]["compute_backend"]
             messages[engine] = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any(name.startswith(layout.SPLITS) and name.endswith(layout.MANIFEST_CSV) for name in outputs["local"])
     assert any(name.startswith(f"{layout.TRANSFORMED}/images/") for name in outputs["local"])
@@ -293,8 +294,9 @@ def test_the_demo_graph_writes_the_same_bytes_on_every_engine_and_names_the_clus
     assert outputs[cluster.address] == outputs["local"]
     assert [metadata[e]["compute_backend"] for e in outputs] == ["local", "dask-local", "dask"]
     assert metadata["dask-local"]["compute_workers"] == 2 and metadata[cluster.address]["compute_workers"] == 2
-    assert any(f"dask cluster at {cluster.address}: 2 workers, 2 threads, dashboard" in m
-               for m in messages[cluster.address])
+    for step in ("merge: checking images", "transform: running"):
+        assert any(f"{step} on the dask cluster at {cluster.address}: 2 workers, 2 threads, dashboard" in m
+                   for m in messages[cluster.address]), step
 
 
 def test_the_merge_checks_images_on_the_cluster_and_writes_what_a_local_merge_writes(tmp_path: Path, cluster) -> None:
@@ -322,4 +324,5 @@ def test_the_merge_checks_images_on_the_cluster_and_writes_what_a_local_merge_wr
     assert not [p for p in (tmp_path / "cluster").rglob(".tmp-*")]
     again = merge_sources(sources, tmp_path / "cluster", MergeOptions(compute=parse_compute(cluster.address)),
                           log=logs.append)
+    assert (on_cluster.backend, on_cluster.compute_workers) == ("dask", 2)
     assert again.scanned == 0  # nothing new: no cluster needed, nothing checked twice

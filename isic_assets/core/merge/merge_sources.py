@@ -134,6 +134,8 @@ class MergeReport:
     images_deleted: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    backend: str = "local"  # ISIC_COMPUTE kind that checked this run's new members
+    compute_workers: int = 0  # local checking threads, or the Dask cluster's worker threads
 
     @property
     def scanned(self) -> int:
@@ -169,6 +171,7 @@ def merge_sources(
     records: dict[str, list[dict[str, Any]]] = {}
     skip_writes = presumed_listed_drops(pairs, labelled)
     try:
+        cluster = None
         with contextlib.ExitStack() as stack:
             cluster = _Cluster(options, out_dir, stack, log) if options.compute.uses_dask else None
             for source in ordered:
@@ -189,6 +192,8 @@ def merge_sources(
         per_source=stats,
         notes=notes,
     )
+    report.backend = options.compute.kind
+    report.compute_workers = cluster.threads if cluster is not None and cluster.threads else options.workers
     report.images_written = sum(s.written for s in stats.values())
     report.bytes_written = sum(s.bytes_written for s in stats.values())
     _sync_images(resolution.kept, sources_by_name={s.name: s for s in ordered}, images_dir=images_dir,
