@@ -267,18 +267,25 @@ def _graph_outputs(data_dir: Path) -> dict[str, bytes]:
 
 
 def test_the_demo_graph_writes_the_same_bytes_on_every_engine_and_names_the_cluster(tmp_path: Path, cluster) -> None:
-    """One run of the whole demo graph per engine; every user-facing output must be identical."""
+    """The demo graph once per engine (from merge to splits; raw_zips once, its downloads copied;
+    eda_plots has no per-image work); every user-facing output must be identical."""
+    import shutil
+
     import dagster as dg
 
     from isic_assets.definitions import defs
     from isic_assets.defs.resources import IsicSettings
 
+    work = ["merged_images", "merged_metadata", "transformed_images", "balanced_splits"]
     outputs, metadata, messages = {}, {}, {}
     with dg.instance_for_test() as instance:
         for engine in ("local", "dask-local", cluster.address):
             data_dir = tmp_path / engine.replace(":", "_").replace("/", "_")
+            if engine != "local":
+                shutil.copytree(tmp_path / "local" / layout.DOWNLOADS, data_dir / layout.DOWNLOADS)
             result = dg.materialize(
                 [*defs.assets, *defs.asset_checks], instance=instance, raise_on_error=False,
+                selection=(["raw_zips"] if engine == "local" else []) + work,
                 resources={"isic": IsicSettings(data_dir=str(data_dir), sources="demo", compute=engine)},
             )
             assert result.success, engine

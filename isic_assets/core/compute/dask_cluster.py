@@ -17,6 +17,7 @@ Faults map onto what the stages already know from the local pool:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import uuid
@@ -205,10 +206,11 @@ def open_dask(choice: ComputeChoice, workers: int, log: Log) -> Iterator[DaskSes
 
         with dask.config.set({"distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}):
             # A free port for the dashboard: several steps (and test runs) on one machine must not fight
-            # over 8787.
+            # over 8787. Its workers' shutdown chatter (heartbeats to a closed scheduler) is silenced;
+            # task failures still reach the step as exceptions.
             cluster = distributed.LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=":0", silence_logs=40,
+                dashboard_address=":0", silence_logs=logging.CRITICAL,
             )
         address = cluster.scheduler_address
     else:
