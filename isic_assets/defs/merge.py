@@ -64,6 +64,7 @@ def merge_sources_asset(context: dg.AssetExecutionContext, config: MergeConfig, 
             max_ratio=config.max_compression_ratio,
         ),
         workers=config.workers,
+        compute=isic.compute_choice(),
     )
     out_dir = root / layout.MERGED
     try:
@@ -111,6 +112,8 @@ def _images_metadata(out_dir: Path, report: MergeReport) -> dict:
         "quarantined_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in quarantine_reasons.items()}),
         "suspicious_member_names": dg.MetadataValue.json(suspicious[:50]),
         "members_checked_this_run": report.scanned,
+        "compute_backend": report.backend,
+        "compute_workers": report.compute_workers,
         "images_written_this_run": report.images_written,
         "images_deleted_this_run": report.images_deleted,
         "MB_written_this_run": round(report.bytes_written / 1e6, 2),

@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from ..core import layout
+from ..core.compute.setting import ComputeChoice, compute_from_env
 from ..core.operation import data_lock
 from ..core.sources import dropzone
 from ..core.sources.catalog import Catalog, Source, load_catalog
@@ -22,7 +23,7 @@ WRITE_POOL = "isic_data"
 
 
 class IsicSettings(dg.ConfigurableResource):
-    """Where outputs go and which ISIC sources to use (ISIC_DATA_DIR, ISIC_SOURCES, ISIC_CATALOG)."""
+    """Where outputs go and which ISIC sources to use (ISIC_DATA_DIR, ISIC_SOURCES, ISIC_CATALOG, ISIC_COMPUTE)."""
 
     data_dir: str | None = Field(
         default=None, description="Root of every output. Empty: $ISIC_DATA_DIR, else data/ in the repository."
@@ -36,6 +37,11 @@ class IsicSettings(dg.ConfigurableResource):
     dropzone: str | None = Field(
         default=None, description="Folder of dropped sources (named dropzone_<name>, group 'dropzone'). "
                                   "Empty: $ISIC_DROPZONE, else <data root>/dropzone.",
+    )
+    compute: str | None = Field(
+        default=None, description="Where per-image work runs: 'local' (fork pool), 'dask-local' (a Dask "
+                                  "LocalCluster for the step) or a Dask scheduler address 'tcp://HOST:PORT'. "
+                                  "Empty: $ISIC_COMPUTE, else local.",
     )
     _data_lock: data_lock.DataRootLock | None = PrivateAttr(default=None)
 
@@ -61,6 +67,10 @@ class IsicSettings(dg.ConfigurableResource):
 
     def selected_sources(self) -> list[Source]:
         return self.load_catalog().select(self.selection())
+
+    def compute_choice(self) -> ComputeChoice:
+        """The engine of this run's per-image work; a bad value fails naming the setting."""
+        return compute_from_env(self.compute)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """In a run, hold the data root's lock: a run that bypasses the queue (CLI) waits here instead

@@ -61,7 +61,8 @@ def transformed_images(context: dg.AssetExecutionContext, config: TransformConfi
         for row in metadata.itertuples(index=False)
     ]
     out_dir = root / layout.TRANSFORMED
-    report = transform_images(jobs, out_dir, settings, workers=config.workers, log=context.log.info)
+    report = transform_images(jobs, out_dir, settings, workers=config.workers, log=context.log.info,
+                              compute=isic.compute_choice())
     table = write_transform_tables(metadata, report, settings, out_dir)
     digest = hashlib.sha256(report.fingerprint.encode())
     for isic_id in sorted(report.images):
@@ -76,6 +77,8 @@ def transformed_images(context: dg.AssetExecutionContext, config: TransformConfi
             "removed": report.removed,
             "quarantined": report.quarantined,
             "worker_restarts": report.worker_restarts,
+            "compute_backend": report.backend,
+            "compute_workers": report.compute_workers,
             "seconds": round(report.seconds, 2),
             "images_per_second": round(rate, 1),
             "settings": dg.MetadataValue.json({**asdict(settings), "fingerprint": report.fingerprint}),

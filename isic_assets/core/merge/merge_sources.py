@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import pandas as pd
 
 from .. import layout
 from ..atomic import atomic_open, atomic_write_bytes, remove_stale_temporaries
+from ..compute.setting import LOCAL, ComputeChoice
 from ..scan_state import JsonlLog
 from .combine import combine_sources
 from .harmonize import Harmonized, harmonize
@@ -75,6 +77,29 @@ class MergeOptions:
     limits: ZipLimits = field(default_factory=ZipLimits)
     workers: int = 2
     max_in_flight: int = 8
+    # Where the per-image checks run (core/compute/setting.py); Dask: merge/check_on_dask.py.
+    compute: ComputeChoice = field(default_factory=lambda: ComputeChoice(LOCAL))
+
+
+class _Cluster:
+    """The Dask session of a merge, opened at the first source with members to check (a re-run
+    with nothing new starts no cluster) and kept for the other sources."""
+
+    def __init__(self, options: MergeOptions, out_dir: Path, stack: contextlib.ExitStack, log: Log) -> None:
+        self.options, self.out_dir, self.stack, self.log = options, out_dir, stack, log
+        self.session: Any = None
+        self.threads = 0
+
+    def get(self) -> Any:
+        if self.session is None:
+            from ..compute.dask_cluster import open_dask  # Dask is imported only when it is asked for
+
+            self.session = self.stack.enter_context(open_dask(self.options.compute, self.options.workers, self.log))
+            info = self.session.info()
+            self.threads = info.threads
+            self.log(f"merge: checking images on the {info.describe()}")
+            self.session.probe(self.out_dir)
+        return self.session
 
 
 @dataclass
@@ -109,6 +134,8 @@ class MergeReport:
     images_deleted: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    backend: str = "local"  # ISIC_COMPUTE kind that checked this run's new members
+    compute_workers: int = 0  # local checking threads, or the Dask cluster's worker threads
 
     @property
     def scanned(self) -> int:
@@ -144,11 +171,15 @@ def merge_sources(
     records: dict[str, list[dict[str, Any]]] = {}
     skip_writes = presumed_listed_drops(pairs, labelled)
     try:
-        for source in ordered:
-            stats[source.name] = SourceStats(metadata_rows=len(harmonized[source.name].frame))
-            records[source.name] = scan_source(
-                source, out_dir, images_dir, written, order, options, stats[source.name], log, skip_writes
-            )
+        cluster = None
+        with contextlib.ExitStack() as stack:
+            cluster = _Cluster(options, out_dir, stack, log) if options.compute.uses_dask else None
+            for source in ordered:
+                stats[source.name] = SourceStats(metadata_rows=len(harmonized[source.name].frame))
+                records[source.name] = scan_source(
+                    source, out_dir, images_dir, written, order, options, stats[source.name], log, skip_writes,
+                    cluster=cluster,
+                )
     finally:
         written.close()
 
@@ -161,6 +192,8 @@ def merge_sources(
         per_source=stats,
         notes=notes,
     )
+    report.backend = options.compute.kind
+    report.compute_workers = cluster.threads if cluster is not None and cluster.threads else options.workers
     report.images_written = sum(s.written for s in stats.values())
     report.bytes_written = sum(s.bytes_written for s in stats.values())
     _sync_images(resolution.kept, sources_by_name={s.name: s for s in ordered}, images_dir=images_dir,
@@ -286,6 +319,7 @@ def scan_source(
     stats: SourceStats,
     log: Log,
     skip_writes: frozenset[str] = frozenset(),
+    cluster: _Cluster | None = None,
 ) -> list[dict[str, Any]]:
     """Facts about every image member of the source's zip, checking only members not seen before.
 
@@ -306,14 +340,18 @@ def scan_source(
     if todo:
         log(f"{source.name}: checking {len(todo)} new image members of {members.label} "
             f"({stats.reused} already known)")
+    checked = _check_members(members, todo, options) if cluster is None or not todo \
+        else _check_on_cluster(cluster, members, todo, images_dir)
     try:
-        for done, (entry, outcome) in enumerate(_check_members(members, todo, options), start=1):
+        for done, (entry, outcome) in enumerate(checked, start=1):
             record = _member_record(source, entry, outcome)
-            data = outcome.data
+            data = outcome.data if outcome.data is not None else outcome.staged
             if record["status"] == "ok" and data is not None and record["isic_id"] not in skip_writes \
                     and _write_if_best(record, data, images_dir, written, order):
                 stats.written += 1
-                stats.bytes_written += len(data)
+                stats.bytes_written += int(record["file_bytes"])
+            elif outcome.staged is not None:
+                outcome.staged.unlink(missing_ok=True)
             state.append(record)
             stats.scanned += 1
             if done % _FLUSH_EVERY == 0:
@@ -337,6 +375,16 @@ class _Checked:
     data: bytes | None
     error: str | None
     reason: str | None
+    staged: Path | None = None  # checked on a Dask worker: its copy, staged in images/ as a .tmp- file
+
+
+def _check_on_cluster(cluster: _Cluster, members: MemberSource, todo: list[ZipEntry], images_dir: Path
+                      ) -> Iterator[tuple[ZipEntry, _Checked]]:
+    from .check_on_dask import check_members_on_dask
+
+    session = cluster.get()
+    for entry, outcome in check_members_on_dask(session, cluster.threads, members, todo, images_dir):
+        yield entry, _Checked(outcome.facts, None, outcome.error, outcome.reason, outcome.staged)
 
 
 def _check_members(members: MemberSource, todo: list[ZipEntry], options: MergeOptions
@@ -387,9 +435,10 @@ def _preference(record: Mapping[str, Any], order: Mapping[str, int]) -> tuple[An
     return (-(int(record["width"]) * int(record["height"])), order.get(record["source"], 1 << 30), record["name"])
 
 
-def _write_if_best(record: dict[str, Any], data: bytes, images_dir: Path, written: JsonlLog,
+def _write_if_best(record: dict[str, Any], data: bytes | Path, images_dir: Path, written: JsonlLog,
                    order: Mapping[str, int]) -> bool:
-    """Write a freshly checked image if it beats the copy already written for its id."""
+    """Write a freshly checked image (its bytes, or a copy a worker staged) if it beats the copy
+    already written for its id."""
     isic_id = record["isic_id"]
     current = written.get(isic_id)
     target = images_dir / f"{isic_id}{record['ext']}"
@@ -397,7 +446,10 @@ def _write_if_best(record: dict[str, Any], data: bytes, images_dir: Path, writte
     if current_ok and (current["sha256"] == record["sha256"]  # type: ignore[index]
                        or _preference(current, order) <= _preference(record, order)):  # type: ignore[arg-type]
         return False
-    atomic_write_bytes(target, data)
+    if isinstance(data, Path):
+        os.replace(data, target)  # staged and fsynced by the worker: the rename is the atomic write
+    else:
+        atomic_write_bytes(target, data)
     if current is not None and current["ext"] != record["ext"]:
         with contextlib.suppress(FileNotFoundError):
             (images_dir / f"{isic_id}{current['ext']}").unlink()

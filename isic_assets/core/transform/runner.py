@@ -51,6 +51,7 @@ import numpy as np
 
 from .. import layout
 from ..atomic import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
+from ..compute.setting import LOCAL, ComputeChoice
 from ..scan_state import JsonlLog
 from .image_ops import TRANSFORM_CODE_VERSION, ImageDecodeError, TransformSettings, transform_bytes
 
@@ -124,6 +125,9 @@ class TransformReport:
     normalization: dict[str, Any] = field(default_factory=dict)
     images: dict[str, TransformedImage] = field(default_factory=dict)
     worker_restarts: int = 0
+    backend: str = "local"  # ISIC_COMPUTE kind: local, dask-local or dask
+    compute_workers: int = 0  # worker processes (local) or worker threads of the Dask cluster
+    cluster: str = ""  # the Dask cluster that ran it: scheduler, workers, dashboard
 
     @property
     def quarantined(self) -> int:
@@ -210,8 +214,12 @@ class _WorkerContext:
         if self.journal is None:
             path = self.state_dir / f"{_JOURNAL_PREFIX}{os.getpid()}.jsonl"
             self.journal = path.open("a", encoding="utf-8")
-        self.journal.write(json.dumps(record, sort_keys=True) + "\n")
-        self.journal.flush()  # reaches the kernel: survives the death of this process
+        _journal(self.journal, record)
+
+
+def _journal(handle: IO[str], record: dict) -> None:
+    handle.write(json.dumps(record, sort_keys=True) + "\n")
+    handle.flush()  # reaches the kernel: survives the death of this process
 
 
 _WORKER: _WorkerContext | None = None
@@ -269,12 +277,17 @@ def transform_images(
     settings: TransformSettings,
     workers: int = 2,
     log: Log = print,
+    compute: ComputeChoice | None = None,
 ) -> TransformReport:
     """Bring ``out_dir`` in line with ``jobs`` and ``settings``; see the module docstring.
 
+    ``compute`` picks the engine (core/compute/setting.py): the local fork pool of ``workers``
+    processes (default), or Dask (transform/on_dask.py), where ``out_dir`` and the sources must be on
+    storage every worker sees at the same path.
+
     Raises ``ValueError`` for malformed jobs (duplicate or unsafe ids, a missing sha256) and
-    propagates errors that are not one image's fault (e.g. a full disk); never raises for a bad
-    or crashing image, which is quarantined instead.
+    propagates errors that are not one image's fault (e.g. a full disk, an unreachable or lost
+    scheduler); never raises for a bad or crashing image, which is quarantined instead.
     """
     started = time.perf_counter()
     if workers < 1:
@@ -285,7 +298,8 @@ def transform_images(
     images_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_run(state_dir / LOCK_FILE) as lock_fd:
-        return _transform_locked(jobs, out_dir, settings, workers, log, started, lock_fd)
+        return _transform_locked(jobs, out_dir, settings, workers, log, started, lock_fd,
+                                 compute or ComputeChoice(LOCAL))
 
 
 @contextlib.contextmanager
@@ -312,12 +326,13 @@ def _transform_locked(
     log: Log,
     started: float,
     lock_fd: int,
+    compute: ComputeChoice,
 ) -> TransformReport:
     images_dir, state_dir = out_dir / IMAGES_DIR, out_dir / STATE_DIR
     for folder in (out_dir, images_dir, state_dir):
         remove_stale_temporaries(folder)
     fingerprint = settings.fingerprint()
-    report = TransformReport(fingerprint=fingerprint)
+    report = TransformReport(fingerprint=fingerprint, backend=compute.kind, compute_workers=workers)
     state = JsonlLog(state_dir / STATE_FILE, ("isic_id",))
     try:
         _absorb_journals(state, state_dir)  # what a killed run finished
@@ -328,7 +343,9 @@ def _transform_locked(
             f"transform: {len(todo)} to process, {report.skipped} unchanged, {report.removed} removed "
             f"(settings {fingerprint}, {workers} workers)"
         )
-        if todo:
+        if todo and compute.uses_dask:
+            _run_on_dask(compute, todo, settings, out_dir, state, report, workers, log)
+        elif todo:
             runner = _PoolRunner(settings, out_dir, state_dir, state, report, workers, log, len(todo))
             runner.lock_fd = lock_fd
             with _parent_cv2_threads_parked():
@@ -348,6 +365,23 @@ def _transform_locked(
         f"{report.quarantined} quarantined in {report.seconds:.1f} s"
     )
     return report
+
+
+def _run_on_dask(compute: ComputeChoice, todo: list[TransformJob], settings: TransformSettings, out_dir: Path,
+                 state: JsonlLog, report: TransformReport, workers: int, log: Log) -> None:
+    """Reach the cluster, check it sees ``out_dir``, run, then fold the workers' journals in."""
+    from ..compute.dask_cluster import open_dask  # Dask is imported only when it is asked for
+    from .on_dask import DaskRunner
+
+    state_dir = out_dir / STATE_DIR
+    with open_dask(compute, workers, log) as session:
+        info = session.info()
+        report.compute_workers, report.cluster = info.workers, info.describe()
+        log(f"transform: running on the {info.describe()}")
+        session.probe(out_dir)
+        runner = DaskRunner(session, info, settings, out_dir, state_dir, state, report, workers, log, len(todo))
+        runner.run(todo)
+    _absorb_journals(state, state_dir)  # every task has completed: no worker writes to them now
 
 
 @contextlib.contextmanager
