@@ -14,6 +14,7 @@ from pydantic import Field
 from ..core import layout
 from ..core.splits.assign import SPLITS, SplitConfig, SplitPlan, assign_splits
 from ..core.splits.dataset_card import write_dataset_card
+from ..core.splits.folds import assign_folds, fold_class_counts
 from ..core.splits.grouping import build_groups
 from ..core.splits.writer import write_splits
 from ..core.transform.augment import DEFAULT_AUGMENTATIONS, augment_file
@@ -50,6 +51,10 @@ class SplitsConfig(dg.Config):
         default=True, description="Leave out images whose sources disagree on benign vs malignant "
                                   "(merged_data/conflicts.csv); they are counted in the metadata.",
     )
+    folds: int = Field(
+        default=0, ge=0, description="Cross-validation folds over train+validation (0: off, e.g. 5): a `fold` "
+                                     "column of whole leakage groups, stratified by class; test gets -1.",
+    )
     augmentations_json: str = Field(
         default="", description="Oversampling augmentations as a JSON list of {name, p, ...}; empty: the default."
     )
@@ -67,7 +72,7 @@ def split_config(config: SplitsConfig) -> SplitConfig:
     code_version="1",
     kinds={"python", "jpeg"},
     description="neural_network_data/{train,validation,test}/{benign,malignant}/<isic_id>.jpg with manifest.csv "
-                "and per-split imagefolder metadata.csv; no patient, lesion or duplicate spans two splits.",
+                "and per-split imagefolder metadata.parquet; no patient, lesion or duplicate spans two splits.",
     pool=WRITE_POOL,
 )
 def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
@@ -85,7 +90,7 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
     # link between two others (same lesion as one, same patient as the other).
     groups = build_groups(metadata, duplicates)
     metadata = metadata.loc[~conflicted].reset_index(drop=True)
-    plan = assign_splits(metadata, groups, settings)
+    plan = assign_folds(assign_splits(metadata, groups, settings), config.folds, config.seed)
     for warning in plan.warnings:
         context.log.warning(warning)
     spec = json.loads(config.augmentations_json) if config.augmentations_json else DEFAULT_AUGMENTATIONS
@@ -97,7 +102,8 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
         augment_version=spec_version,
     )
     context.log.info(f"splits written: {report.summary()}")
-    card = write_dataset_card(plan.manifest, metadata, out_dir, {**settings.as_dict(), "seed": config.seed},
+    card = write_dataset_card(plan.manifest, metadata, out_dir,
+                              {**settings.as_dict(), "seed": config.seed, "folds": config.folds},
                               _source_facts(isic, metadata))
     summary = plan.summary()
     manifest_bytes = (out_dir / layout.MANIFEST_CSV).read_bytes()
@@ -114,6 +120,8 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
             "config": dg.MetadataValue.json(summary["config"]),
             "seed": config.seed,
             "composition": dg.MetadataValue.md(_composition_plot(plan)),
+            "fold_counts": dg.MetadataValue.md(md_table(fold_class_counts(plan.manifest, plan.classes)
+                                                        .reset_index()) if config.folds else "folds off"),
             "files": dg.MetadataValue.json(
                 {k: v for k, v in report.summary().items() if k not in ("out_dir", "tables_written")}
             ),
