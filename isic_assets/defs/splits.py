@@ -16,9 +16,11 @@ from ..core.splits.assign import SPLITS, SplitConfig, SplitPlan, assign_splits
 from ..core.splits.dataset_card import write_dataset_card
 from ..core.splits.folds import assign_folds, fold_class_counts
 from ..core.splits.grouping import build_groups
+from ..core.splits.near_duplicates import read_pairs, to_drop
 from ..core.splits.writer import write_splits
 from ..core.transform.augment import DEFAULT_AUGMENTATIONS, augment_file
 from .metadata import md_table
+from .near_duplicates import near_duplicates
 from .resources import WRITE_POOL, IsicSettings
 from .transform import transformed_images
 
@@ -51,6 +53,11 @@ class SplitsConfig(dg.Config):
         default=True, description="Leave out images whose sources disagree on benign vs malignant "
                                   "(merged_data/conflicts.csv); they are counted in the metadata.",
     )
+    near_duplicates: Literal["group", "drop", "off"] = Field(
+        default="group",
+        description="group: each near-duplicate pair joins one leakage group, nothing dropped; drop: keep one "
+                    "image per pair (the smallest id), leave the other out and count it; off: ignore the pairs.",
+    )
     folds: int = Field(
         default=0, ge=0, description="Cross-validation folds over train+validation (0: off, e.g. 5): a `fold` "
                                      "column of whole leakage groups, stratified by class; test gets -1.",
@@ -67,7 +74,7 @@ def split_config(config: SplitsConfig) -> SplitConfig:
 
 
 @dg.asset(
-    deps=[transformed_images],
+    deps=[transformed_images, near_duplicates],
     group_name=GROUP,
     code_version="1",
     kinds={"python", "jpeg"},
@@ -88,8 +95,14 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
                             f"{', '.join(metadata.loc[conflicted, 'isic_id'].head(20))}")
     # Groups come from every image, the left-out ones included: an excluded image can be the only
     # link between two others (same lesion as one, same patient as the other).
-    groups = build_groups(metadata, duplicates)
-    metadata = metadata.loc[~conflicted].reset_index(drop=True)
+    pairs = read_pairs(root) if config.near_duplicates != "off" else None
+    groups = build_groups(metadata, duplicates, pairs)
+    dropped = to_drop(pairs, metadata.loc[~conflicted, "isic_id"]) if config.near_duplicates == "drop" \
+        else to_drop(None, [])
+    if len(dropped):
+        context.log.info(f"left out {len(dropped)} near-duplicate(s), each for the image kept instead: "
+                         f"{', '.join(dropped['isic_id'].head(20))}")
+    metadata = metadata.loc[~conflicted & ~metadata["isic_id"].isin(dropped["isic_id"])].reset_index(drop=True)
     plan = assign_folds(assign_splits(metadata, groups, settings), config.folds, config.seed)
     for warning in plan.warnings:
         context.log.warning(warning)
@@ -100,6 +113,8 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
         plan, metadata, transformed, out_dir,
         make_augmented_copy=lambda src, dst, seed: augment_file(src, dst, seed, spec),
         augment_version=spec_version,
+        summary_extra={"near_duplicates": config.near_duplicates, "near_duplicates_dropped":
+                       dropped.to_dict(orient="records")},
     )
     context.log.info(f"splits written: {report.summary()}")
     card = write_dataset_card(plan.manifest, metadata, out_dir,
@@ -113,7 +128,9 @@ def balanced_splits(context: dg.AssetExecutionContext, config: SplitsConfig,
             "images": int(plan.counts.to_numpy().sum()),
             "dagster/row_count": len(plan.manifest),
             "groups_per_split": dg.MetadataValue.json(summary["groups_per_split"]),
-            "excluded": dg.MetadataValue.json({**summary["excluded"], "label_conflict": int(conflicted.sum())}),
+            "excluded": dg.MetadataValue.json({**summary["excluded"], "label_conflict": int(conflicted.sum()),
+                                               "near_duplicate": len(dropped)}),
+            "near_duplicates": config.near_duplicates,
             "unmapped_values": dg.MetadataValue.json(summary["unmapped_values"]),
             "class_weights": dg.MetadataValue.json(summary["class_weights"]),
             "augmented_copies": dg.MetadataValue.json(summary["augmented_counts"]),

@@ -95,6 +95,7 @@ def write_splits(
     *,
     source_pattern: str = SOURCE_PATTERN,
     augment_version: str = "",
+    summary_extra: dict[str, Any] | None = None,
 ) -> WriteReport:
     """Write ``plan`` under ``out_dir`` from the images under ``src_root`` (``data_transformed/``).
 
@@ -103,6 +104,8 @@ def write_splits(
     same bytes for the same seed. ``augment_version`` names the augmentation pipeline: change it
     when the pipeline changes so existing copies are made again. Every source and metadata row is
     checked before anything is written, so a missing one fails without touching the previous output.
+    ``summary_extra`` adds settings decided outside the plan (e.g. the near-duplicate mode) to
+    ``splits.json``, where the checks read them back.
     """
     src_root, out_dir = Path(src_root), Path(out_dir)
     manifest = plan.manifest
@@ -125,7 +128,7 @@ def write_splits(
     )
     expected = set(manifest["image"]) | {f"{s}/{SPLIT_METADATA_NAME}" for s in _written_splits(plan)}
     removed = _remove_stale(out_dir, expected, split_dirs)
-    tables = _write_tables(plan, extras, out_dir)
+    tables = _write_tables(plan, extras, out_dir, summary_extra or {})
     return WriteReport(
         out_dir=out_dir,
         files=len(manifest),
@@ -341,7 +344,7 @@ def _remove_stale(out_dir: Path, expected_files: set[str], expected_dirs: list[s
     return removed
 
 
-def _write_tables(plan: SplitPlan, extras: pd.DataFrame, out_dir: Path) -> list[str]:
+def _write_tables(plan: SplitPlan, extras: pd.DataFrame, out_dir: Path, summary_extra: dict[str, Any]) -> list[str]:
     """Per-split imagefolder metadata, then the manifest and summary last (they mark completion)."""
     written = []
     for split in _written_splits(plan):
@@ -353,7 +356,7 @@ def _write_tables(plan: SplitPlan, extras: pd.DataFrame, out_dir: Path) -> list[
     manifest = plan.manifest[manifest_columns(plan.manifest)]
     if write_bytes_if_changed(out_dir / MANIFEST_NAME, _csv_bytes(manifest)):
         written.append(MANIFEST_NAME)
-    summary = (json.dumps(plan.summary(), indent=2, sort_keys=True) + "\n").encode()
+    summary = (json.dumps({**plan.summary(), **summary_extra}, indent=2, sort_keys=True) + "\n").encode()
     if write_bytes_if_changed(out_dir / SUMMARY_NAME, summary):
         written.append(SUMMARY_NAME)
     return written
