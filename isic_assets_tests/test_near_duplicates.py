@@ -112,3 +112,77 @@ def test_drop_keeps_the_smallest_id_of_each_chain():
         {"isic_id": "ISIC_2", "kept_isic_id": "ISIC_1", "reason": "near_duplicate"},
         {"isic_id": "ISIC_3", "kept_isic_id": "ISIC_1", "reason": "near_duplicate"},
     ]
+
+
+# ----------------------------------------------------------------------------------------------
+# a real Dagster run: near_duplicates feeding balanced_splits and its no_leakage check
+
+
+def _data_dir(tmp_path: Path) -> Path:
+    """A data root as transformed_images leaves it: 24 lesions, 4 of them also present as a planted copy."""
+    import dagster as dg  # noqa: F401  (the run below needs it; imported here to keep the unit tests light)
+
+    root = tmp_path / "data"
+    images = root / "data_transformed" / "images"
+    images.mkdir(parents=True)
+    rows = []
+    for i in range(28):
+        base = i if i < 24 else i - 24
+        rgb = synth_dermoscopy(picture_rng(9, f"lesion{base}"), 400, 300)
+        data = _transformed(rgb if i < 24 else _copy(rgb, 0.06, 0.7, 1.05, 75))
+        (images / f"ISIC_{i:07d}.jpg").write_bytes(data)
+        rows.append({"isic_id": f"ISIC_{i:07d}", "benign_malignant": "malignant" if base % 2 else "benign",
+                     "patient_id": "", "lesion_id": "", "sources": "isic2016", "copyright_license": "CC-0",
+                     "attribution": "demo", "image": f"images/ISIC_{i:07d}.jpg", "sha256": f"{i:064x}"})
+    pd.DataFrame(rows).to_csv(root / "data_transformed" / "metadata.csv", index=False)
+    (root / "merged_data").mkdir()
+    pd.DataFrame(columns=["isic_id", "kept_isic_id", "reason"]).to_csv(root / "merged_data" / "duplicates.csv",
+                                                                       index=False)
+    return root
+
+
+@pytest.mark.parametrize("mode", ["group", "drop"])
+def test_dagster_run_groups_or_drops_the_pairs_and_the_check_rereads_them(tmp_path, mode):
+    import dagster as dg
+
+    from isic_assets.definitions import defs
+    from isic_assets.defs.resources import IsicSettings
+
+    root = _data_dir(tmp_path)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks], instance=instance,
+            resources={"isic": IsicSettings(data_dir=str(root), sources="isic2016")},
+            selection=["near_duplicates", "balanced_splits"],
+            run_config={"ops": {"balanced_splits": {"config": {"strategy": "none", "near_duplicates": mode}}}},
+            raise_on_error=False,
+        )
+    assert result.success
+    pairs = pd.read_csv(root / "merged_data" / "near_duplicates.csv", dtype=str)
+    assert set(zip(pairs["isic_id_a"], pairs["isic_id_b"], strict=True)) == {
+        (f"ISIC_{i:07d}", f"ISIC_{i + 24:07d}") for i in range(4)
+    }
+    events = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert events["near_duplicates"]["pairs"].value == 4
+    assert events["near_duplicates"]["review_sheet"].value.count("data:image/jpeg;base64,") == 4
+    manifest = pd.read_csv(root / "neural_network_data" / "manifest.csv", dtype=str).set_index("isic_id")
+    if mode == "group":
+        for i in range(4):
+            assert manifest.loc[f"ISIC_{i:07d}", "group_id"] == manifest.loc[f"ISIC_{i + 24:07d}", "group_id"]
+    else:
+        assert not manifest.index.isin([f"ISIC_{i:07d}" for i in range(24, 28)]).any()
+        assert events["balanced_splits"]["excluded"].value["near_duplicate"] == 4
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["no_leakage"] is True
+    # A pair the splits did not respect (here: added afterwards) must fail the re-derived check.
+    placed = manifest.reset_index()
+    a = placed.loc[placed["split"] == "train", "isic_id"].iloc[0]
+    b = placed.loc[placed["split"] == "test", "isic_id"].iloc[0]
+    pd.concat([pairs, pd.DataFrame([{"isic_id_a": min(a, b), "isic_id_b": max(a, b), "distance": "3",
+                                     "method": nd.METHOD, "inliers": "90"}])]).to_csv(
+        root / "merged_data" / "near_duplicates.csv", index=False)
+    from isic_assets.defs.checks import no_leakage
+
+    outcome = no_leakage(isic=IsicSettings(data_dir=str(root), sources="isic2016"))
+    assert not outcome.passed
+    assert outcome.metadata["leaking_keys"].value["near_duplicate"] == 1
