@@ -49,6 +49,7 @@ PAIR_COLUMNS = ["isic_id_a", "isic_id_b", "distance", "method", "inliers"]
 HASHES_STATE = "near_duplicates.hashes.jsonl"
 CHECKS_STATE = "near_duplicates.checks.jsonl"
 _CHUNK_CANDIDATES = 4_000_000  # bounds the memory of one probe chunk (~100 MB of int64 arrays)
+_PROBE_ROWS = 20_000  # items whose probe keys are counted at once (20k x 137 keys: ~22 MB)
 _ORB_FEATURES = 400
 
 
@@ -96,7 +97,10 @@ def candidate_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, 
         order = np.argsort(values, kind="stable")
         counts = np.bincount(values, minlength=1 << BLOCK_BITS)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        per_item = counts[values[:, None] ^ masks[None, :]].sum(axis=1)
+        per_item = np.concatenate([
+            counts[values[lo : lo + _PROBE_ROWS, None] ^ masks[None, :]].sum(axis=1)
+            for lo in range(0, n, _PROBE_ROWS)
+        ])
         for lo, hi in _chunks(per_item):
             found.append(_probe(hashes, values[lo:hi], np.arange(lo, hi), masks, order, counts, starts,
                                 max_distance))
