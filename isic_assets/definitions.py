@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from .defs import checks, cleanup, eda, merge, policies, sensors, sources, splits, transform
+from .defs import checks, cleanup, eda, merge, near_duplicates, policies, sensors, sources, splits, transform
 from .defs.resources import IsicSettings
 
 # The whole graph on the multiprocess executor, for a machine with memory to spare. max_concurrent is
@@ -25,6 +25,7 @@ defs = dg.Definitions(
         merge.merge_sources_asset,
         transform.transformed_images,
         eda.eda_plots,
+        near_duplicates.near_duplicates,
         splits.balanced_splits,
     ],
     asset_checks=[

@@ -140,7 +140,7 @@ def test_config_change_removes_stale_files(setup):
     assert report.removed > 0
     assert _image_files(out) == set(new_plan.manifest["image"])
     for split in SPLITS:
-        assert sorted(p.name for p in (out / split).iterdir()) == ["mel", "metadata.csv", "rest"]
+        assert sorted(p.name for p in (out / split).iterdir()) == ["mel", "metadata.parquet", "rest"]
     fresh = out.parent / "fresh"
     write_splits(new_plan, meta, src, fresh)
     assert _snapshot(out) == _snapshot(fresh)
@@ -193,21 +193,21 @@ def test_augmented_copies_only_in_train_and_remade_when_the_pipeline_changes(set
 
 
 def test_imagefolder_metadata_points_at_existing_files(setup):
-    """datasets' imagefolder reads file_name relative to the metadata.csv beside it."""
+    """datasets' imagefolder reads file_name relative to the metadata file beside it."""
     meta, src, out = setup
     plan = _plan(meta, strategy="oversample")
     write_splits(plan, meta, src, out, RotatingAugment())
     for split in SPLITS:
-        table = pd.read_csv(out / split / "metadata.csv", dtype=str, keep_default_na=False)
+        table = pd.read_parquet(out / split / "metadata.parquet")
         assert list(table.columns[:3]) == ["file_name", "label", "isic_id"]
+        assert (table["label"].map(dict(enumerate(plan.classes))) == table["file_name"].str.split("/").str[0]).all()
         assert (
             "age_approx" in table.columns and "sha256" not in table.columns and "image" not in table.columns
         )
         assert all((out / split / name).is_file() for name in table["file_name"])
-        assert (table["file_name"].str.split("/").str[0] == table["label"]).all()
         on_disk = {p.relative_to(out / split).as_posix() for p in (out / split).rglob("*.jpg")}
         assert on_disk == set(table["file_name"])
-        copies = table[table["is_augmented"] == "True"]
+        copies = table[table["is_augmented"]]
         originals = meta.set_index("isic_id")
         assert (
             copies["age_approx"].to_numpy()

@@ -20,11 +20,14 @@ LOGS = "logs"
 
 # File names inside the stage folders.
 DOWNLOAD_MANIFEST = "manifest.json"  # downloaded_zips/: url, size, sha256, etag per file
-METADATA_CSV = "metadata.csv"  # merged_data/, data_transformed/, each split folder, an API download
-METADATA_PARQUET = "metadata.parquet"  # merged_data/: the same rows with their types
+METADATA_CSV = "metadata.csv"  # merged_data/, data_transformed/, an API download
+# merged_data/: the same rows with their types; each split folder: the imagefolder metadata.
+METADATA_PARQUET = "metadata.parquet"
 DUPLICATES_CSV = "duplicates.csv"  # merged_data/
 QUARANTINE_CSV = "quarantine.csv"  # merged_data/ and data_transformed/
 CONFLICTS_CSV = "conflicts.csv"  # merged_data/
+NEAR_DUPLICATES_CSV = "near_duplicates.csv"  # merged_data/: confirmed look-alike pairs of different ids
+STATE_DIR = "_state"  # merged_data/_state/: caches that make re-runs incremental
 NORMALIZATION_JSON = "normalization.json"  # data_transformed/
 REPORT_HTML = "report.html"  # data_visual_repr/
 MANIFEST_CSV = "manifest.csv"  # neural_network_data/

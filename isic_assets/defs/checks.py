@@ -22,6 +22,7 @@ from ..core.merge.quality import (
 from ..core.splits.checks import CheckOutcome, class_balance, leakage
 from ..core.splits.checks import split_proportions as measure_split_proportions
 from ..core.splits.feasibility import balanced_dataset_feasibility
+from ..core.splits.near_duplicates import read_pairs
 from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import table_metadata
 from .resources import IsicSettings
@@ -177,11 +178,16 @@ def split_class_balance(config: SplitBalanceConfig, isic: IsicSettings) -> dg.As
 
 @dg.asset_check(asset=balanced_splits, name="no_leakage", blocking=True)
 def no_leakage(isic: IsicSettings) -> dg.AssetCheckResult:
-    """No image, patient, lesion, content hash or listed duplicate appears in two splits."""
+    """No image, patient, lesion, content hash, listed duplicate or near-duplicate pair spans two splits.
+
+    Near-duplicate pairs are re-read from merged_data/near_duplicates.csv unless the splits were
+    written with ``near_duplicates: off``."""
+    mode = read_plan(isic.path(layout.SPLITS_DIR)).get("near_duplicates", "group")
     outcome = leakage(
         read_manifest(isic.path(layout.SPLITS_DIR)),
         layout.read_table(isic.path(layout.TRANSFORMED, layout.METADATA_CSV)),
         layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
+        near_duplicates=read_pairs(isic.root()) if mode != "off" else None,
     )
     return _result(outcome, dg.AssetCheckSeverity.ERROR)
 

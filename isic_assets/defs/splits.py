@@ -15,11 +15,14 @@ from ..core.splits.assign import SPLITS, SplitConfig
 from ..core.splits.dataset_card import write_dataset_card
 from ..core.splits.facts import licence_counts, source_facts
 from ..core.splits.planning import plan_splits
+from ..core.splits.folds import fold_class_counts
+from ..core.splits.near_duplicates import read_pairs
 from ..core.splits.writer import write_splits
 from ..core.table_schema import column_types, typed_columns
 from ..core.transform.augment import DEFAULT_AUGMENTATIONS, augment_file
 from .metadata import column_schema
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
+from .near_duplicates import near_duplicates
 from .resources import WRITE_POOL, IsicSettings
 from .transform import transformed_images
 
@@ -52,6 +55,15 @@ class BalancedSplitsConfig(dg.Config):
         default=True, description="Leave out images whose sources disagree on benign vs malignant "
                                   "(merged_data/conflicts.csv); they are counted in the metadata.",
     )
+    near_duplicates: Literal["group", "drop", "off"] = Field(
+        default="group",
+        description="group: each near-duplicate pair joins one leakage group, nothing dropped; drop: keep one "
+                    "image per pair (the smallest id), leave the other out and count it; off: ignore the pairs.",
+    )
+    folds: int = Field(
+        default=0, ge=0, description="Cross-validation folds over train+validation (0: off, e.g. 5): a `fold` "
+                                     "column of whole leakage groups, stratified by class; test gets -1.",
+    )
     augmentations_json: str = Field(
         default="", description="Oversampling augmentations as a JSON list of {name, p, ...}; empty: the default."
     )
@@ -65,12 +77,12 @@ def split_config(config: BalancedSplitsConfig) -> SplitConfig:
 
 
 @dg.asset(
-    deps=[transformed_images],
+    deps=[transformed_images, near_duplicates],
     group_name=GROUP,
     code_version="1",
     kinds={"python", "jpeg"},
     description="neural_network_data/{train,validation,test}/{benign,malignant}/<isic_id>.jpg with manifest.csv "
-                "and per-split imagefolder metadata.csv; no patient, lesion or duplicate spans two splits.",
+                "and per-split imagefolder metadata.parquet; no patient, lesion or duplicate spans two splits.",
     pool=WRITE_POOL,
     automation_condition=DOWNSTREAM_AUTOMATION,
     freshness_policy=USER_FACING_FRESHNESS,
@@ -84,11 +96,16 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
     settings = split_config(config)
     planned = plan_splits(layout.read_table(transformed / layout.METADATA_CSV),
                           layout.read_table(root / layout.MERGED / layout.DUPLICATES_CSV),
-                          settings, config.exclude_label_conflicts)
-    plan, metadata = planned.plan, planned.metadata
+                          settings, config.exclude_label_conflicts,
+                          near_duplicates=read_pairs(root), near_duplicate_mode=config.near_duplicates,
+                          folds=config.folds, seed=config.seed)
+    plan, metadata, dropped = planned.plan, planned.metadata, planned.near_duplicates_dropped
     if planned.label_conflicts:
         context.log.warning(f"left out {len(planned.label_conflicts)} image(s) whose sources disagree on the label: "
                             f"{', '.join(planned.label_conflicts[:20])}")
+    if len(dropped):
+        context.log.info(f"left out {len(dropped)} near-duplicate(s), each for the image kept instead: "
+                         f"{', '.join(dropped['isic_id'].head(20))}")
     for warning in plan.warnings:
         context.log.warning(warning)
     spec = json.loads(config.augmentations_json) if config.augmentations_json else DEFAULT_AUGMENTATIONS
@@ -98,9 +115,12 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
         plan, metadata, transformed, out_dir,
         make_augmented_copy=lambda src, dst, seed: augment_file(src, dst, seed, spec),
         augment_version=spec_version,
+        summary_extra={"near_duplicates": config.near_duplicates, "near_duplicates_dropped":
+                       dropped.to_dict(orient="records")},
     )
     context.log.info(f"splits written: {report.summary()}")
-    card = write_dataset_card(plan.manifest, metadata, out_dir, {**settings.as_dict(), "seed": config.seed},
+    card = write_dataset_card(plan.manifest, metadata, out_dir,
+                              {**settings.as_dict(), "seed": config.seed, "folds": config.folds},
                               source_facts(isic.selected_sources(), metadata))
     summary = plan.summary()
     manifest_path = out_dir / layout.MANIFEST_CSV
@@ -113,13 +133,17 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
             # The manifest as planned, before it became text in manifest.csv.
             "dagster/column_schema": column_schema(typed_columns(manifest_columns, column_types(plan.manifest))),
             "groups_per_split": dg.MetadataValue.json(summary["groups_per_split"]),
-            "excluded": dg.MetadataValue.json({**summary["excluded"], "label_conflict": len(planned.label_conflicts)}),
+            "excluded": dg.MetadataValue.json({**summary["excluded"], "label_conflict": len(planned.label_conflicts),
+                                               "near_duplicate": len(dropped)}),
+            "near_duplicates": config.near_duplicates,
             "unmapped_values": dg.MetadataValue.json(summary["unmapped_values"]),
             "class_weights": dg.MetadataValue.json(summary["class_weights"]),
             "augmented_copies": dg.MetadataValue.json(summary["augmented_counts"]),
             "config": dg.MetadataValue.json(summary["config"]),
             "seed": config.seed,
             "composition": dg.MetadataValue.md(composition_plot(plan.counts.reindex(list(SPLITS)))),
+            "fold_counts": dg.MetadataValue.md(fold_class_counts(plan.manifest, plan.classes).reset_index()
+                                               .to_markdown(index=False) if config.folds else "folds off"),
             "files": dg.MetadataValue.json(
                 {k: v for k, v in report.summary().items() if k not in ("out_dir", "tables_written")}
             ),

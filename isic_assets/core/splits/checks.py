@@ -66,9 +66,10 @@ def leakage(
     metadata: pd.DataFrame,
     duplicates: pd.DataFrame | None = None,
     *,
+    near_duplicates: pd.DataFrame | None = None,
     max_examples: int = MAX_EXAMPLES,
 ) -> CheckOutcome:
-    """No image, patient, lesion, content hash or listed duplicate may appear in two splits.
+    """No image, patient, lesion, content hash, listed duplicate or near-duplicate pair may span two splits.
 
     Checked on the facts themselves, not on the group ids the plan used, so a bug in grouping is
     caught here. Dropped duplicates count as present in the split of the image kept instead (their
@@ -85,6 +86,7 @@ def leakage(
             _id_occurrences(placed),
             _metadata_occurrences(placed, metadata, meta_ids),
             _duplicate_occurrences(placed, duplicates),
+            _near_duplicate_occurrences(placed, near_duplicates),
         ],
         ignore_index=True,
     )
@@ -93,7 +95,7 @@ def leakage(
     leaking = spread[spread > 1].sort_index()
     per_type = {
         t: int((leaking.index.get_level_values(0) == t).sum())
-        for t in ("isic_id", *LEAK_KEYS, "duplicate_pair")
+        for t in ("isic_id", *LEAK_KEYS, "duplicate_pair", "near_duplicate")
     }
     offending = _leak_examples(occurrences, leaking, max_examples)
     offending += [
@@ -171,6 +173,21 @@ def _duplicate_occurrences(placed: pd.DataFrame, duplicates: pd.DataFrame | None
         _occ(c, as_kept[c].to_numpy(), as_kept["split"].to_numpy(), as_kept["dropped"].to_numpy())
         for c in LEAK_KEYS
     ]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _near_duplicate_occurrences(placed: pd.DataFrame, pairs: pd.DataFrame | None) -> pd.DataFrame:
+    """Each confirmed look-alike pair as a key shared by both images, wherever they were placed."""
+    if pairs is None or pairs.empty:
+        return _occ("near_duplicate", [], [], [])
+    a, b = clean_keys(pairs["isic_id_a"]), clean_keys(pairs["isic_id_b"])
+    key = (a + "~" + b).to_numpy()
+    split_of = placed.groupby("isic_id")["split"].first()
+    parts = []
+    for ids in (a, b):
+        splits = ids.map(split_of)
+        present = splits.notna().to_numpy()
+        parts.append(_occ("near_duplicate", key[present], splits[present].to_numpy(), ids[present].to_numpy()))
     return pd.concat(parts, ignore_index=True)
 
 

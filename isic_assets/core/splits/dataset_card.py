@@ -39,6 +39,7 @@ import pandas as pd
 from .. import layout
 from ..atomic import write_bytes_if_changed
 from .assign import SPLITS
+from .folds import fold_class_counts
 from .grouping import clean_keys
 
 CARD_NAME = layout.DATASET_CARD
@@ -312,6 +313,26 @@ def _config_section(config: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _folds_section(manifest: pd.DataFrame, classes: list[str]) -> list[str]:
+    """Original images per cross-validation fold and class, when folds were made."""
+    counts = fold_class_counts(manifest, classes)
+    if counts.empty:
+        return []
+    lines = [
+        "## Cross-validation folds",
+        "",
+        (
+            "The `fold` column (manifest.csv and each split's metadata) divides train+validation into "
+            "folds of whole leakage groups, stratified by class; test images have fold -1. Original images "
+            "per fold (augmented copies follow their original's fold):"
+        ),
+        "",
+    ]
+    rows = [[str(fold), *[int(v) for v in row], int(row.sum())] for fold, row in counts.iterrows()]
+    lines += _table(["fold", *classes, "total"], rows)
+    return lines + [""]
+
+
 def render_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, config: Mapping[str, Any],
                         sources: Sequence[Mapping[str, Any]]) -> str:
     """The card's markdown (see :func:`write_dataset_card`); a pure function of its inputs."""
@@ -330,6 +351,7 @@ def render_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, config: 
     lines += _sources_section(sources)
     lines += _counts_section(facts, classes)
     lines += _balance_section(facts, classes)
+    lines += _folds_section(manifest, classes)
     lines += _licenses_section(facts)
     lines += _attributions_section(facts)
     lines += _config_section(config)

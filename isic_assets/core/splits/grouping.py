@@ -34,8 +34,15 @@ def clean_keys(values: pd.Series) -> pd.Series:
     return values.astype("string").fillna("").str.strip().astype(object)
 
 
-def build_groups(metadata: pd.DataFrame, duplicates: pd.DataFrame | None = None) -> pd.Series:
+def build_groups(
+    metadata: pd.DataFrame,
+    duplicates: pd.DataFrame | None = None,
+    near_duplicates: pd.DataFrame | None = None,
+) -> pd.Series:
     """Group id per ``isic_id`` of ``metadata`` (index ``isic_id``, name ``group_id``).
+
+    ``near_duplicates`` (``merged_data/near_duplicates.csv``: ``isic_id_a, isic_id_b``) links each
+    confirmed pair like a listed duplicate does.
 
     The group id is ``"G"`` + the smallest ``isic_id`` of the group among the metadata rows, so it
     does not depend on row order and stays stable when unrelated images are added. An image with no
@@ -46,12 +53,25 @@ def build_groups(metadata: pd.DataFrame, duplicates: pd.DataFrame | None = None)
     kept_ids = clean_keys(metadata["isic_id"])
     if (kept_ids == "").any():
         raise ValueError("metadata has rows with an empty isic_id; every image needs an id to be grouped")
-    records = _link_records(metadata, kept_ids, duplicates)
+    records = _link_records(metadata, kept_ids, _with_pairs(duplicates, near_duplicates))
     nodes = pd.Index(pd.unique(pd.concat([kept_ids, records["isic_id"], records["kept_isic_id"]])))
     nodes = nodes[nodes != ""]
     left, right = _edges(records, nodes)
     roots = _connected_roots(len(nodes), left, right)
     return _group_ids(kept_ids, roots[nodes.get_indexer(kept_ids)])
+
+
+def _with_pairs(duplicates: pd.DataFrame | None, pairs: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Listed duplicates plus near-duplicate pairs, each pair as one more dropped -> kept link."""
+    if pairs is None or len(pairs) == 0:
+        return duplicates
+    for column in ("isic_id_a", "isic_id_b"):
+        if column not in pairs.columns:
+            raise ValueError(f"near_duplicates has no {column} column (expected merged_data/near_duplicates.csv)")
+    links = pd.DataFrame({"isic_id": pairs["isic_id_b"].to_numpy(), "kept_isic_id": pairs["isic_id_a"].to_numpy()})
+    if duplicates is None or len(duplicates) == 0:
+        return links
+    return pd.concat([duplicates, links], ignore_index=True)
 
 
 def _link_records(

@@ -12,16 +12,20 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .assign import SplitConfig, SplitPlan, assign_splits
+from .folds import assign_folds
 from .grouping import build_groups
+from .near_duplicates import to_drop
 
 
 @dataclass(frozen=True)
 class PlannedSplits:
-    """The plan, the metadata rows it was made from, and the ids left out for a label conflict."""
+    """The plan, the metadata rows it was made from, and what was left out: label conflicts by id,
+    near-duplicates (``isic_id``, ``kept_isic_id``, ``reason``) when they are dropped."""
 
     plan: SplitPlan
     metadata: pd.DataFrame
     label_conflicts: list[str]
+    near_duplicates_dropped: pd.DataFrame
 
 
 def label_conflicts(metadata: pd.DataFrame) -> pd.Series:
@@ -32,14 +36,20 @@ def label_conflicts(metadata: pd.DataFrame) -> pd.Series:
 
 
 def plan_splits(metadata: pd.DataFrame, duplicates: pd.DataFrame | None, config: SplitConfig,
-                exclude_label_conflicts: bool = True) -> PlannedSplits:
+                exclude_label_conflicts: bool = True, near_duplicates: pd.DataFrame | None = None,
+                near_duplicate_mode: str = "group", folds: int = 0, seed: int = 0) -> PlannedSplits:
     """Plan the splits of ``metadata`` (one row per image), leaving out label conflicts on request.
 
     Groups come from every image, the left-out ones included: an excluded image can be the only link
-    between two others (same lesion as one, same patient as the other).
+    between two others (same lesion as one, same patient as the other). Near-duplicate pairs join
+    one group (``group``), also leave all but one image of each set out (``drop``), or are ignored
+    (``off``). ``folds`` > 0 adds grouped, stratified folds over the train+validation pool.
     """
     conflicted = label_conflicts(metadata) if exclude_label_conflicts else pd.Series(False, index=metadata.index)
-    groups = build_groups(metadata, duplicates)
-    kept = metadata.loc[~conflicted].reset_index(drop=True)
-    return PlannedSplits(plan=assign_splits(kept, groups, config), metadata=kept,
-                         label_conflicts=metadata.loc[conflicted, "isic_id"].tolist())
+    pairs = near_duplicates if near_duplicate_mode != "off" else None
+    groups = build_groups(metadata, duplicates, pairs)
+    dropped = to_drop(pairs if near_duplicate_mode == "drop" else None, metadata.loc[~conflicted, "isic_id"])
+    kept = metadata.loc[~conflicted & ~metadata["isic_id"].isin(dropped["isic_id"])].reset_index(drop=True)
+    plan = assign_folds(assign_splits(kept, groups, config), folds, seed)
+    return PlannedSplits(plan=plan, metadata=kept, label_conflicts=metadata.loc[conflicted, "isic_id"].tolist(),
+                         near_duplicates_dropped=dropped)

@@ -6,10 +6,19 @@
       manifest.csv                      every file: isic_id, split, label, group_id, source, image, ...
       splits.json                       the plan's summary: config, seed, counts, class weights
       .augmented.json                   what each augmented copy was made from (for incremental runs)
-      train/metadata.csv                Hugging Face imagefolder metadata (file_name = benign/...)
+      train/metadata.parquet            Hugging Face imagefolder metadata (file_name = benign/...)
       train/benign/ISIC_0000000.jpg     class subfolders: torchvision ImageFolder, Keras
       train/malignant/ISIC_0000002__aug1.jpg    image_dataset_from_directory
       validation/...  test/...
+
+The per-split metadata is Parquet with an explicit schema, not CSV, because that is what makes
+``datasets.load_dataset("imagefolder", data_dir=...)`` load all three splits in one call: imagefolder
+compares the inferred column types of every split's metadata and refuses a CSV column that is empty
+in one split (pandas infers float64) and text in another; and once any metadata file exists it adds
+no label from the class folders, so ``label`` is written as the class index and declared a
+``ClassLabel`` of the sorted class folders in the schema's ``huggingface`` entry (the form
+``datasets`` itself writes and reads back). The index is the one torchvision's ``ImageFolder``
+gives the same folders (sorted names), so both loaders agree.
 
 Originals are hard links to ``data_transformed/`` (no second copy of 30k+ images) and fall back
 to copies where the filesystem refuses (another device, no link support). A re-run with the same
@@ -32,6 +41,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .. import layout
 from ..atomic import TMP_PREFIX, remove_stale_temporaries, write_bytes_if_changed
@@ -43,9 +54,11 @@ AugmentFn = Callable[[Path, Path, int], None]
 SOURCE_PATTERN = "images/{isic_id}.jpg"  # transformed_images' layout under data_transformed/
 MANIFEST_NAME = layout.MANIFEST_CSV
 SUMMARY_NAME = layout.PLAN_JSON
-SPLIT_METADATA_NAME = layout.METADATA_CSV
+SPLIT_METADATA_NAME = layout.METADATA_PARQUET
+FOLD_COLUMN = "fold"
+NO_FOLD = -1  # the fold of a test image (folds cover the train+validation pool only)
 AUGMENT_STATE_NAME = ".augmented.json"
-# Per-split metadata.csv leaves out file facts of the merged original (size, hash, path in
+# Per-split metadata leaves out file facts of the merged original (size, hash, path in
 # merged_data/): they describe a different file from the one written here and would mislead.
 _METADATA_DROP = {"image", "width", "height", "sha256", "file_bytes", "exif_orientation"}
 _SPLIT_META_LEAD = ["file_name", "label", "isic_id", "group_id", "source", "is_augmented", "augmented_from"]
@@ -82,6 +95,7 @@ def write_splits(
     *,
     source_pattern: str = SOURCE_PATTERN,
     augment_version: str = "",
+    summary_extra: dict[str, Any] | None = None,
 ) -> WriteReport:
     """Write ``plan`` under ``out_dir`` from the images under ``src_root`` (``data_transformed/``).
 
@@ -90,6 +104,8 @@ def write_splits(
     same bytes for the same seed. ``augment_version`` names the augmentation pipeline: change it
     when the pipeline changes so existing copies are made again. Every source and metadata row is
     checked before anything is written, so a missing one fails without touching the previous output.
+    ``summary_extra`` adds settings decided outside the plan (e.g. the near-duplicate mode) to
+    ``splits.json``, where the checks read them back.
     """
     src_root, out_dir = Path(src_root), Path(out_dir)
     manifest = plan.manifest
@@ -112,7 +128,7 @@ def write_splits(
     )
     expected = set(manifest["image"]) | {f"{s}/{SPLIT_METADATA_NAME}" for s in _written_splits(plan)}
     removed = _remove_stale(out_dir, expected, split_dirs)
-    tables = _write_tables(plan, extras, out_dir)
+    tables = _write_tables(plan, extras, out_dir, summary_extra or {})
     return WriteReport(
         out_dir=out_dir,
         files=len(manifest),
@@ -328,18 +344,19 @@ def _remove_stale(out_dir: Path, expected_files: set[str], expected_dirs: list[s
     return removed
 
 
-def _write_tables(plan: SplitPlan, extras: pd.DataFrame, out_dir: Path) -> list[str]:
+def _write_tables(plan: SplitPlan, extras: pd.DataFrame, out_dir: Path, summary_extra: dict[str, Any]) -> list[str]:
     """Per-split imagefolder metadata, then the manifest and summary last (they mark completion)."""
     written = []
     for split in _written_splits(plan):
         rows = plan.manifest[plan.manifest["split"] == split]
         name = f"{split}/{SPLIT_METADATA_NAME}"
-        if write_bytes_if_changed(out_dir / name, _csv_bytes(_split_metadata(rows, extras))):
+        table = _split_metadata(rows, extras, plan.classes)
+        if write_bytes_if_changed(out_dir / name, parquet_bytes(table, plan.classes)):
             written.append(name)
-    manifest = plan.manifest[MANIFEST_COLUMNS]
+    manifest = plan.manifest[manifest_columns(plan.manifest)]
     if write_bytes_if_changed(out_dir / MANIFEST_NAME, _csv_bytes(manifest)):
         written.append(MANIFEST_NAME)
-    summary = (json.dumps(plan.summary(), indent=2, sort_keys=True) + "\n").encode()
+    summary = (json.dumps({**plan.summary(), **summary_extra}, indent=2, sort_keys=True) + "\n").encode()
     if write_bytes_if_changed(out_dir / SUMMARY_NAME, summary):
         written.append(SUMMARY_NAME)
     return written
@@ -366,13 +383,19 @@ def _metadata_extras(metadata: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataF
     return extras
 
 
-def _split_metadata(rows: pd.DataFrame, extras: pd.DataFrame) -> pd.DataFrame:
-    """imagefolder's metadata.csv: ``file_name`` relative to the split folder, then label and facts."""
+def manifest_columns(manifest: pd.DataFrame) -> list[str]:
+    """The manifest's columns as written: the planned ones, plus ``fold`` when folds were made."""
+    return MANIFEST_COLUMNS + ([FOLD_COLUMN] if FOLD_COLUMN in manifest.columns else [])
+
+
+def _split_metadata(rows: pd.DataFrame, extras: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
+    """imagefolder's metadata: ``file_name`` relative to the split folder, the class index, then facts."""
     originals = rows["augmented_from"].where(rows["is_augmented"], rows["isic_id"])
+    index_of = {c: i for i, c in enumerate(classes)}
     lead = pd.DataFrame(
         {
             "file_name": rows["image"].str.split("/", n=1).str[1].to_numpy(),
-            "label": rows["label"].to_numpy(),
+            "label": rows["label"].map(index_of).astype("int64").to_numpy(),
             "isic_id": rows["isic_id"].to_numpy(),
             "group_id": rows["group_id"].to_numpy(),
             "source": rows["source"].to_numpy(),
@@ -380,8 +403,48 @@ def _split_metadata(rows: pd.DataFrame, extras: pd.DataFrame) -> pd.DataFrame:
             "augmented_from": rows["augmented_from"].to_numpy(),
         }
     )
+    if FOLD_COLUMN in rows.columns:
+        lead[FOLD_COLUMN] = rows[FOLD_COLUMN].astype("int64").to_numpy()
     facts = extras.reindex(originals.to_numpy()).reset_index(drop=True)
     return pd.concat([lead, facts], axis=1)
+
+
+def metadata_schema(table: pd.DataFrame, classes: tuple[str, ...]) -> pa.Schema:
+    """The same schema for every split: the class index, the flag and the fold typed, everything else text.
+
+    Typing by column name, never by content, is what keeps the splits' schemas equal when a column
+    happens to be empty in one of them.
+    """
+    fields, features = [], {}
+    for column in table.columns:
+        if column == "label":
+            fields.append(pa.field(column, pa.int64()))
+            features[column] = {"names": list(classes), "_type": "ClassLabel"}
+        elif column == "is_augmented":
+            fields.append(pa.field(column, pa.bool_()))
+            features[column] = {"dtype": "bool", "_type": "Value"}
+        elif column == FOLD_COLUMN:
+            fields.append(pa.field(column, pa.int64()))
+            features[column] = {"dtype": "int64", "_type": "Value"}
+        else:
+            fields.append(pa.field(column, pa.string()))
+            features[column] = {"dtype": "string", "_type": "Value"}
+    info = json.dumps({"info": {"features": features}}, sort_keys=True)
+    return pa.schema(fields, metadata={"huggingface": info})
+
+
+def parquet_bytes(table: pd.DataFrame, classes: tuple[str, ...]) -> bytes:
+    """``table`` as Parquet with :func:`metadata_schema`; the same rows always give the same bytes."""
+    schema = metadata_schema(table, classes)
+    columns = {
+        f.name: (table[f.name].astype(object) if pa.types.is_string(f.type) else table[f.name]).to_numpy()
+        for f in schema
+    }
+    arrow = pa.Table.from_pydict({k: pa.array(v, type=schema.field(k).type) for k, v in columns.items()},
+                                 schema=schema)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(arrow, buffer, compression="zstd")
+    return buffer.getvalue().to_pybytes()
 
 
 def _csv_bytes(frame: pd.DataFrame) -> bytes:

@@ -1,0 +1,188 @@
+"""Near-duplicates: exact candidate search, confirmed pairs on real JPEGs, caching, grouping and the check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from isic_assets.core.splits import near_duplicates as nd
+from isic_assets.core.splits.checks import leakage
+from isic_assets.core.splits.grouping import build_groups
+from isic_assets.core.splits.image_signature import hamming
+from isic_assets.demo.synthetic import encode_jpeg, picture_rng, synth_dermoscopy
+
+SIDE = 256
+
+
+def test_candidate_search_finds_exactly_the_pairs_within_the_radius():
+    """Multi-index probing must return what comparing all pairs returns, no more and no less."""
+    rng = np.random.default_rng(7)
+    hashes = rng.integers(0, 2**64 - 1, 2000, dtype=np.uint64)
+    for k in range(0, 300, 2):  # planted pairs at every distance 0..13, some beyond the radius
+        flip = rng.choice(64, k % 14, replace=False)
+        hashes[k + 1] = hashes[k] ^ np.bitwise_or.reduce(np.left_shift(np.uint64(1), flip.astype(np.uint64)))
+    left, right, distance = nd.candidate_pairs(hashes, 10)
+    i, j = np.triu_indices(len(hashes), 1)
+    all_distances = hamming(hashes[i], hashes[j])
+    expected = set(zip(i[all_distances <= 10].tolist(), j[all_distances <= 10].tolist(), strict=True))
+    assert set(zip(left.tolist(), right.tolist(), strict=True)) == expected
+    assert (distance == hamming(hashes[left], hashes[right])).all()
+    assert len(expected) >= 100
+
+
+def _transformed(rgb: np.ndarray) -> bytes:
+    return encode_jpeg(cv2.resize(rgb, (SIDE, SIDE), interpolation=cv2.INTER_AREA), 90)
+
+
+def _copy(rgb: np.ndarray, crop: float, scale: float, gain: float, quality: int) -> np.ndarray:
+    """The same photo re-exported: cropped, shrunk, brightened, re-encoded."""
+    h, w = rgb.shape[:2]
+    dy, dx = int(h * crop / 2), int(w * crop / 2)
+    out = rgb[dy : h - dy, dx : w - dx]
+    out = cv2.resize(out, (int(out.shape[1] * scale), int(out.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    out = cv2.convertScaleAbs(out, alpha=gain, beta=5)
+    return cv2.imdecode(np.frombuffer(encode_jpeg(out, quality), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> tuple[Path, pd.DataFrame, set[tuple[str, str]]]:
+    """Twelve look-alike lesions, three of them re-exported under a new id, and one broken file."""
+    root = tmp_path_factory.mktemp("data_transformed")
+    (root / "images").mkdir()
+    rows, planted = [], set()
+    bases = [synth_dermoscopy(picture_rng(5, f"lesion{i}"), 400, 300) for i in range(12)]
+    variants = {12: (0, 0.08, 0.6, 1.08, 70), 13: (3, 0.0, 0.5, 0.93, 62), 14: (7, 0.05, 0.85, 1.0, 95)}
+    pictures = {i: _transformed(b) for i, b in enumerate(bases)}
+    for new, (base, *how) in variants.items():
+        pictures[new] = _transformed(_copy(bases[base], *how))
+        planted.add((f"ISIC_{base:07d}", f"ISIC_{new:07d}"))
+    pictures[15] = b"not a jpeg"
+    for i, data in pictures.items():
+        name = f"images/ISIC_{i:07d}.jpg"
+        (root / name).write_bytes(data)
+        rows.append({"isic_id": f"ISIC_{i:07d}", "image": name, "sha256": f"{i:064x}"})
+    return root, pd.DataFrame(rows), planted
+
+
+def test_planted_copies_are_found_and_look_alikes_are_not(archive, tmp_path):
+    root, images, planted = archive
+    report = nd.find_near_duplicates(images, root, tmp_path / "state")
+    found = set(zip(report.pairs["isic_id_a"], report.pairs["isic_id_b"], strict=True))
+    assert found == planted
+    assert list(report.pairs.columns) == nd.PAIR_COLUMNS
+    assert (report.pairs["method"] == nd.METHOD).all()
+    assert report.unreadable == ("ISIC_0000015",)
+    assert report.hashed == 15
+
+
+def test_a_rerun_hashes_and_checks_nothing_again(archive, tmp_path):
+    root, images, _ = archive
+    first = nd.find_near_duplicates(images, root, tmp_path / "state")
+    again = nd.find_near_duplicates(images, root, tmp_path / "state")
+    assert again.hashed == 0 and again.confirmed_checked == 0
+    pd.testing.assert_frame_equal(first.pairs, again.pairs)
+    # A changed image (new sha256) is hashed again, alone.
+    changed = images.assign(sha256=images["sha256"].where(images["isic_id"] != "ISIC_0000003", "f" * 64))
+    third = nd.find_near_duplicates(changed, root, tmp_path / "state")
+    assert third.hashed == 1
+
+
+def test_pairs_join_one_leakage_group_and_the_check_sees_them():
+    metadata = pd.DataFrame({"isic_id": ["ISIC_1", "ISIC_2", "ISIC_3"], "patient_id": ["", "", ""]})
+    pairs = pd.DataFrame({"isic_id_a": ["ISIC_1"], "isic_id_b": ["ISIC_3"], "distance": ["4"],
+                          "method": [nd.METHOD], "inliers": ["80"]})
+    groups = build_groups(metadata, None, pairs)
+    assert groups["ISIC_1"] == groups["ISIC_3"] != groups["ISIC_2"]
+    manifest = pd.DataFrame({"isic_id": ["ISIC_1", "ISIC_2", "ISIC_3"], "split": ["train", "train", "test"]})
+    failed = leakage(manifest, metadata, None, near_duplicates=pairs)
+    assert not failed.passed
+    assert failed.measured["leaking_keys"]["near_duplicate"] == 1
+    assert failed.offending[0]["isic_ids"] == ["ISIC_1", "ISIC_3"]
+    assert leakage(manifest, metadata, None).passed  # without the pairs the same manifest looks clean
+
+
+def test_drop_keeps_the_smallest_id_of_each_chain():
+    pairs = pd.DataFrame({"isic_id_a": ["ISIC_2", "ISIC_1", "ISIC_7"], "isic_id_b": ["ISIC_3", "ISIC_2", "ISIC_8"]})
+    dropped = nd.to_drop(pairs, ["ISIC_1", "ISIC_2", "ISIC_3", "ISIC_7"])
+    assert dropped.to_dict(orient="records") == [
+        {"isic_id": "ISIC_2", "kept_isic_id": "ISIC_1", "reason": "near_duplicate"},
+        {"isic_id": "ISIC_3", "kept_isic_id": "ISIC_1", "reason": "near_duplicate"},
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# a real Dagster run: near_duplicates feeding balanced_splits and its no_leakage check
+
+
+def _data_dir(tmp_path: Path) -> Path:
+    """A data root as transformed_images leaves it: 24 lesions, 4 of them also present as a planted copy."""
+    import dagster as dg  # noqa: F401  (the run below needs it; imported here to keep the unit tests light)
+
+    root = tmp_path / "data"
+    images = root / "data_transformed" / "images"
+    images.mkdir(parents=True)
+    rows = []
+    for i in range(28):
+        base = i if i < 24 else i - 24
+        rgb = synth_dermoscopy(picture_rng(9, f"lesion{base}"), 400, 300)
+        data = _transformed(rgb if i < 24 else _copy(rgb, 0.06, 0.7, 1.05, 75))
+        (images / f"ISIC_{i:07d}.jpg").write_bytes(data)
+        rows.append({"isic_id": f"ISIC_{i:07d}", "benign_malignant": "malignant" if base % 2 else "benign",
+                     "patient_id": "", "lesion_id": "", "sources": "isic2016", "copyright_license": "CC-0",
+                     "attribution": "demo", "image": f"images/ISIC_{i:07d}.jpg", "sha256": f"{i:064x}"})
+    pd.DataFrame(rows).to_csv(root / "data_transformed" / "metadata.csv", index=False)
+    (root / "merged_data").mkdir()
+    pd.DataFrame(columns=["isic_id", "kept_isic_id", "reason"]).to_csv(root / "merged_data" / "duplicates.csv",
+                                                                       index=False)
+    return root
+
+
+@pytest.mark.parametrize("mode", ["group", "drop"])
+def test_dagster_run_groups_or_drops_the_pairs_and_the_check_rereads_them(tmp_path, mode):
+    import dagster as dg
+
+    from isic_assets.definitions import defs
+    from isic_assets.defs.resources import IsicSettings
+
+    root = _data_dir(tmp_path)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks], instance=instance,
+            resources={"isic": IsicSettings(data_dir=str(root), sources="isic2016")},
+            selection=["near_duplicates", "balanced_splits"],
+            run_config={"ops": {"balanced_splits": {"config": {"strategy": "none", "near_duplicates": mode}}}},
+            raise_on_error=False,
+        )
+    assert result.success
+    pairs = pd.read_csv(root / "merged_data" / "near_duplicates.csv", dtype=str)
+    assert set(zip(pairs["isic_id_a"], pairs["isic_id_b"], strict=True)) == {
+        (f"ISIC_{i:07d}", f"ISIC_{i + 24:07d}") for i in range(4)
+    }
+    events = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert events["near_duplicates"]["pairs"].value == 4
+    assert events["near_duplicates"]["review_sheet"].value.count("data:image/jpeg;base64,") == 4
+    manifest = pd.read_csv(root / "neural_network_data" / "manifest.csv", dtype=str).set_index("isic_id")
+    if mode == "group":
+        for i in range(4):
+            assert manifest.loc[f"ISIC_{i:07d}", "group_id"] == manifest.loc[f"ISIC_{i + 24:07d}", "group_id"]
+    else:
+        assert not manifest.index.isin([f"ISIC_{i:07d}" for i in range(24, 28)]).any()
+        assert events["balanced_splits"]["excluded"].value["near_duplicate"] == 4
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["no_leakage"] is True
+    # A pair the splits did not respect (here: added afterwards) must fail the re-derived check.
+    placed = manifest.reset_index()
+    a = placed.loc[placed["split"] == "train", "isic_id"].iloc[0]
+    b = placed.loc[placed["split"] == "test", "isic_id"].iloc[0]
+    pd.concat([pairs, pd.DataFrame([{"isic_id_a": min(a, b), "isic_id_b": max(a, b), "distance": "3",
+                                     "method": nd.METHOD, "inliers": "90"}])]).to_csv(
+        root / "merged_data" / "near_duplicates.csv", index=False)
+    from isic_assets.defs.checks import no_leakage
+
+    outcome = no_leakage(isic=IsicSettings(data_dir=str(root), sources="isic2016"))
+    assert not outcome.passed
+    assert outcome.metadata["leaking_keys"].value["near_duplicate"] == 1
