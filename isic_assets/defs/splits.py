@@ -50,6 +50,10 @@ class SplitsConfig(dg.Config):
         default=True, description="Leave out images whose sources disagree on benign vs malignant "
                                   "(merged_data/conflicts.csv); they are counted in the metadata.",
     )
+    image_types: list[str] = Field(
+        default=[], description="Keep only these image_type values, e.g. ['dermoscopic'] or ['TBP tile: close-up']; "
+                                "empty: every type present.",
+    )
     augmentations_json: str = Field(
         default="", description="Oversampling augmentations as a JSON list of {name, p, ...}; empty: the default."
     )
@@ -58,7 +62,8 @@ class SplitsConfig(dg.Config):
 def split_config(config: SplitsConfig) -> SplitConfig:
     return SplitConfig(ratios=(config.train, config.validation, config.test), seed=config.seed,
                        strategy=config.strategy, cap_per_class=config.cap_per_class,
-                       label_column=config.label_column, class_map=dict(config.class_map))
+                       label_column=config.label_column, class_map=dict(config.class_map),
+                       image_types=tuple(config.image_types))
 
 
 @dg.asset(

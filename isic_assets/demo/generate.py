@@ -33,9 +33,9 @@ import numpy as np
 
 from ..core.atomic import atomic_open, atomic_write_json, remove_stale_temporaries
 from ..core.ids import isic_id_from_member
-from . import synthetic
+from . import isic2024, synthetic
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 MIRROR_FILE = "MIRROR.json"
 CATALOG_ORDER = ("isic2016", "isic2017", "isic2018", "isic2019", "isic2020", "archive")
 # A fixed date inside the challenge era: zip headers carry no wall-clock time, so bytes repeat.
@@ -1226,7 +1226,8 @@ def generate_demo_mirror(dest: Path, seed: int = 0) -> dict:
     shas = {picture: hashlib.sha256(data).hexdigest() for picture, data in rendered.items()}
     expected = expected_facts(plans, shas)
     rel_paths = [rel for plan in plans for rel in plan.files]
-    return _finish(dest, "demo", seed, params, rel_paths, expected)
+    tiles, expected["isic2024"] = isic2024.write_demo_source(dest, seed)  # demo_isic2024, not in "demo"
+    return _finish(dest, "demo", seed, params, rel_paths + tiles, expected)
 
 
 # --------------------------------------------------------------------------------------------------

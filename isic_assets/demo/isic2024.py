@@ -294,3 +294,64 @@ def _write_challenge(dest: Path, ids: list[str], patients: int, malignant: int, 
         embedded_text.flush()
         archive.write(embedded_path, f"{CHALLENGE_FOLDER}/metadata.csv")
     embedded_path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The demo_isic2024 source of the demo mirror
+
+DEMO_FOLDER = "isic2024"
+DEMO_IMAGES = 240
+#: Far more malignant and fewer patients than the real ratio (1 in 1,020): a few hundred tiles at
+#: that ratio would hold no malignant image at all, and splits need some of each class.
+DEMO_PATIENTS = 12
+DEMO_MALIGNANT = 12
+DEMO_NOT_AN_ID_KEY = "ISIC_00240"  # five digits: an id cut short
+_NOT_A_JPEG = b"Demo mirror: this dataset holds text, not a JPEG.\n"
+
+
+def write_demo_source(dest: Path, seed: int = 0) -> tuple[list[str], dict]:
+    """Write ``isic2024/train-image.hdf5`` and ``isic2024/train-metadata.csv`` under ``dest``.
+
+    Quirks, each recorded in the returned expected facts: a key that is not an ISIC id (holding a
+    good tile), a dataset that holds text instead of a JPEG (its row exists), a metadata row with no
+    dataset, and the three byte layouts a reader must accept (``|S`` scalars mostly, one ``|V``
+    scalar, one uint8 array). Returns the relative paths written and the facts.
+    """
+    folder = Path(dest) / DEMO_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = isic_ids(DEMO_IMAGES, seed=1)  # ids never depend on the pixel seed
+    rows = list(metadata_rows(ids, DEMO_PATIENTS, DEMO_MALIGNANT, seed=1))
+    not_a_jpeg, without_image, as_void, as_array = ids[7], ids[-1], ids[3], ids[5]
+
+    def datasets() -> Iterator[tuple[str, object]]:
+        tiles = tile_jpegs(DEMO_IMAGES + 1, seed)
+        for isic_id, data in zip(ids, tiles, strict=False):
+            if isic_id == without_image:
+                continue
+            if isic_id == not_a_jpeg:
+                yield isic_id, _NOT_A_JPEG
+            elif isic_id == as_void:
+                yield isic_id, np.void(data)
+            elif isic_id == as_array:
+                yield isic_id, np.frombuffer(data, dtype=np.uint8)
+            else:
+                yield isic_id, data
+        yield DEMO_NOT_AN_ID_KEY, next(tiles)
+
+    write_hdf5(folder / KAGGLE_IMAGES, datasets())
+    with atomic_open(folder / KAGGLE_METADATA, "w") as handle:
+        _csv_text(HEADER_2024, iter(rows), handle)
+    target = HEADER_2024.index("target")
+    kept = [row for row in rows if row[0] not in (not_a_jpeg, without_image)]
+    expected = {
+        "rows": len(rows),
+        "hdf5_datasets": DEMO_IMAGES,  # every id but the one without image, plus the bad key
+        "not_isic_id_keys": [DEMO_NOT_AN_ID_KEY],
+        "not_a_jpeg_ids": [not_a_jpeg],
+        "rows_without_image": [without_image],
+        "kept": len(kept),
+        "kept_malignant": sum(row[target] == "1" for row in kept),
+        "patients": len({row[HEADER_2024.index("patient_id")] for row in kept}),
+        "image_type": IMAGE_TYPE,
+    }
+    return [f"{DEMO_FOLDER}/{KAGGLE_IMAGES}", f"{DEMO_FOLDER}/{KAGGLE_METADATA}"], expected
