@@ -1,7 +1,7 @@
 """ISIC 2024 (SLICE-3D) shaped mirrors: the small ``demo_isic2024`` source and benchmark mirrors of any size.
 
 Both write the Kaggle layout (``train-image.hdf5`` with one dataset per ``isic_id`` holding the JPEG
-bytes, ``train-metadata.csv`` with the real 55-column header, docs/ISIC_SOURCES.md 1.7); the
+bytes, ``train-metadata.csv`` with the real 55-column header, docs/ISIC_SOURCES.md 1.6); the
 benchmark can also write the ISIC challenge layout (images zip with its own metadata.csv, ground
 truth ``isic_id,malignant``, supplement). Tiles are small distinct JPEGs made from a handful of
 synthetic skin patches, each stamped with its number so no two are byte-identical (the real set
@@ -39,7 +39,7 @@ HEADER_2024: tuple[str, ...] = (
 )
 GROUND_TRUTH_HEADER = ("isic_id", "malignant")
 #: Columns of the challenge supplement. Its real header is not published anywhere we could read
-#: (docs/ISIC_SOURCES.md 1.7); this is the best-supported guess: the label-leaking columns.
+#: (docs/ISIC_SOURCES.md 1.6); this is the best-supported guess: the label-leaking columns.
 SUPPLEMENT_COLUMNS = ("isic_id", "attribution", "copyright_license", "lesion_id", "iddx_full", "iddx_1",
                       "iddx_2", "iddx_3", "iddx_4", "iddx_5", "mel_mitotic_index", "mel_thick_mm",
                       "tbp_lv_dnn_lesion_confidence")
@@ -303,7 +303,7 @@ DEMO_FOLDER = "isic2024"
 DEMO_IMAGES = 240
 #: Far more malignant and fewer patients than the real ratio (1 in 1,020): a few hundred tiles at
 #: that ratio would hold no malignant image at all, and splits need some of each class.
-DEMO_PATIENTS = 12
+DEMO_PATIENTS = 40
 DEMO_MALIGNANT = 12
 DEMO_NOT_AN_ID_KEY = "ISIC_00240"  # five digits: an id cut short
 _NOT_A_JPEG = b"Demo mirror: this dataset holds text, not a JPEG.\n"

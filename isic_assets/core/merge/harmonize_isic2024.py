@@ -2,7 +2,7 @@
 
 The Kaggle layout has one ``train-metadata.csv`` with the label (``target``) and everything else; the
 ISIC challenge layout splits it into ``ISIC_2024_Training_GroundTruth.csv`` (``isic_id,malignant``), a
-supplement CSV and a ``metadata.csv`` inside the images zip (docs/ISIC_SOURCES.md 1.7). Both go
+supplement CSV and a ``metadata.csv`` inside the images zip (docs/ISIC_SOURCES.md 1.6). Both go
 through :func:`harmonize_isic2024`: the tables are joined on ``isic_id`` (they must list the same
 images) and every column is read from the table that has it, so an error still names the right
 file and line.
@@ -59,7 +59,7 @@ TEXT_COLUMNS: frozenset[str] = frozenset({
     "iddx_3", "iddx_4", "iddx_5", "mel_mitotic_index",
 })
 
-#: Columns documented as numbers (docs/ISIC_SOURCES.md 1.7): a value that is not one is an error.
+#: Columns documented as numbers (docs/ISIC_SOURCES.md 1.6): a value that is not one is an error.
 NUMERIC_COLUMNS: frozenset[str] = frozenset({
     "clin_size_long_diam_mm", "mel_thick_mm", "tbp_lv_dnn_lesion_confidence",
     *(f"tbp_lv_{name}" for name in (
@@ -185,7 +185,7 @@ def _typed(table: _Table, name: str) -> pd.Series:
     numbers = pd.to_numeric(raw.where(~missing), errors="coerce")
     bad = (numbers.isna() & ~missing).to_numpy()
     if name in NUMERIC_COLUMNS:
-        _value_error(table, bad, name, "a number or empty (docs/ISIC_SOURCES.md 1.7)")
+        _value_error(table, bad, name, "a number or empty (docs/ISIC_SOURCES.md 1.6)")
     elif bad.any():
         return _missing_to_empty(raw).astype("str")
     whole = numbers.dropna()
@@ -285,7 +285,7 @@ def harmonize_isic2024_source(files: Mapping[str, Source], images: Path, limits:
 
     The images file is an HDF5 file (Kaggle) or a zip (challenge), told apart by content. The zip's
     ``metadata.csv`` carries ``patient_id`` and the ``tbp_*`` columns the supplement lacks
-    (docs/ISIC_SOURCES.md 1.7); a zip without one is read from the CSVs alone.
+    (docs/ISIC_SOURCES.md 1.6); a zip without one is read from the CSVs alone.
     """
     embedded = None
     if container_kind(images) == "zip":
@@ -315,7 +315,7 @@ def refused_records(members: object, source: str) -> list[dict[str, Any]]:
 def reject_unlisted(format: str, records: list[dict[str, Any]], frame: pd.DataFrame) -> list[dict[str, Any]]:
     """A 2024 image with no row in its own metadata has no label: quarantined, not kept unlabelled.
 
-    Every 2024 image has a row (401,059 of each, docs/ISIC_SOURCES.md 1.7), so one without is a
+    Every 2024 image has a row (401,059 of each, docs/ISIC_SOURCES.md 1.6), so one without is a
     damaged or mixed-up download, not a release that labels only some images.
     """
     if format != FORMAT:

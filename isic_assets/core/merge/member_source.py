@@ -1,7 +1,7 @@
 """Where an images source's members come from: a zip, an HDF5 file, or a folder of downloaded images.
 
 Challenge sets and Archive exports arrive as zips; ISIC 2024's Kaggle release arrives as one HDF5
-file with one dataset per ``isic_id`` (docs/ISIC_SOURCES.md 1.7); the ISIC API source arrives as a
+file with one dataset per ``isic_id`` (docs/ISIC_SOURCES.md 1.6); the ISIC API source arrives as a
 folder of images plus metadata.csv. The merge reads all of them through this one interface so
 deduplication, quarantine and the incremental state work the same for every source.
 """
@@ -165,7 +165,7 @@ class Hdf5Members:
 
     The ISIC 2024 Kaggle file stores each JPEG as a scalar byte string (``|S``); opaque scalars
     (``|V``) and 1-D uint8 arrays are read the same way, since the publishers' exact dtype is not
-    documented (docs/ISIC_SOURCES.md 1.7). Members are named ``<isic_id>.jpg`` so every id helper
+    documented (docs/ISIC_SOURCES.md 1.6). Members are named ``<isic_id>.jpg`` so every id helper
     treats them like zip members; the checker decides the real format from the bytes.
 
     Nothing is read unbounded: each dataset's declared size and allocated storage are checked

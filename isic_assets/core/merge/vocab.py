@@ -219,7 +219,7 @@ ARCHIVE_DIAGNOSIS_TERMS: dict[str, str] = {
     "Benign soft tissue proliferations - Vascular": VASCULAR_LESION,
 }
 
-#: ISIC 2024 (SLICE-3D) ``target`` / challenge ``malignant`` (docs/ISIC_SOURCES.md 1.7): 0/1, written
+#: ISIC 2024 (SLICE-3D) ``target`` / challenge ``malignant`` (docs/ISIC_SOURCES.md 1.6): 0/1, written
 #: as integers in the Kaggle CSV and as floats in the challenge ground truth.
 ISIC2024_TARGET: dict[str, str] = {"0": BENIGN, "1": MALIGNANT, "0.0": BENIGN, "1.0": MALIGNANT}
 
@@ -227,7 +227,7 @@ ISIC2024_TARGET: dict[str, str] = {"0": BENIGN, "1": MALIGNANT, "0.0": BENIGN, "
 ISIC2024_IDDX_1: dict[str, str] = {"Benign": BENIGN, "Malignant": MALIGNANT, "Indeterminate": INDETERMINATE}
 
 #: ISIC 2024 ``iddx_2..5`` nodes the archive table does not spell the same way (docs/ISIC_SOURCES.md
-#: 1.7: the malignant breakdown of the 2024 training set); everything else goes through
+#: 1.6: the malignant breakdown of the 2024 training set); everything else goes through
 #: :data:`ARCHIVE_DIAGNOSIS_TERMS`, deepest mapped node first.
 ISIC2024_DIAGNOSIS_TERMS: dict[str, str] = {
     "Melanoma Invasive": MELANOMA,
@@ -239,7 +239,7 @@ ISIC2024_DIAGNOSIS_TERMS: dict[str, str] = {
 }
 
 #: The unified ``image_type``: what kind of picture a row is. Challenge years 2016-2020 are all
-#: dermoscopy; ISIC 2024 tiles are cropped from 3D total-body photographs (docs/ISIC_SOURCES.md 1.7);
+#: dermoscopy; ISIC 2024 tiles are cropped from 3D total-body photographs (docs/ISIC_SOURCES.md 1.6);
 #: archive and API rows carry their own ``image_type`` (docs/ISIC_SOURCES.md 2.3).
 DERMOSCOPIC = "dermoscopic"
 TBP_TILE_CLOSE_UP = "TBP tile: close-up"
@@ -577,15 +577,15 @@ def mapping_rows() -> list[MappingRow]:
         ARCHIVE_DIAGNOSIS_TERMS,
         "isic-metadata diagnosis_hierarchical.py; deepest mapped level, else deepest value lower-cased",
     )
-    rows += _rows("benign_malignant", "isic2024", ISIC2024_TARGET, "target / malignant; docs/ISIC_SOURCES.md 1.7")
-    rows += _rows("benign_malignant", "isic2024 (iddx_1)", ISIC2024_IDDX_1, "must agree with target; docs/ISIC_SOURCES.md 1.7")
+    rows += _rows("benign_malignant", "isic2024", ISIC2024_TARGET, "target / malignant; docs/ISIC_SOURCES.md 1.6")
+    rows += _rows("benign_malignant", "isic2024 (iddx_1)", ISIC2024_IDDX_1, "must agree with target; docs/ISIC_SOURCES.md 1.6")
     rows += _rows(
         "diagnosis",
         "isic2024 (iddx_2..5)",
         ISIC2024_DIAGNOSIS_TERMS,
-        "docs/ISIC_SOURCES.md 1.7; other nodes as isic_archive_zip, deepest mapped level",
+        "docs/ISIC_SOURCES.md 1.6; other nodes as isic_archive_zip, deepest mapped level",
     )
-    rows += _rows("image_type", "release", RELEASE_IMAGE_TYPES, "docs/ISIC_SOURCES.md 1.7; archive rows keep their own")
+    rows += _rows("image_type", "release", RELEASE_IMAGE_TYPES, "docs/ISIC_SOURCES.md 1.6; archive rows keep their own")
     rows += _rows(
         "sex", "all", {**SEX, **{spelling: MISSING for spelling in sorted(MISSING_SPELLINGS)}}, src_14
     )
