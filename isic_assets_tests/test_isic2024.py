@@ -144,6 +144,8 @@ def test_kaggle_layout_merges_with_typed_columns(tmp_path):
     assert parquet["tbp_lv_symm_2axis_angle"].dtype == np.int64
     assert parquet["tbp_tile_type"].dtype != np.float64
     assert len(list((tmp_path / "merged" / "images").glob("ISIC_*.jpg"))) == N
+    again = _merge(tmp_path, files)  # unchanged file: every dataset's recorded facts are reused
+    assert again.per_source["s2024"].reused == N and again.scanned == 0 and again.images_written == 0
 
 
 def test_challenge_layout_gives_the_same_rows_as_kaggle(tmp_path):
