@@ -107,7 +107,8 @@ def test_demo_placeholder_must_be_filled():
 
 
 def test_formats_match_the_documented_list():
-    assert set(FORMATS) == {"isic2016", "isic2017", "isic2018", "isic2019", "isic2020", "isic_archive_zip", "isic_api"}
+    assert set(FORMATS) == {"isic2016", "isic2017", "isic2018", "isic2019", "isic2020", "isic2024", "isic_archive_zip",
+                            "isic_api"}
 
 
 def test_api_source_shape(tmp_path):

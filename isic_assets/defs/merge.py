@@ -133,11 +133,13 @@ def _metadata_metadata(out_dir: Path, report: MergeReport) -> dict:
         if len(frame) else pd.DataFrame()
     )
     preview_columns = ["isic_id", "source", "benign_malignant", "diagnosis", "age_approx", "sex",
-                       "anatom_site_general", "patient_id", "lesion_id", "width", "height"]
+                       "anatom_site_general", "image_type", "patient_id", "lesion_id", "width", "height"]
     return {
         "rows": len(frame),
         "dagster/row_count": len(frame),
         "class_counts": dg.MetadataValue.json(class_counts(frame)),
+        "image_types": dg.MetadataValue.json(frame["image_type"].replace("", "(missing)").value_counts().to_dict()
+                                             if len(frame) else {}),
         "classes_per_source": table_metadata(by_source.to_dict("records")),
         "label_conflicts": len(report.conflicts),
         "images_without_metadata": report.images_without_metadata,

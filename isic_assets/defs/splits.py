@@ -64,6 +64,10 @@ class BalancedSplitsConfig(dg.Config):
         default=0, ge=0, description="Cross-validation folds over train+validation (0: off, e.g. 5): a `fold` "
                                      "column of whole leakage groups, stratified by class; test gets -1.",
     )
+    image_types: list[str] = Field(
+        default=[], description="Keep only these image_type values, e.g. ['dermoscopic'] or ['TBP tile: close-up']; "
+                                "empty: every type present.",
+    )
     augmentations_json: str = Field(
         default="", description="Oversampling augmentations as a JSON list of {name, p, ...}; empty: the default."
     )
@@ -73,7 +77,8 @@ def split_config(config: BalancedSplitsConfig) -> SplitConfig:
     """The core's planning settings from the asset's config (the core validates them)."""
     return SplitConfig(ratios=(config.train, config.validation, config.test), seed=config.seed,
                        strategy=config.strategy, cap_per_class=config.cap_per_class,
-                       label_column=config.label_column, class_map=dict(config.class_map))
+                       label_column=config.label_column, class_map=dict(config.class_map),
+                       image_types=tuple(config.image_types))
 
 
 @dg.asset(

@@ -25,6 +25,7 @@ import hashlib
 from pathlib import Path
 
 from ..core.atomic import remove_stale_temporaries
+from . import isic2024
 from .archive import _plan_archive
 from .bench_mirror import generate_bench_mirror
 from .expected import expected_facts
@@ -144,7 +145,8 @@ def generate_demo_mirror(dest: Path, seed: int = 0) -> dict:
     shas = {picture: hashlib.sha256(data).hexdigest() for picture, data in rendered.items()}
     expected = expected_facts(plans, shas)
     rel_paths = [rel for plan in plans for rel in plan.files]
-    return _finish(dest, "demo", seed, params, rel_paths, expected)
+    tiles, expected["isic2024"] = isic2024.write_demo_source(dest, seed)  # demo_isic2024, not in "demo"
+    return _finish(dest, "demo", seed, params, rel_paths + tiles, expected)
 
 
 # --------------------------------------------------------------------------------------------------

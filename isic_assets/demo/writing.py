@@ -17,7 +17,7 @@ from . import synthetic
 from .plan import ZIP_DATE_TIME, Picture, SourcePlan
 
 # 2: MIRROR.json also records the expected outcome of every asset check.
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 MIRROR_FILE = "MIRROR.json"
 
 # Rendering and writing

@@ -62,6 +62,7 @@ TABLE_TITLES: dict[str, str] = {
     "source_by_class": "Images per source and class",
     "anatomical_site_by_class": "Images per anatomical site and class",
     "sex_by_class": "Images per sex and class",
+    "image_type_by_class": "Images per image type and class (dermoscopic, TBP tile...)",
     "age_summary": "Age per class (years)",
     "dimensions_by_source": "Image dimensions per source (pixels)",
     "missing_values": "Missing values per column (empty string = missing)",

@@ -1,17 +1,34 @@
-"""Where an images source's members come from: a zip archive, or a folder of downloaded images.
+"""Where an images source's members come from: a zip, an HDF5 file, or a folder of downloaded images.
 
-Challenge sets and Archive exports arrive as zips; the ISIC API source arrives as a folder of
-images plus metadata.csv. The merge reads both through this one interface so deduplication,
-quarantine and the incremental state work the same for every source.
+Challenge sets and Archive exports arrive as zips; ISIC 2024's Kaggle release arrives as one HDF5
+file with one dataset per ``isic_id`` (docs/ISIC_SOURCES.md 1.6); the ISIC API source arrives as a
+folder of images plus metadata.csv. The merge reads all of them through this one interface so
+deduplication, quarantine and the incremental state work the same for every source.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from .zip_stream import MemberRead, ZipEntry, ZipLimits, iter_member_bytes, member_kind, read_member, scan_zip
+from ..ids import ISIC_ID_RE
+from .zip_stream import (
+    MemberRead,
+    ZipEntry,
+    ZipLimits,
+    ZipRefused,
+    iter_member_bytes,
+    member_kind,
+    read_member,
+    scan_zip,
+)
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_ZIP_END_OF_DIRECTORY = b"PK\x05\x06"
+_ZIP_TAIL = 22 + 0xFFFF  # the end-of-central-directory record plus the longest zip comment
 
 
 class MemberSource(Protocol):
@@ -91,3 +108,193 @@ class FolderMembers:
 
     def read(self, name: str) -> bytes:
         return (self.root / name).read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# Telling containers apart, and HDF5
+
+
+class UnreadableImages(ValueError):
+    """An images file that is neither a zip nor an HDF5 file we can open; the message names it."""
+
+
+def container_kind(path: Path) -> str:
+    """``"hdf5"`` or ``"zip"`` by content, never by name: a renamed download must still be read right.
+
+    HDF5 puts its signature at offset 0, or at 512, 1024, 2048... when a user block precedes it;
+    a zip is known by its end-of-central-directory record near the end (which a self-extracting
+    or prefixed zip also has). Anything else raises :class:`UnreadableImages` naming the file.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            offset = 0
+            while offset + len(HDF5_SIGNATURE) <= size:
+                handle.seek(offset)
+                if handle.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                    return "hdf5"
+                offset = 512 if offset == 0 else offset * 2
+            handle.seek(max(0, size - _ZIP_TAIL))
+            if _ZIP_END_OF_DIRECTORY in handle.read():
+                return "zip"
+    except OSError as exc:
+        raise UnreadableImages(f"{path}: cannot read the images file ({exc.strerror or exc})") from exc
+    raise UnreadableImages(
+        f"{path.name}: neither a zip (no end-of-central-directory record) nor an HDF5 file (no HDF5 "
+        "signature at offset 0, 512, 1024, ...); the download is truncated or not an images file"
+    )
+
+
+def open_image_file(path: Path, limits: ZipLimits) -> MemberSource:
+    """The member source for one downloaded images file, chosen by its content."""
+    return Hdf5Members(path, limits) if container_kind(path) == "hdf5" else ZipMembers(path, limits)
+
+
+@dataclass(frozen=True)
+class RefusedMember:
+    """A container member that is not an image the merge can take; goes to quarantine.csv."""
+
+    name: str
+    reason: str
+    detail: str
+
+
+class Hdf5Members:
+    """Datasets of an HDF5 file, one per ``isic_id``, each holding one encoded image's bytes.
+
+    The ISIC 2024 Kaggle file stores each JPEG as a scalar byte string (``|S``); opaque scalars
+    (``|V``) and 1-D uint8 arrays are read the same way, since the publishers' exact dtype is not
+    documented (docs/ISIC_SOURCES.md 1.6). Members are named ``<isic_id>.jpg`` so every id helper
+    treats them like zip members; the checker decides the real format from the bytes.
+
+    Nothing is read unbounded: each dataset's declared size and allocated storage are checked
+    against the zip limits before its bytes are touched. Keys that are not ISIC ids, groups, and
+    datasets of another type are listed by :meth:`refused` instead of being skipped silently.
+    The incremental state keys members by (name, crc, size); HDF5 keeps no checksum, so a CRC of
+    the file's modification time and the dataset's storage address stands in: a replaced file is
+    checked again.
+    """
+
+    def __init__(self, path: Path, limits: ZipLimits) -> None:
+        self.path = Path(path)
+        self.limits = limits
+        self._refused: list[RefusedMember] = []
+        self._keys: dict[str, str] = {}
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+    def _open(self) -> Any:
+        import h5py  # only sources shipped as HDF5 need it
+
+        try:
+            return h5py.File(self.path, "r")
+        except OSError as exc:
+            raise UnreadableImages(
+                f"{self.path.name}: not a readable HDF5 file ({exc}); the download is truncated or "
+                "damaged: delete it so the next download fetches it again"
+            ) from exc
+
+    def entries(self) -> list[ZipEntry]:
+        import h5py
+
+        mtime = self.path.stat().st_mtime_ns
+        found: list[ZipEntry] = []
+        refused: list[RefusedMember] = []
+        keys: dict[str, str] = {}
+        total = 0
+        with self._open() as handle:
+            names = list(handle.keys())
+            if len(names) > self.limits.max_members:
+                raise ZipRefused(f"{self.path.name}: {len(names)} datasets exceed max_members "
+                                 f"{self.limits.max_members}")
+            for key in names:
+                if not ISIC_ID_RE.match(key):
+                    refused.append(RefusedMember(key, "not_an_isic_id",
+                                                 f"HDF5 key {key!r} is not ISIC_ + 7 digits"))
+                    continue
+                try:
+                    item = handle.get(key)
+                except (OSError, KeyError, RuntimeError) as exc:
+                    refused.append(RefusedMember(key, "read_error", f"HDF5 object {key!r}: {exc}"))
+                    continue
+                if not isinstance(item, h5py.Dataset):
+                    refused.append(RefusedMember(key, "not_a_dataset",
+                                                 f"HDF5 object {key!r} is a {type(item).__name__}, not a dataset"))
+                    continue
+                problem = _byte_layout_problem(item)
+                if problem:
+                    refused.append(RefusedMember(key, "not_image_bytes", f"HDF5 dataset {key!r}: {problem}"))
+                    continue
+                declared = int(item.dtype.itemsize) * int(item.size or 0)
+                stored = int(item.id.get_storage_size())
+                total += declared
+                offset = item.id.get_offset() or 0
+                name = f"{key}.jpg"
+                keys[name] = key
+                found.append(ZipEntry(name=name, file_size=declared, compress_size=stored,
+                                      crc=zlib.crc32(f"{mtime}:{offset}:{stored}".encode()),
+                                      is_dir=False, kind=member_kind(name), header_offset=len(found)))
+        if total > self.limits.max_total_bytes:
+            raise ZipRefused(f"{self.path.name}: datasets declare {total} bytes in all, over max_total_bytes "
+                             f"{self.limits.max_total_bytes}")
+        self._refused, self._keys = refused, keys
+        return found
+
+    def refused(self) -> list[RefusedMember]:
+        """Objects :meth:`entries` left out, with the reason (valid after ``entries``)."""
+        return list(self._refused)
+
+    def _limit_error(self, entry: ZipEntry) -> str | None:
+        if entry.file_size > self.limits.max_member_bytes:
+            return (f"{entry.name}: {entry.file_size} bytes exceeds max_member_bytes "
+                    f"{self.limits.max_member_bytes}")
+        if entry.compress_size and entry.file_size / entry.compress_size > self.limits.max_ratio:
+            return f"{entry.name}: expands {entry.file_size / entry.compress_size:.0f}x, over max_ratio"
+        return None
+
+    def _dataset_bytes(self, handle: Any, name: str) -> bytes:
+        dataset = handle[self._keys.get(name, name.removesuffix(".jpg"))]
+        problem = _byte_layout_problem(dataset)
+        if problem:
+            raise ValueError(problem)
+        # Checked again on the open dataset: the file may have changed since entries() listed it.
+        declared = int(dataset.dtype.itemsize) * int(dataset.size or 0)
+        if declared > self.limits.max_member_bytes:
+            raise ValueError(f"{declared} bytes exceeds max_member_bytes {self.limits.max_member_bytes}")
+        value = dataset[()]
+        return value.tobytes() if hasattr(value, "shape") and value.shape != () else bytes(value)
+
+    def iter_bytes(self, entries: Iterable[ZipEntry]) -> Iterator[MemberRead]:
+        with self._open() as handle:
+            for entry in entries:
+                error = self._limit_error(entry)
+                if error is not None:
+                    yield MemberRead(entry=entry, data=None, error=error)
+                    continue
+                try:
+                    data = self._dataset_bytes(handle, entry.name)
+                except (OSError, KeyError, ValueError, RuntimeError) as exc:
+                    yield MemberRead(entry=entry, data=None, error=f"{entry.name}: {exc}")
+                    continue
+                yield MemberRead(entry=entry, data=data, error=None)
+
+    def read(self, name: str) -> bytes:
+        with self._open() as handle:
+            try:
+                return self._dataset_bytes(handle, name)
+            except (OSError, KeyError, RuntimeError) as exc:
+                raise UnreadableImages(f"{self.path.name}: dataset for {name}: {exc}") from exc
+
+
+def _byte_layout_problem(dataset: Any) -> str | None:
+    """Why a dataset cannot hold one encoded image's bytes, or None when it can."""
+    dtype = dataset.dtype
+    if dataset.shape == () and dtype.kind in ("S", "V") and dtype.fields is None:
+        return None
+    if len(dataset.shape) == 1 and dtype.kind in ("u", "i") and dtype.itemsize == 1:
+        return None
+    return (f"dtype {dtype} with shape {dataset.shape}; expected encoded image bytes "
+            "(a scalar |S or |V, or a 1-D uint8 array)")

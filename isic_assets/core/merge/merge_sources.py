@@ -31,8 +31,9 @@ from ..compute.setting import LOCAL, ComputeChoice
 from ..scan_state import JsonlLog
 from .combine import combine_sources
 from .harmonize import Harmonized, harmonize
+from .harmonize_isic2024 import harmonize_isic2024_source, refused_records, reject_unlisted, with_image_type
 from .image_check import ImageFacts, ImageRejected, inspect_many
-from .member_source import FolderMembers, MemberSource, ZipMembers
+from .member_source import FolderMembers, MemberSource, open_image_file
 from .zip_stream import ZipEntry, ZipLimits, is_suspicious_member_name, read_member, scan_zip
 
 Log = Callable[[str], None]
@@ -41,7 +42,7 @@ Log = Callable[[str], None]
 METADATA_COLUMNS = [
     "isic_id", "source", "sources", "benign_malignant", "diagnosis", "age_approx", "sex",
     "anatom_site_general", "patient_id", "lesion_id", "diagnosis_confirm_type", "copyright_license",
-    "attribution", "image", "width", "height", "sha256", "file_bytes", "exif_orientation", "label_conflict",
+    "attribution", "image_type", "image", "width", "height", "sha256", "file_bytes", "exif_orientation", "label_conflict",
 ]
 DUPLICATE_COLUMNS = ["isic_id", "kept_isic_id", "reason", "source", "member", "sha256"]
 QUARANTINE_COLUMNS = ["isic_id", "source", "member", "reason", "detail", "id_kept_from_other_source"]
@@ -64,10 +65,10 @@ class SourceArchive:
         return self.files["archive"] if self.format == "isic_archive_zip" else self.files["images"]
 
     def members(self, limits: ZipLimits) -> MemberSource:
-        """The images zip, or for an API source the folder its images were downloaded to."""
+        """The images zip or HDF5 file (told apart by content), or an API source's image folder."""
         if self.format == "isic_api":
             return FolderMembers(self.files["folder"] / "images", limits)
-        return ZipMembers(self.image_zip, limits)
+        return open_image_file(self.image_zip, limits)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,8 @@ def merge_sources(
     order = {s.name: s.order for s in ordered}
 
     harmonized = {s.name: harmonize_source(s, options.limits) for s in ordered}
+    for s in ordered:
+        harmonized[s.name].frame = with_image_type(s.format, harmonized[s.name].frame)
     combined = combine_sources([(s.name, harmonized[s.name].frame) for s in ordered])
     notes = [f"{name}: {note}" for name, h in harmonized.items() for note in h.notes]
 
@@ -176,10 +179,10 @@ def merge_sources(
             cluster = _Cluster(options, out_dir, stack, log) if options.compute.uses_dask else None
             for source in ordered:
                 stats[source.name] = SourceStats(metadata_rows=len(harmonized[source.name].frame))
-                records[source.name] = scan_source(
+                records[source.name] = reject_unlisted(source.format, scan_source(
                     source, out_dir, images_dir, written, order, options, stats[source.name], log, skip_writes,
                     cluster=cluster,
-                )
+                ), harmonized[source.name].frame)
     finally:
         written.close()
 
@@ -188,7 +191,8 @@ def merge_sources(
         metadata=pd.DataFrame(),
         duplicates=resolution.duplicates,
         quarantine=_quarantine(records, combined.frame, resolution),
-        conflicts=combined.conflicts,
+        conflicts=pd.concat([combined.conflicts, *(getattr(h, "conflicts", combined.conflicts.iloc[:0])
+                                                   for h in harmonized.values())], ignore_index=True),
         per_source=stats,
         notes=notes,
     )
@@ -200,7 +204,7 @@ def merge_sources(
                  written=written, options=options, report=report, log=log)
     written.compact(keep=[(isic_id,) for isic_id in resolution.kept])
     report.metadata = build_metadata(combined.frame, resolution.kept, order)
-    report.metadata["label_conflict"] = report.metadata["isic_id"].isin(_label_conflicts(combined.conflicts))
+    report.metadata["label_conflict"] = report.metadata["isic_id"].isin(_label_conflicts(report.conflicts))
     known = set(combined.frame["isic_id"]) if len(combined.frame) else set()
     report.images_without_metadata = sum(1 for isic_id in resolution.kept if isic_id not in known)
     for name, stat in stats.items():
@@ -221,6 +225,8 @@ def harmonize_source(source: SourceArchive, limits: ZipLimits) -> Harmonized:
         # The API download is written in the isic-cli metadata.csv shape, the same current schema as
         # an Archive export (docs/ISIC_SOURCES.md 2.5), so one harmonizer serves both.
         return harmonize("isic_archive_zip", {"metadata": source.files["folder"] / layout.METADATA_CSV})
+    if source.format == "isic2024":
+        return harmonize_isic2024_source(files, source.image_zip, limits)
     if source.format == "isic_archive_zip":
         files["metadata"] = io.BytesIO(_read_csv_member(source.image_zip, "metadata.csv", limits))
     elif source.format == "isic2017" and "metadata" not in files:
@@ -296,8 +302,10 @@ def build_metadata(
             frame[column] = ""
     extras = [c for c in frame.columns if c not in METADATA_COLUMNS]
     frame = frame[METADATA_COLUMNS + extras]
+    # Numeric extras (ISIC 2024's tbp_* measurements) stay numbers in metadata.parquet.
     text_columns = [c for c in frame.columns if c not in ("age_approx", "width", "height", "file_bytes",
-                                                          "exif_orientation")]
+                                                          "exif_orientation")
+                    and not (c in extras and pd.api.types.is_numeric_dtype(frame[c]))]
     frame[text_columns] = frame[text_columns].fillna("").astype(str)
     frame["age_approx"] = pd.array(frame["age_approx"], dtype="Int64") if len(frame) else frame["age_approx"]
     for column in ("width", "height", "file_bytes", "exif_orientation"):
@@ -364,7 +372,7 @@ def scan_source(
     if state.needs_compaction:
         state.compact(keep=live)
     result = [state.get(*key) for key in live]
-    found = [r for r in result if r is not None]
+    found = [r for r in result if r is not None] + refused_records(members, source.name)
     stats.rejected = sum(1 for r in found if r["status"] != "ok")
     return found
 

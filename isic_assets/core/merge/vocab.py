@@ -220,6 +220,39 @@ ARCHIVE_DIAGNOSIS_TERMS: dict[str, str] = {
     "Benign soft tissue proliferations - Vascular": VASCULAR_LESION,
 }
 
+#: ISIC 2024 (SLICE-3D) ``target`` / challenge ``malignant`` (docs/ISIC_SOURCES.md 1.6): 0/1, written
+#: as integers in the Kaggle CSV and as floats in the challenge ground truth.
+ISIC2024_TARGET: dict[str, str] = {"0": BENIGN, "1": MALIGNANT, "0.0": BENIGN, "1.0": MALIGNANT}
+
+#: ISIC 2024 ``iddx_1``, the first level of the same diagnosis hierarchy as the archive's diagnosis_1.
+ISIC2024_IDDX_1: dict[str, str] = {"Benign": BENIGN, "Malignant": MALIGNANT, "Indeterminate": INDETERMINATE}
+
+#: ISIC 2024 ``iddx_2..5`` nodes the archive table does not spell the same way (docs/ISIC_SOURCES.md
+#: 1.6: the malignant breakdown of the 2024 training set); everything else goes through
+#: :data:`ARCHIVE_DIAGNOSIS_TERMS`, deepest mapped node first.
+ISIC2024_DIAGNOSIS_TERMS: dict[str, str] = {
+    "Melanoma Invasive": MELANOMA,
+    "Melanoma in situ": MELANOMA,
+    "Melanoma, NOS": MELANOMA,
+    "Melanoma metastasis": MELANOMA,
+    "Basal cell carcinoma, Nodular": BASAL_CELL_CARCINOMA,
+    "Squamous cell carcinoma, Invasive": SQUAMOUS_CELL_CARCINOMA,
+}
+
+#: The unified ``image_type``: what kind of picture a row is. Challenge years 2016-2020 are all
+#: dermoscopy; ISIC 2024 tiles are cropped from 3D total-body photographs (docs/ISIC_SOURCES.md 1.6);
+#: archive and API rows carry their own ``image_type`` (docs/ISIC_SOURCES.md 2.3).
+DERMOSCOPIC = "dermoscopic"
+TBP_TILE_CLOSE_UP = "TBP tile: close-up"
+RELEASE_IMAGE_TYPES: dict[str, str] = {
+    "isic2016": DERMOSCOPIC,
+    "isic2017": DERMOSCOPIC,
+    "isic2018": DERMOSCOPIC,
+    "isic2019": DERMOSCOPIC,
+    "isic2020": DERMOSCOPIC,
+    "isic2024": TBP_TILE_CLOSE_UP,
+}
+
 # ---------------------------------------------------------------------------------------------
 # sex
 # ---------------------------------------------------------------------------------------------
@@ -545,6 +578,15 @@ def mapping_rows() -> list[MappingRow]:
         ARCHIVE_DIAGNOSIS_TERMS,
         "isic-metadata diagnosis_hierarchical.py; deepest mapped level, else deepest value lower-cased",
     )
+    rows += _rows("benign_malignant", "isic2024", ISIC2024_TARGET, "target / malignant; docs/ISIC_SOURCES.md 1.6")
+    rows += _rows("benign_malignant", "isic2024 (iddx_1)", ISIC2024_IDDX_1, "must agree with target; docs/ISIC_SOURCES.md 1.6")
+    rows += _rows(
+        "diagnosis",
+        "isic2024 (iddx_2..5)",
+        ISIC2024_DIAGNOSIS_TERMS,
+        "docs/ISIC_SOURCES.md 1.6; other nodes as isic_archive_zip, deepest mapped level",
+    )
+    rows += _rows("image_type", "release", RELEASE_IMAGE_TYPES, "docs/ISIC_SOURCES.md 1.6; archive rows keep their own")
     rows += _rows(
         "sex", "all", {**SEX, **dict.fromkeys(sorted(MISSING_SPELLINGS), MISSING)}, src_14
     )

@@ -27,6 +27,9 @@ FORMAT_ROLES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "isic2018": (frozenset({"images", "ground_truth"}), frozenset({"metadata", "lesion_groupings"})),
     "isic2019": (frozenset({"images", "ground_truth", "metadata"}), frozenset()),
     "isic2020": (frozenset({"images", "ground_truth"}), frozenset({"duplicates"})),
+    # ISIC 2024: Kaggle (images = HDF5, metadata = train-metadata.csv) or the challenge layout (images =
+    # zip, metadata = supplement, ground_truth = isic_id,malignant); docs/ISIC_SOURCES.md 1.6.
+    "isic2024": (frozenset({"images", "metadata"}), frozenset({"ground_truth"})),
     "isic_archive_zip": (frozenset({"archive"}), frozenset()),
     # The live Archive: no files, a query (issue 6; docs/ISIC_SOURCES.md 2).
     "isic_api": (frozenset(), frozenset()),

@@ -77,6 +77,9 @@ class SplitConfig:
     cap_per_class: int | None = None
     label_column: str = "benign_malignant"
     class_map: dict[str, str] = field(default_factory=_default_class_map)
+    #: Keep only these ``image_type`` values (empty: every type present), e.g. ``("dermoscopic",)``
+    #: to keep ISIC 2024's TBP tiles out of a dermoscopy dataset, or ``("TBP tile: close-up",)`` alone.
+    image_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratios", _validated_ratios(self.ratios))
@@ -93,6 +96,9 @@ class SplitConfig:
             raise ValueError(f"cap_per_class must be a positive integer or None, got {self.cap_per_class!r}")
         if not isinstance(self.label_column, str) or not self.label_column.strip():
             raise ValueError("label_column must name a metadata column")
+        if isinstance(self.image_types, str) or not all(isinstance(t, str) and t.strip() for t in self.image_types):
+            raise ValueError(f"image_types must be a list of image_type values, got {self.image_types!r}")
+        object.__setattr__(self, "image_types", tuple(t.strip() for t in self.image_types))
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -103,6 +109,7 @@ class SplitConfig:
         """Plain JSON-able form, for run metadata."""
         out = asdict(self)
         out["ratios"] = list(self.ratios)
+        out["image_types"] = list(self.image_types)
         return out
 
 
@@ -237,6 +244,7 @@ def _cross_counts(frame: pd.DataFrame, by: str) -> pd.DataFrame:
 
 def assign_splits(metadata: pd.DataFrame, groups: pd.Series, config: SplitConfig) -> SplitPlan:
     """Plan the splits of ``metadata`` (one row per kept image) with ``groups`` from build_groups."""
+    metadata, other_types = select_image_types(metadata, config.image_types)
     frame, unmapped = _labelled_frame(metadata, groups, config)
     classes = config.classes
     present = [c for c in classes if (frame["label"] == c).any()]
@@ -265,12 +273,31 @@ def assign_splits(metadata: pd.DataFrame, groups: pd.Series, config: SplitConfig
             "unmapped_label": int(sum(unmapped.values())),
             "capped": capped,
             "undersampled": undersampled,
+            "other_image_type": other_types,
         },
         unmapped_values=unmapped,
         class_weights=_class_weights(manifest, classes, warnings),
         assigned_counts=assigned,
         warnings=tuple(warnings),
     )
+
+
+def select_image_types(metadata: pd.DataFrame, image_types: tuple[str, ...]) -> tuple[pd.DataFrame, int]:
+    """Rows whose ``image_type`` is one of ``image_types`` (all rows when empty), and how many were left out.
+
+    Asking for a type no row has is an error naming the types present: an empty dataset is never
+    what the user meant.
+    """
+    if not image_types:
+        return metadata, 0
+    if "image_type" not in metadata.columns:
+        raise ValueError("image_types was given but the metadata has no image_type column; re-run merge_sources")
+    values = clean_keys(metadata["image_type"])
+    present = sorted(set(values))
+    keep = values.isin(image_types).to_numpy()
+    if not keep.any():
+        raise ValueError(f"no image has image_type {list(image_types)}; the merged data has {present}")
+    return metadata.loc[keep].reset_index(drop=True), int((~keep).sum())
 
 
 def _labelled_frame(

@@ -158,6 +158,7 @@ def _file_facts(manifest: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame:
             "augmented": augmented,
             "license": lookup("copyright_license").map(normalize_license).to_numpy(),
             "attribution": lookup("attribution").str.replace(r"\s+", " ", regex=True).to_numpy(),
+            "image_type": lookup("image_type").replace("", "(not recorded)").to_numpy(),
         }
     )
 
@@ -246,6 +247,17 @@ def _balance_section(facts: pd.DataFrame, classes: list[str]) -> list[str]:
     lines = ["## Class balance", ""]
     lines += _table(["split", *classes, "majority : minority"], rows)
     return lines + [""]
+
+
+def _image_types_section(facts: pd.DataFrame) -> list[str]:
+    """Files per image type and split: dermoscopy and ISIC 2024's TBP tiles look nothing alike."""
+    counts = facts.groupby(["image_type", "split"]).size().unstack(fill_value=0).reindex(columns=list(SPLITS),
+                                                                                        fill_value=0)
+    rows = [[name, *(int(counts.loc[name, s]) for s in SPLITS), int(counts.loc[name].sum())]
+            for name in sorted(counts.index)]
+    lines = ["## Image types", ""]
+    lines += _table(["image type", *SPLITS, "total"], rows, numeric=range(1, len(SPLITS) + 2))
+    return [*lines, ""]
 
 
 def _licenses_section(facts: pd.DataFrame) -> list[str]:
@@ -352,6 +364,7 @@ def render_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, config: 
     lines += _counts_section(facts, classes)
     lines += _balance_section(facts, classes)
     lines += _folds_section(manifest, classes)
+    lines += _image_types_section(facts)
     lines += _licenses_section(facts)
     lines += _attributions_section(facts)
     lines += _config_section(config)

@@ -1,0 +1,114 @@
+"""ISIC-2024-shaped benchmark: seconds and peak RSS of every pipeline stage on N synthetic TBP tiles.
+
+    .venv/bin/python bench/bench_isic2024.py --images 100000 [--work DIR] [--layout kaggle|challenge]
+    .venv/bin/python bench/bench_isic2024.py --generate-only DEST --images 401059
+
+It writes an ISIC 2024 mirror (``isic_assets.demo.isic2024``: the real 55-column header, 1,042
+patients and 393 malignant at full size, scaled below, distinct 3-5 KB JPEG tiles, HDF5 written
+streaming), serves it on loopback, and materializes each asset with the ``dagster`` command line in
+its own child process: raw_zips, merge_sources, transformed_images, eda_plots, balanced_splits. The
+child reads ``RUSAGE_CHILDREN`` after the command ends: the peak RSS of the largest single process
+of that stage (the command and every process it waited for). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from isic_assets.core.sources.http_mirror import serve_folder
+from isic_assets.demo.isic2024 import generate_isic2024_mirror
+
+STAGES = ("raw_zips", "merged_images,merged_metadata", "transformed_images", "eda_plots", "balanced_splits")
+SOURCE = "bench_isic2024"
+
+
+def _child(stage: str) -> int:
+    """Inside the wrapper: run the dagster CLI for one asset and print the children's peak RSS."""
+    import resource
+
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    started = time.perf_counter()
+    code = subprocess.call([dagster, "asset", "materialize", "-m", "isic_assets", "--select", stage],
+                           stdout=subprocess.DEVNULL)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"stage": stage, "seconds": time.perf_counter() - started, "peak_mib": peak, "code": code}))
+    return code
+
+
+def bench(n_images: int, work: Path, layout: str) -> list[dict]:
+    mirror = work / "mirror"
+    started = time.perf_counter()
+    facts = generate_isic2024_mirror(mirror, n_images, layout=layout)
+    generated = time.perf_counter() - started
+    rows = [{"stage": f"generate ({layout})", "seconds": generated, "peak_mib": None, "code": 0}]
+    with serve_folder(mirror) as server:
+        catalog = work / "catalog.yaml"
+        files = "\n".join(f"      {role}: {server.url}/{name}" for role, name in facts["files"].items())
+        catalog.write_text(f"sources:\n  {SOURCE}:\n    format: isic2024\n    files:\n{files}\n", encoding="utf-8")
+        env = {**os.environ, "DAGSTER_HOME": str(work / "dagster_home"), "ISIC_DATA_DIR": str(work / "data"),
+               "ISIC_CATALOG": str(catalog), "ISIC_SOURCES": SOURCE}
+        (work / "dagster_home").mkdir(parents=True, exist_ok=True)
+        for stage in STAGES:
+            proc = subprocess.run([sys.executable, __file__, "--child", stage], env=env, check=False,
+                                  capture_output=True,
+                                  text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+            row = json.loads(lines[-1]) if lines else {"stage": stage, "seconds": None, "peak_mib": None,
+                                                        "code": proc.returncode}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if row["code"]:
+                # A failing blocking check (e.g. too few malignant images for the balance check at a
+                # tiny size) still ran the stage; a failed download or merge leaves nothing to go on.
+                sys.stderr.write(proc.stderr[-2000:])
+                if stage in STAGES[:2]:
+                    break
+    return rows
+
+
+def _table(n_images: int, rows: list[dict]) -> str:
+    lines = [f"ISIC 2024 synthetic mirror, {n_images:,} images", "", "| stage | seconds | peak RSS (MiB) |",
+             "|---|---:|---:|"]
+    for row in rows:
+        seconds = "" if row["seconds"] is None else f"{row['seconds']:.0f}"
+        seconds += " (failed)" if row["code"] else ""
+        peak = "" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
+        lines.append(f"| {row['stage']} | {seconds} | {peak} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--layout", choices=("kaggle", "challenge"), default="kaggle")
+    parser.add_argument("--work", type=Path, default=None, help="kept afterwards when given")
+    parser.add_argument("--generate-only", type=Path, default=None, metavar="DEST")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return _child(args.child)
+    if args.generate_only:
+        print(json.dumps(generate_isic2024_mirror(args.generate_only, args.images, layout=args.layout)))
+        return 0
+    if args.work:
+        args.work.mkdir(parents=True, exist_ok=True)
+        rows = bench(args.images, args.work, args.layout)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-isic2024-") as tmp:
+            rows = bench(args.images, Path(tmp), args.layout)
+    print(_table(args.images, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
