@@ -72,7 +72,7 @@ def _state_records(out_dir: Path) -> dict[str, dict]:
 
 @pytest.mark.parametrize("value", ["dask", "tcp://nohost", "http://127.0.0.1:8786", "tcp://127.0.0.1:99999"])
 def test_a_compute_value_that_names_no_engine_is_refused_naming_the_setting(value: str) -> None:
-    with pytest.raises(ComputeSettingError, match="ISIC_COMPUTE=.*dask-local"):
+    with pytest.raises(ComputeSettingError, match=r"ISIC_COMPUTE=.*dask-local"):
         parse_compute(value)
     assert parse_compute("").kind == "local"
     assert parse_compute("tcp://10.0.0.5:8786").address == "tcp://10.0.0.5:8786"
@@ -328,7 +328,7 @@ def test_the_merge_checks_images_on_the_cluster_and_writes_what_a_local_merge_wr
     assert _outputs(tmp_path / "cluster") == _outputs(tmp_path / "local")
     assert len(local.metadata) == 31 and "truncated" in set(on_cluster.quarantine["reason"])
     assert any(f"checking images on the dask cluster at {cluster.address}" in line for line in logs)
-    assert not [p for p in (tmp_path / "cluster").rglob(".tmp-*")]
+    assert not list((tmp_path / "cluster").rglob(".tmp-*"))
     again = merge_sources(sources, tmp_path / "cluster", MergeOptions(compute=parse_compute(cluster.address)),
                           log=logs.append)
     assert (on_cluster.backend, on_cluster.compute_workers) == ("dask", 2)

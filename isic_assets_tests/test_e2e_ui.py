@@ -6,8 +6,8 @@ downloaded) opens the asset graph, clicks "Materialize all", follows the run to 
 page, and then checks what a user would look at: every asset node says "Materialized", the EDA
 figures render on the eda_plots page (base64 PNGs in markdown metadata, behind "[Show Markdown]"),
 and the merged_metadata balanced_dataset_buildable check (the small demo gives validation and test
-fewer than 10 images of a class) shows as failed with its reason. Screenshots (``ui_*.png``) and the ``dagster dev`` log go to ``test-artifacts/`` at
-the repository root.
+fewer than 10 images of a class) shows as failed with its reason. Screenshots (``ui_*.png``) and the
+``dagster dev`` log go to ``test-artifacts/`` at the repository root.
 
 `make test` installs what this needs (`make browser`: Debian's chromium, as root; Playwright from
 the dev extras). Without /usr/bin/chromium the test is skipped with the reason.

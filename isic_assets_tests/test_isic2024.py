@@ -86,7 +86,7 @@ def test_container_is_told_by_content_not_name(tmp_path):
     assert isinstance(open_image_file(with_user_block, ZipLimits()), Hdf5Members)
     junk = tmp_path / "junk.hdf5"
     junk.write_bytes(b"<html>not found</html>")
-    with pytest.raises(UnreadableImages, match="junk.hdf5"):
+    with pytest.raises(UnreadableImages, match=r"junk\.hdf5"):
         container_kind(junk)
 
 
@@ -122,7 +122,7 @@ def test_a_truncated_hdf5_is_a_clear_error_naming_the_file(tmp_path):
     files = _kaggle(tmp_path)
     data = files["images"].read_bytes()
     files["images"].write_bytes(data[: len(data) // 2])
-    with pytest.raises(UnreadableImages, match="train-image.hdf5.*truncated"):
+    with pytest.raises(UnreadableImages, match=r"train-image\.hdf5.*truncated"):
         _merge(tmp_path, files)
 
 

@@ -114,7 +114,7 @@ def test_each_split_folder_is_an_image_folder_with_the_same_class_indices(writte
         assert classes == list(plan.classes)
         rows = plan.manifest[plan.manifest["split"] == split]
         found = {Path(path).relative_to(out).as_posix(): index for path, index in samples}
-        assert found == {img: plan.classes.index(lab) for img, lab in zip(rows["image"], rows["label"])}
+        assert found == {img: plan.classes.index(lab) for img, lab in zip(rows["image"], rows["label"], strict=True)}
         table = pd.read_parquet(out / split / "metadata.parquet")
         by_file = dict(zip(split + "/" + table["file_name"], table["label"], strict=True))
         assert by_file == found

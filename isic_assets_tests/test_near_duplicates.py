@@ -162,7 +162,8 @@ def test_dagster_run_groups_or_drops_the_pairs_and_the_check_rereads_them(tmp_pa
     assert set(zip(pairs["isic_id_a"], pairs["isic_id_b"], strict=True)) == {
         (f"ISIC_{i:07d}", f"ISIC_{i + 24:07d}") for i in range(4)
     }
-    events = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    events = {e.asset_key.to_user_string(): e.materialization.metadata
+              for e in result.get_asset_materialization_events()}
     assert events["near_duplicates"]["pairs"].value == 4
     assert events["near_duplicates"]["review_sheet"].value.count("data:image/jpeg;base64,") == 4
     manifest = pd.read_csv(root / "neural_network_data" / "manifest.csv", dtype=str).set_index("isic_id")

@@ -14,15 +14,15 @@ from ..core.eda.thumbnails import composition_plot
 from ..core.splits.assign import SPLITS, SplitConfig
 from ..core.splits.dataset_card import write_dataset_card
 from ..core.splits.facts import licence_counts, source_facts
-from ..core.splits.planning import plan_splits
 from ..core.splits.folds import fold_class_counts
 from ..core.splits.near_duplicates import read_pairs
+from ..core.splits.planning import plan_splits
 from ..core.splits.writer import write_splits
 from ..core.table_schema import column_types, typed_columns
 from ..core.transform.augment import DEFAULT_AUGMENTATIONS, augment_file
 from .metadata import column_schema
-from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
 from .near_duplicates import near_duplicates
+from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .transform import transformed_images
 

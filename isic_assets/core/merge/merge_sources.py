@@ -42,7 +42,8 @@ Log = Callable[[str], None]
 METADATA_COLUMNS = [
     "isic_id", "source", "sources", "benign_malignant", "diagnosis", "age_approx", "sex",
     "anatom_site_general", "patient_id", "lesion_id", "diagnosis_confirm_type", "copyright_license",
-    "attribution", "image_type", "image", "width", "height", "sha256", "file_bytes", "exif_orientation", "label_conflict",
+    "attribution", "image_type", "image", "width", "height", "sha256", "file_bytes", "exif_orientation",
+    "label_conflict",
 ]
 DUPLICATE_COLUMNS = ["isic_id", "kept_isic_id", "reason", "source", "member", "sha256"]
 QUARANTINE_COLUMNS = ["isic_id", "source", "member", "reason", "detail", "id_kept_from_other_source"]

@@ -579,7 +579,8 @@ def mapping_rows() -> list[MappingRow]:
         "isic-metadata diagnosis_hierarchical.py; deepest mapped level, else deepest value lower-cased",
     )
     rows += _rows("benign_malignant", "isic2024", ISIC2024_TARGET, "target / malignant; docs/ISIC_SOURCES.md 1.6")
-    rows += _rows("benign_malignant", "isic2024 (iddx_1)", ISIC2024_IDDX_1, "must agree with target; docs/ISIC_SOURCES.md 1.6")
+    rows += _rows("benign_malignant", "isic2024 (iddx_1)", ISIC2024_IDDX_1,
+                  "must agree with target; docs/ISIC_SOURCES.md 1.6")
     rows += _rows(
         "diagnosis",
         "isic2024 (iddx_2..5)",

@@ -280,7 +280,8 @@ def class_balance(
     if offending:
         worst = offending[0]
         counts = " to ".join(f"{n} {c}" for c, n in worst["counts"].items())
-        description = (f"{worst['split']} has {counts} (majority/minority {_describe_ratio(ratios.get(worst['split'], math.inf))}); "
+        ratio = _describe_ratio(ratios.get(worst["split"], math.inf))
+        description = (f"{worst['split']} has {counts} (majority/minority {ratio}); "
                        f"{strategy} allows {allowed}")
     elif checked:
         worst_split = max(checked, key=lambda s: ratios.get(s, math.inf))
