@@ -57,7 +57,7 @@ def build_groups(
     nodes = pd.Index(pd.unique(pd.concat([kept_ids, records["isic_id"], records["kept_isic_id"]])))
     nodes = nodes[nodes != ""]
     left, right = _edges(records, nodes)
-    roots = _connected_roots(len(nodes), left, right)
+    roots = component_labels(len(nodes), left, right)
     return _group_ids(kept_ids, roots[nodes.get_indexer(kept_ids)])
 
 
@@ -134,7 +134,7 @@ def _edges(records: pd.DataFrame, nodes: pd.Index) -> tuple[np.ndarray, np.ndarr
     return left[differ], right[differ]
 
 
-def _connected_roots(n_nodes: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+def component_labels(n_nodes: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """A component label per node (any labels: only equality matters to the caller).
 
     scipy's connected components on the sparse link graph (scipy comes with scikit-learn): linear in

@@ -37,6 +37,7 @@ import pandas as pd
 from .. import layout
 from ..scan_state import JsonlLog
 from . import image_signature
+from .grouping import component_labels
 
 Log = Callable[[str], None]
 
@@ -283,21 +284,10 @@ def to_drop(pairs: pd.DataFrame | None, present: Iterable[str]) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     present = set(present)
     pairs = pairs[pairs["isic_id_a"].isin(present) & pairs["isic_id_b"].isin(present)]
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in zip(pairs["isic_id_a"], pairs["isic_id_b"], strict=True):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    rows = []
-    for image in sorted(parent):
-        keeper = find(image)
-        if keeper != image:
-            rows.append({"isic_id": image, "kept_isic_id": keeper, "reason": "near_duplicate"})
+    images = pd.Index(sorted(set(pairs["isic_id_a"]) | set(pairs["isic_id_b"])))
+    labels = component_labels(len(images), images.get_indexer(pairs["isic_id_a"]),
+                              images.get_indexer(pairs["isic_id_b"]))
+    keeper = pd.Series(images, index=images).groupby(labels).transform("min")  # images are sorted
+    rows = [{"isic_id": image, "kept_isic_id": kept, "reason": "near_duplicate"}
+            for image, kept in keeper.items() if kept != image]
     return pd.DataFrame(rows, columns=columns)
