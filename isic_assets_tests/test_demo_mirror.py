@@ -144,6 +144,7 @@ def test_mirror_json_hashes_match_files(demo):
     assert set(description["files"]) == {rel for paths in ZIPS.values() for rel in paths} | {
         gen.PATH_2016_GT, gen.PATH_2017_GT, gen.PATH_2018_GT_ZIP, gen.PATH_2018_HAM, gen.PATH_2019_GT,
         gen.PATH_2019_META, gen.PATH_2020_GT, gen.PATH_2020_DUPLICATES,
+        "isic2024/train-image.hdf5", "isic2024/train-metadata.csv",
     }  # fmt: skip
     for rel, info in description["files"].items():
         data = (dest / rel).read_bytes()

@@ -20,7 +20,7 @@ import pytest
 
 from isic_assets.core import layout
 from isic_assets.core.merge.harmonize import HarmonizeError
-from isic_assets.core.merge.harmonize_isic2024 import harmonize_isic2024
+from isic_assets.core.merge.harmonize.isic2024 import harmonize_isic2024
 from isic_assets.core.merge.member_source import (
     Hdf5Members,
     UnreadableImages,

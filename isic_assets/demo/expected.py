@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-
+from ..core.components import connected_sets
 from ..core.ids import isic_id_from_member
 from .plan import BENIGN, CATALOG_ORDER, INDETERMINATE, MALIGNANT, NO_LABEL, Picture, SourcePlan
 
@@ -94,22 +91,15 @@ def _merged_facts(
             if entry.picture is not None and entry.picture.readable:
                 readable.setdefault(entry.isic_id, []).append(shas[entry.picture])
     ids = sorted(readable)
-    index = {isic_id: n for n, isic_id in enumerate(ids)}
-    edges: list[tuple[int, int]] = []
+    links: list[tuple[str, str]] = []
     first_owner: dict[str, str] = {}
     for isic_id in ids:
         for sha in readable[isic_id]:
-            edges.append((index[first_owner.setdefault(sha, isic_id)], index[isic_id]))
-    edges += [(index[a], index[b]) for a, b in duplicate_pairs if a in index and b in index]
-    pairs = np.array(edges, dtype=np.int64).reshape(-1, 2)
-    left, right = pairs[:, 0], pairs[:, 1]
-    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(len(ids), len(ids)))
-    _, component_of = connected_components(graph, directed=False)
-    components: dict[int, set[str]] = {}
-    for isic_id, component in zip(ids, component_of.tolist(), strict=True):
-        components.setdefault(component, set()).add(isic_id)
+            links.append((first_owner.setdefault(sha, isic_id), isic_id))
+    links += list(duplicate_pairs)
+    components = connected_sets(ids, links)
     kept_labels = Counter()
-    for members in components.values():
+    for members in components:
         member_labels = {labels.get(isic_id, NO_LABEL) for isic_id in members}
         if len(member_labels) != 1:
             raise AssertionError(

@@ -27,11 +27,12 @@ import pandas as pd
 
 from .. import layout
 from ..atomic import atomic_open, atomic_write_bytes, remove_stale_temporaries
+from ..components import connected_sets
 from ..compute.setting import LOCAL, ComputeChoice
 from ..scan_state import JsonlLog
 from .combine import combine_sources
 from .harmonize import Harmonized, harmonize
-from .harmonize_isic2024 import harmonize_isic2024_source, refused_records, reject_unlisted, with_image_type
+from .harmonize.isic2024 import harmonize_isic2024_source, refused_records, reject_unlisted, with_image_type
 from .image_check import ImageFacts, ImageRejected, inspect_many
 from .member_source import FolderMembers, MemberSource, open_image_file
 from .zip_stream import ZipEntry, ZipLimits, is_suspicious_member_name, read_member, scan_zip
@@ -517,33 +518,17 @@ def resolve_duplicates(
             reason = "same_id_downsampled" if "_downsampled" in other["name"] else "same_id_other_source"
             dropped.append(_dup_row(other, isic_id, reason))
 
-    parent = {isic_id: isic_id for isic_id in best}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def union(a: str, b: str) -> None:
-        if a in parent and b in parent:
-            parent[find(a)] = find(b)
-
+    links: list[tuple[str, str]] = list(listed_pairs)
     by_hash: dict[str, str] = {}
     for isic_id in sorted(best):
         digest = best[isic_id]["sha256"]
         if digest in by_hash:
-            union(isic_id, by_hash[digest])
+            links.append((isic_id, by_hash[digest]))
         else:
             by_hash[digest] = isic_id
-    for a, b in listed_pairs:
-        union(a, b)
-
-    components: dict[str, list[str]] = {}
-    for isic_id in best:
-        components.setdefault(find(isic_id), []).append(isic_id)
+    components = connected_sets(list(best), links)
     kept: dict[str, dict[str, Any]] = {}
-    for members in components.values():
+    for members in components:
         members.sort(key=lambda i: (i not in labelled, order.get(best[i]["source"], 1 << 30), i))
         keeper = members[0]
         kept[keeper] = best[keeper]
@@ -563,22 +548,10 @@ def presumed_listed_drops(listed_pairs: Sequence[tuple[str, str]], labelled: set
     The rule ignores source order and readability, which only the scan knows; a wrong guess costs
     one read from the zip in the final sync, never a wrong output.
     """
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in listed_pairs:
-        parent[find(a)] = find(b)
-    components: dict[str, list[str]] = {}
-    for isic_id in parent:
-        components.setdefault(find(isic_id), []).append(isic_id)
+    ids = sorted({i for pair in listed_pairs for i in pair})
+    components = connected_sets(ids, listed_pairs)
     drops: set[str] = set()
-    for members in components.values():
+    for members in components:
         members.sort(key=lambda i: (i not in labelled, i))
         drops.update(members[1:])
     return frozenset(drops)

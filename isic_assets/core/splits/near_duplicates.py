@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 
 from .. import layout
+from ..components import component_labels
 from ..scan_state import JsonlLog
 from . import image_signature
-from .grouping import component_labels
 
 Log = Callable[[str], None]
 

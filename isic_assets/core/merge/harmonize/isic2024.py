@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import vocab
-from .harmonize import (
+from .. import vocab
+from ..member_source import container_kind
+from ..zip_stream import ZipLimits, read_member, scan_zip
+from .common import (
     BASE_COLUMNS,
     Harmonized,
     HarmonizeError,
@@ -47,8 +49,6 @@ from .harmonize import (
     _Table,
     _value_error,
 )
-from .member_source import container_kind
-from .zip_stream import ZipLimits, read_member, scan_zip
 
 FORMAT = "isic2024"
 
