@@ -14,7 +14,8 @@ import pytest
 
 from isic_assets.definitions import defs
 
-ASSETS = ("raw_zips", "merged_images", "merged_metadata", "transformed_images", "eda_plots", "balanced_splits")
+ASSETS = ("raw_zips", "merged_images", "merged_metadata", "transformed_images", "eda_plots", "near_duplicates",
+          "balanced_splits")
 # A Wednesday noon: far from the Monday 03:00 refresh.
 START = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
@@ -65,6 +66,8 @@ def test_downstream_follows_its_upstream_once_blocking_checks_passed(ticks):
     assert ticks() == {"transformed_images", "eda_plots"}
     ticks.materialized("transformed_images", "eda_plots")
     ticks.checked("transformed_images", "transformed_images_readable", True)
+    assert ticks() == {"near_duplicates"}
+    ticks.materialized("near_duplicates")
     assert ticks() == {"balanced_splits"}
     ticks.materialized("balanced_splits")
     assert ticks() == set(), "an up-to-date graph requests nothing"

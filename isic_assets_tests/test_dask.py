@@ -260,7 +260,7 @@ def test_a_worker_that_cannot_see_the_data_root_fails_the_step_naming_it_and_the
 def _graph_outputs(data_dir: Path) -> dict[str, bytes]:
     """What the graph leaves for users: both metadata.csv files, the transform's outputs, the splits."""
     found = {}
-    for folder in (layout.TRANSFORMED, layout.SPLITS):
+    for folder in (layout.TRANSFORMED, layout.SPLITS_DIR):
         found.update({f"{folder}/{k}": v for k, v in _outputs(data_dir / folder).items()})
     found["merged_data/metadata.csv"] = (data_dir / layout.MERGED / layout.METADATA_CSV).read_bytes()
     return found
@@ -295,7 +295,7 @@ def test_the_demo_graph_writes_the_same_bytes_on_every_engine_and_names_the_clus
             merged = events["merged_images"].materialization.metadata
             assert merged["compute_backend"].value == metadata[engine]["compute_backend"]
             messages[engine] = [e.user_message for e in instance.all_logs(result.run_id)]
-    assert any(name.startswith(layout.SPLITS) and name.endswith(layout.MANIFEST_CSV) for name in outputs["local"])
+    assert any(name.startswith(layout.SPLITS_DIR) and name.endswith(layout.MANIFEST_CSV) for name in outputs["local"])
     assert any(name.startswith(f"{layout.TRANSFORMED}/images/") for name in outputs["local"])
     assert outputs["dask-local"] == outputs["local"]
     assert outputs[cluster.address] == outputs["local"]

@@ -251,7 +251,7 @@ def test_demo_isic2024_through_the_whole_graph(tmp_path):
     assert quarantine.loc[quarantine["reason"] == "not_an_image", "isic_id"].tolist() == expected["not_a_jpeg_ids"]
     assert quarantine.loc[quarantine["reason"] == "missing_image", "isic_id"].tolist() == \
         expected["rows_without_image"]
-    card = (tmp_path / layout.SPLITS / "DATASET_CARD.md").read_text()
+    card = (tmp_path / layout.SPLITS_DIR / "DATASET_CARD.md").read_text()
     assert "## Image types" in card and "TBP tile: close-up" in card
     report = next((tmp_path / layout.EDA).rglob("*.html")).read_text()
     assert "Images per image type and class" in report

@@ -19,7 +19,8 @@ from ..core.splits.near_duplicates import (
     PAIR_COLUMNS,
     find_near_duplicates,
 )
-from .resources import IsicSettings
+from .policies import DOWNSTREAM_AUTOMATION, OWNERS, stage_tags
+from .resources import WRITE_POOL, IsicSettings
 from .transform import transformed_images
 
 GROUP = "train"
@@ -43,6 +44,10 @@ class NearDuplicatesConfig(dg.Config):
     kinds={"python", "csv"},
     description="merged_data/near_duplicates.csv: pairs of different ids showing the same photo re-encoded, "
                 "resized, cropped or recoloured (DCT-hash candidates confirmed by keypoint geometry).",
+    pool=WRITE_POOL,
+    automation_condition=DOWNSTREAM_AUTOMATION,
+    owners=OWNERS,
+    tags=stage_tags("splits"),
 )
 def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesConfig,
                     isic: IsicSettings) -> dg.MaterializeResult:
