@@ -34,8 +34,7 @@ def api_run(tmp_path_factory):
                     "merged_metadata_missing_data": {"config": {"max_missing_label_pct": 20.0}},
                     "balanced_splits": {"config": {"strategy": "none", "train": 0.34, "validation": 0.33,
                                                    "test": 0.33}},
-                    # Eleven images in whole groups cannot keep each split at the natural ratio.
-                    "balanced_splits_split_class_balance": {"config": {"tolerance": 1.0}},
+
                 }},
                 raise_on_error=False,
             )
@@ -48,7 +47,9 @@ def api_run(tmp_path_factory):
 def test_api_source_downloads_and_merges(api_run):
     data_dir, result, _, _ = api_run
     steps_failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert not steps_failed
+    # Eleven images in whole groups leave validation without a malignant image: the split check says
+    # so, correctly (blocking: nothing is downstream of it). Every asset step must succeed.
+    assert set(steps_failed) <= {"balanced_splits_split_class_balance"}, steps_failed
     frame = pd.read_csv(data_dir / layout.MERGED / "metadata.csv", dtype=str, keep_default_na=False)
     public = [img for img in sample_images() if img.public]
     assert sorted(frame["isic_id"]) == sorted(img.isic_id for img in public)
