@@ -24,7 +24,10 @@ _LINE = re.compile(
 _EVENT = re.compile(r"^(?:(?P<pid>\d+) - )?(?:(?P<step>[\w.\[\]]+) - )?(?P<event>[A-Z_]{4,}) - (?P<message>.*)$")
 _STEP_MESSAGE = re.compile(r"^(?P<step>[\w.\[\]]+) - (?P<message>.*)$")
 _DURATION = re.compile(r" in (?P<duration>[\d.]+(?:ms|s|m)?)\.?$")
-_CHECK = re.compile(r"check[^'\"]*['\"](?P<name>[\w]+)['\"].*?(?P<verdict>passed|failed|succeeded)", re.IGNORECASE)
+_CHECK = re.compile(r"check[^'\"]*['\"](?P<name>\w+)['\"].*?(?P<verdict>did not pass|passed|failed|succeeded)"
+                    r"(?:.*?Description: '(?P<why>.*?)'?$)?", re.IGNORECASE)
+_DOWNLOADED = re.compile(r" downloaded from .*\((?P<mb>[\d.]+) MB")
+_COUNT = re.compile(r"\b(?P<done>\d+)/(?P<total>\d+)\b(?! *%)")
 
 # Lines of Dagster's failure reports that only say where, not what.
 _NOISE = ("The above exception was caused by", "dagster._core.errors.Dagster", "Stack Trace:")
@@ -39,6 +42,15 @@ def _short(text: str) -> str:
     return text if len(text) <= _LONGEST else text[: _LONGEST - 3] + "..."
 
 
+def _with_percent(message: str) -> str:
+    """``385/585`` -> ``385/585 (66%)``: progress a person can read at a glance."""
+    def add(match: re.Match) -> str:
+        total = int(match["total"])
+        return match[0] if not total else f"{match[0]} ({100 * int(match['done']) // total}%)"
+
+    return _COUNT.sub(add, message, count=1)
+
+
 def _strip_class(text: str) -> str:
     """``dagster._core.definitions.events.Failure: msg`` -> ``msg``: the class says nothing to a user."""
     return re.sub(r"^[\w.]*(?:Failure|Error|Exception): ", "", text)
@@ -49,7 +61,9 @@ def condense(lines: Iterable[str]) -> Iterator[str]:
     continuing = False  # the lines after an error header belong to it (a message on several lines)
     in_stack = False  # Dagster's stack frames: in the UI and the run log, not here
     skip_source_line = False
-    shown: set[str] = set()  # an error's text, once, though Dagster repeats it as the run's cause
+    shown: set[str] = set()
+    check_steps: set[str] = set()  # a check's verdict is its whole story: no "done" line
+    downloads: dict[str, tuple[int, float]] = {}  # an error's text, once, though Dagster repeats it as the run's cause
     for raw in lines:
         line = raw.rstrip("\n")
         match = _LINE.match(line)
@@ -77,13 +91,23 @@ def condense(lines: Iterable[str]) -> Iterator[str]:
         if event:
             kind, step, message = event["event"], event["step"] or "run", event["message"]
             if kind == "STEP_START":
-                yield f"[{step}] started"
+                pass  # the step's first message, or its end, says it runs
             elif kind == "STEP_SUCCESS":
-                duration = _DURATION.search(message)
-                yield f"[{step}] done" + (f" in {duration['duration']}" if duration else "")
+                if step in downloads:
+                    files, megabytes = downloads.pop(step)
+                    yield f"[{step}] {files} file(s) downloaded, {megabytes:.1f} MB"
+                if step not in check_steps:
+                    duration = _DURATION.search(message)
+                    yield f"[{step}] done" + (f" in {duration['duration']}" if duration else "")
             elif kind == "ASSET_CHECK_EVALUATION":
+                check_steps.add(step)
                 check = _CHECK.search(message)
-                yield f"[{step}] check " + (f"{check['name']}: {check['verdict']}" if check else _short(message))
+                if check:
+                    verdict = "FAILED" if check["verdict"].lower() in ("did not pass", "failed") else "passed"
+                    why = f": {check['why']}" if check["why"] and verdict == "FAILED" else ""
+                    yield _short(f"check {check['name']} {verdict}{why}")
+                else:
+                    yield f"[{step}] {_short(message)}"
             elif kind in _FAILURES or level in ("ERROR", "CRITICAL"):
                 yield f"[{step}] {kind}: {message}"
                 continuing = True
@@ -100,7 +124,12 @@ def condense(lines: Iterable[str]) -> Iterator[str]:
         elif level == "WARNING":
             yield f"[{step}] warning: {_short(message)}"
         elif level == "INFO":
-            yield f"[{step}] {_short(message)}"
+            downloaded = _DOWNLOADED.search(message)
+            if downloaded:  # one line per file is the run log's job; here a count at the step's end
+                files, megabytes = downloads.get(step, (0, 0.0))
+                downloads[step] = (files + 1, megabytes + float(downloaded["mb"]))
+                continue
+            yield f"[{step}] {_short(_with_percent(message))}"
 
 
 def main() -> int:
