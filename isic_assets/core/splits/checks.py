@@ -295,6 +295,10 @@ def class_balance(
                        f"(largest: {worst_split} {_describe_ratio(ratios[worst_split])})")
     else:
         description = "no split holds any image"
+    natural = [s for s in ratios if s not in checked]
+    if natural:
+        description += ("; natural ratio kept in " +
+                        ", ".join(f"{s} {_describe_ratio(ratios[s])}" for s in natural) + " (reported, not checked)")
     return CheckOutcome(not offending, measured, offending, description)
 
 
