@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
+# bash with pipefail: `make demo` pipes the run through a filter and must still fail when the run does.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 # Plain `make` prints the targets; `## target: text` comments above each target are the help.
 .DEFAULT_GOAL := help
@@ -27,10 +30,13 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $(VENV)/.installed $@
 
 ## demo: install, then materialize every asset on the demo mirror and print where the outputs are
+# The terminal shows each stage's progress and result (isic_assets/run_progress.py); the full event
+# log is in the UI (make ui) and in <data dir>/logs/.
 demo: $(VENV)/.installed
-	mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster asset materialize -m isic_assets --select '*'
-	$(BIN)/python -m isic_assets.summary
+	@mkdir -p $(DAGSTER_HOME)
+	@echo "materializing every asset on the demo mirror (full log: make ui, or data/logs/)"
+	@$(BIN)/dagster asset materialize -m isic_assets --select '*' 2>&1 | $(BIN)/python -m isic_assets.run_progress
+	@$(BIN)/python -m isic_assets.summary
 
 # Debian's Chromium for the browser test (isic_assets_tests/test_e2e_ui.py): Playwright drives it
 # through executable_path, so no browser is downloaded at test time. Installed only when missing and

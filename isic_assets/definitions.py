@@ -1,9 +1,18 @@
 """The code location: every asset, check, sensor and resource of isic-assets in one Definitions."""
 
+import warnings
+
 import dagster as dg
 
 from .defs import checks, cleanup, eda, merge, near_duplicates, policies, sensors, sources, splits, transform
 from .defs.resources import IsicSettings
+
+# Two BetaWarnings a user can do nothing about, printed on every terminal run: the yaml-defined run-log
+# handler (.dagster_home/dagster.yaml, which is how every run gets its log file) and Dagster's own
+# `--select '*'` parsing. Only these two messages are silenced; every other warning still shows.
+warnings.filterwarnings("ignore", message=r"Handling yaml-defined logging configuration", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", message=r"Parameter `include_sources` of function `AssetSelection.all`",
+                        category=dg.BetaWarning)
 
 # The whole graph on the multiprocess executor, for a machine with memory to spare. max_concurrent is
 # explicit because memory, not the CPU count (the executor's default), bounds image steps: a step

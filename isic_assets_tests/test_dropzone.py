@@ -254,3 +254,35 @@ def test_the_launched_run_config_really_ingests_the_drop(zone, tmp_path):
     assert copied.read_bytes() == (drop_dir / ZIP_NAME).read_bytes()
     merged = (data / layout.MERGED / "metadata.csv").read_text()
     assert all(isic_id in merged for isic_id in labels)
+
+
+def test_every_tick_names_every_drop_with_its_state_even_when_one_launches(zone, tmp_path, capsys):
+    """A bad sidecar is named (rejected, and why) in the same tick that launches a valid drop, a
+    waiting drop says what it waits for, and the bad drop does not stop the valid one's run."""
+    data = tmp_path / "data"
+    (folder_drop(zone, "good") / ".ready").touch()
+    folder_drop(zone, "later")
+    (zone / "typo.yaml").write_text("format: isic2091\nfiles: {images: x.zip}\n")
+    with dg.instance_for_test() as instance:
+        first = _tick(data, None, instance)
+    assert len(first.run_requests) == 1
+    launched = first.run_requests[0].run_config["resources"]["isic"]["config"]["sources"]
+    assert launched.endswith(",dropzone_good")
+    logged = capsys.readouterr().err  # the sensor's log line, as `dagster sensor preview` prints it
+    assert "dropzone_good: complete, new (.ready marker present)" in logged
+    assert "dropzone_later: waiting, first seen" in logged
+    assert "dropzone_typo: rejected" in logged and "unknown format 'isic2091'" in logged
+    # The run the tick requests resolves its sources although the rejected drop is still there.
+    settings = IsicSettings(data_dir=str(data), sources=launched, dropzone=str(zone))
+    assert [s.name for s in settings.selected_sources()][-1] == "dropzone_good"
+    with dg.instance_for_test() as instance:
+        second = _tick(data, first.cursor, instance)
+    assert len(second.run_requests) == 1  # "later" settled
+    logged = capsys.readouterr().err
+    for expected in ("dropzone_good: complete, already ingested", "dropzone_later: complete, new",
+                     "dropzone_typo: rejected"):
+        assert expected in logged, logged
+    with dg.instance_for_test() as instance:
+        third = _tick(data, second.cursor, instance)
+    assert not third.run_requests
+    assert "dropzone_typo: rejected" in third.skip_message and "already ingested" in third.skip_message

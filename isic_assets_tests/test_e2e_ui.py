@@ -42,6 +42,11 @@ sync_api = pytest.importorskip(
 )
 
 ARTIFACTS = REPO / "test-artifacts"
+# The README's pictures of the UI, refreshed by every passing run of this test so they show the
+# pinned Dagster release (committed; each kept small: half size, 64-colour palette).
+README_IMAGES = REPO / "docs" / "images"
+README_SHOTS = {"ui_asset_graph.png": "lineage.png", "ui_eda_plots_figures.png": "eda_plots_figures.png",
+                "ui_failed_check.png": "failed_check.png"}
 VIEWPORT = {"width": 1920, "height": 1080}  # wide enough for the graph to fit with full asset nodes
 SERVER_READY_S = 120
 RUN_DONE_S = 180  # the whole demo graph takes about 25 s here, more when the suite runs beside it
@@ -179,6 +184,22 @@ def _ui_flow(page, server: DagsterDev) -> None:
     sync_api.expect(result).to_contain_text("Failed", timeout=UI_S * 1000)
     sync_api.expect(page.get_by_text("fewer than the 10 required", exact=False).first).to_be_visible()
     page.screenshot(path=ARTIFACTS / "ui_failed_check.png")
+    for image in publish_readme_images():
+        assert image.stat().st_size < 150_000, f"{image} is {image.stat().st_size} bytes"
+
+
+def publish_readme_images(source: Path = ARTIFACTS, target: Path = README_IMAGES) -> list[Path]:
+    """Small copies of the screenshots the README shows (PNG, well under 150 KB each)."""
+    from PIL import Image
+
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for shot, name in README_SHOTS.items():
+        with Image.open(source / shot) as image:
+            small = image.convert("RGB").resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS)
+            small.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(target / name, optimize=True)
+        written.append(target / name)
+    return written
 
 
 def test_materialize_all_from_the_ui(tmp_path: Path):

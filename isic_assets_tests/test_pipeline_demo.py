@@ -202,6 +202,17 @@ def test_cli_materialize_uses_the_project_instance(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     frame = pd.read_csv(tmp_path / "data" / layout.MERGED / "metadata.csv", dtype=str)
     assert set(frame["source"]) == {"demo_isic2016", "demo_isic2018"}
+    # What `make demo` shows of it (isic_assets/run_progress.py): a line or a few per stage, each
+    # check's verdict, no warning a user cannot act on.
+    from isic_assets.run_progress import condense
+
+    shown = list(condense((done.stdout + done.stderr).splitlines()))
+    assert len(shown) <= 40, "\n".join(shown)
+    assert not any("Warning" in line for line in shown), "\n".join(shown)
+    for step in ("raw_zips", "merge_sources", "transformed_images", "eda_plots", "balanced_splits"):
+        assert any(line.startswith(f"[{step}] done") for line in shown), "\n".join(shown)
+    assert any(line.startswith("check no_leakage ") for line in shown), "\n".join(shown)
+    assert shown[-1] == "run finished: success", "\n".join(shown)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert instance.get_latest_materialization_event(dg.AssetKey("merged_metadata")) is not None
 

@@ -230,6 +230,34 @@ def test_oversample_balances_train_only_with_named_copies(crafted):
     assert class_balance(manifest, "oversample", 0.0).passed
 
 
+def test_train_only_balance_keeps_validation_and_test_at_natural_prevalence(crafted):
+    """balance=train_only: train 1:1 with whole groups; validation and test keep every image they were
+    assigned (the natural ratio, so PPV means what it will in practice), and nothing leaks."""
+    meta, dups, groups = crafted
+    plan = _plan(crafted, strategy="undersample", balance="train_only")
+    counts, assigned = plan.counts, plan.assigned_counts
+    assert counts.loc["train", "benign"] == counts.loc["train", "malignant"] > 0
+    for split in ("validation", "test"):
+        assert (counts.loc[split] == assigned.loc[split]).all(), (split, counts, assigned)
+        assert counts.loc[split, "benign"] > 2 * counts.loc[split, "malignant"] > 0, counts
+    # Same assignment as the default: only what undersampling drops differs.
+    default = _plan(crafted, strategy="undersample")
+    pd.testing.assert_frame_equal(default.assigned_counts, assigned)
+    pd.testing.assert_series_equal(default.counts.loc["train"], counts.loc["train"])
+    assert plan.excluded["undersampled"] == int(assigned.loc["train"].sum() - counts.loc["train"].sum())
+    # Grouping: whole groups per class, and no group spans two splits.
+    kept = plan.manifest.merge(meta[["isic_id", "benign_malignant"]], on="isic_id")
+    labelled = meta.assign(group_id=groups.reindex(meta["isic_id"]).to_numpy())
+    for (group, label), part in kept.groupby(["group_id", "label"]):
+        whole = labelled[(labelled["group_id"] == group) & (labelled["benign_malignant"] == label)]
+        assert len(part) == len(whole), f"group {group} was cut inside class {label}"
+    assert leakage(plan.manifest, meta, dups).passed
+    # The check accepts natural validation/test under this setting, and refuses them under the default.
+    assert class_balance(plan.manifest, "undersample", 0.0, balance="train_only").passed
+    assert not class_balance(plan.manifest, "undersample", 0.0).passed
+    assert plan.config.as_dict()["balance"] == "train_only"
+
+
 def test_none_keeps_the_natural_ratio_and_gives_class_weights(crafted):
     """Without balancing, every labelled image is used and the loss gets sklearn-style weights."""
     meta, _, _ = crafted
@@ -334,6 +362,7 @@ def test_mapping_a_value_to_empty_excludes_it_despite_the_wildcard(crafted):
         ({"ratios": (0.0, 0.5, 0.5)}, "train ratio"),
         ({"ratios": (1.2, -0.1, -0.1)}, "non-negative"),
         ({"strategy": "smote"}, "strategy"),
+        ({"balance": "test_only"}, "balance"),
         ({"cap_per_class": 0}, "cap_per_class"),
         ({"seed": -1}, "seed"),
         ({"class_map": {"benign": "benign"}}, "at least two"),

@@ -172,7 +172,7 @@ def split_class_balance(config: SplitBalanceConfig, isic: IsicSettings) -> dg.As
     out_dir = isic.path(layout.SPLITS_DIR)
     plan = read_plan(out_dir)
     outcome = class_balance(read_manifest(out_dir), plan["config"]["strategy"], config.tolerance,
-                            classes=plan["classes"])
+                            classes=plan["classes"], balance=plan["config"].get("balance", "all_splits"))
     return _result(outcome, dg.AssetCheckSeverity.ERROR)
 
 

@@ -16,6 +16,7 @@ from ..core.compute.setting import ComputeChoice, compute_from_env
 from ..core.operation import data_lock
 from ..core.sources import dropzone
 from ..core.sources.catalog import Catalog, Source, load_catalog
+from . import run_validation
 
 # Every op that writes under the data root is in this pool; dagster.yaml limits it to one run at a
 # time (granularity: run), so a queued run waits while another one writes (README "Safe operation").
@@ -72,11 +73,23 @@ class IsicSettings(dg.ConfigurableResource):
         """The engine of this run's per-image work; a bad value fails naming the setting."""
         return compute_from_env(self.compute)
 
+    def validate_run(self, run_config: dict | None) -> None:
+        """Fail before any step when the data root, the catalog, the selection or a config value is wrong.
+
+        One short error listing every problem (defs/run_validation.py), instead of a traceback from
+        whichever step meets the first one minutes later.
+        """
+        found = run_validation.problems(run_config, self.data_dir, self.selected_sources)
+        if found:
+            # A Failure, not a retryable error: no retry can fix a setting.
+            raise dg.Failure(description=run_validation.report(found), allow_retries=False)
+
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """In a run, hold the data root's lock: a run that bypasses the queue (CLI) waits here instead
         of writing next to another run (core/data_lock.py). Sensors and schedules only read: no lock."""
         if context.dagster_run is None:
             return
+        self.validate_run(context.dagster_run.run_config)
         self._data_lock = data_lock.acquire(self.root(), context.dagster_run.run_id, on_wait=context.log.info)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

@@ -13,8 +13,10 @@ set only in the launchpad does not move the logs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +27,14 @@ _lock = threading.Lock()
 # run id -> its log file, shared by every handler instance of the process (Dagster builds a new
 # handler for each log manager it creates: one per run, step and resource initialisation).
 _paths: dict[str, Path] = {}
+# Runs whose log file could not be written in this process: given up, said once.
+_unwritable: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    # stderr itself may be gone; then there is nowhere left to say it.
+    with contextlib.suppress(Exception):
+        sys.stderr.write(message + "\n")
 
 
 def default_logs_dir() -> Path:
@@ -53,13 +63,22 @@ class RunLogFileHandler(logging.Handler):
         run_id = meta.get("run_id") if isinstance(meta, dict) else None
         if not run_id:
             return
+        if run_id in _unwritable:
+            return
         try:
             line = self._line(record, meta)
             path = self._path_for(run_id, record.created)
             with path.open("a", encoding="utf-8") as handle:
                 handle.write(line + "\n")
-        except Exception:  # noqa: BLE001 - a log file must never break a run (logging's own convention)
-            self.handleError(record)
+        except Exception as exc:  # noqa: BLE001 - a log file must never break or flood a run
+            # Not logging.Handler.handleError: it prints a traceback per record, hundreds of lines for
+            # one unwritable folder (a read-only ISIC_DATA_DIR, which the isic resource reports in one
+            # short error anyway). One line, once per run and process, and the file is given up.
+            with _lock:
+                first = run_id not in _unwritable
+                _unwritable.add(run_id)
+            if first:
+                _say_once(f"isic run log: not writing this run's log file ({type(exc).__name__}: {exc})")
 
     def _path_for(self, run_id: str, created: float) -> Path:
         with _lock:

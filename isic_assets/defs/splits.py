@@ -42,6 +42,12 @@ class BalancedSplitsConfig(dg.Config):
         description="undersample: cap every class at the minority's count with whole groups; oversample: "
                     "top up the train minority with seeded augmented copies; none: natural ratio + class weights.",
     )
+    balance: Literal["all_splits", "train_only"] = Field(
+        default="all_splits",
+        description="Where undersample balances. all_splits: every split 1:1 (the seed's way); train_only: "
+                    "validation and test keep the natural class ratio (whole groups), so precision and PPV "
+                    "measured on them hold at real prevalence.",
+    )
     cap_per_class: int | None = Field(
         default=None, ge=1, description="Total images per class across splits (e.g. 1000), shared by the ratios."
     )
@@ -78,7 +84,7 @@ def split_config(config: BalancedSplitsConfig) -> SplitConfig:
     return SplitConfig(ratios=(config.train, config.validation, config.test), seed=config.seed,
                        strategy=config.strategy, cap_per_class=config.cap_per_class,
                        label_column=config.label_column, class_map=dict(config.class_map),
-                       image_types=tuple(config.image_types))
+                       image_types=tuple(config.image_types), balance=config.balance)
 
 
 @dg.asset(

@@ -131,11 +131,18 @@ def drop_sources(folder: Path) -> list[Source]:
 
     This is what a run sees: the sensor decides *when* a drop is complete; a run only needs to
     resolve the drop's name to its files.
+
+    A drop the catalog refuses (an unknown format, a missing role) is left out, like one with a bad
+    sidecar: the dropzone sensor names it as rejected on every tick, and one bad drop must not stop
+    the runs of every other source.
     """
     sources = []
     for drop in discover_drops(folder):
         if drop.problem is None and all(path.is_file() for path in drop.files.values()):
-            sources.append(drop.source())
+            try:
+                sources.append(drop.source())
+            except CatalogError:
+                continue
     return sources
 
 

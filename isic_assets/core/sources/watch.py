@@ -265,9 +265,34 @@ def write_dropzone_cursor(seen: Mapping[str, dropzone.Snapshot], launched: Mappi
                        "launched": dict(sorted(launched.items()))}, sort_keys=True)
 
 
-def _drop_summary(statuses: list[dropzone.DropStatus]) -> str:
-    parts = [f"{s.drop.name}: {s.reason}" for s in statuses if s.state != "complete"]
-    return "; ".join(parts)
+def _rejected_if_unusable(status: dropzone.DropStatus) -> dropzone.DropStatus:
+    """A complete drop whose sidecar the catalog refuses (an unknown format, a missing role) is rejected
+    here, so it neither blocks the launch of the other drops nor goes unmentioned."""
+    if status.state != "complete":
+        return status
+    try:
+        status.drop.source()
+    except CatalogError as exc:
+        return dropzone.DropStatus(status.drop, "invalid", str(exc).removeprefix(f"{status.drop.sidecar}: "),
+                                   status.snapshot)
+    return status
+
+
+def drops_report(statuses: list[dropzone.DropStatus], launched: dict[str, str]) -> str:
+    """Every drop with its state, one clause each: complete (new or already ingested), waiting and
+    why, rejected and why. A bad sidecar is named even when another drop launches a run."""
+    parts = []
+    for status in statuses:
+        name = status.drop.name
+        if status.state == "complete":
+            ingested = launched.get(status.drop.name) == status.fingerprint
+            parts.append(f"{name}: complete, {'already ingested' if ingested else 'new'} ({status.reason})")
+        elif status.state == "invalid":
+            parts.append(f"{name}: rejected, {status.reason}")
+        else:
+            parts.append(f"{name}: waiting, {status.reason.removeprefix('waiting for ')}"
+                         if status.reason.startswith("waiting for ") else f"{name}: waiting, {status.reason}")
+    return "; ".join(parts) if parts else "no drop"
 
 
 def evaluate_dropzone(folder: Path, cursor: str | None, selection: str,
@@ -282,16 +307,17 @@ def evaluate_dropzone(folder: Path, cursor: str | None, selection: str,
         return WatchDecision(cursor=cursor, skip_reason=f"no dropzone folder at {folder}: create it and drop "
                                                         "files with a sidecar YAML (README, 'The dropzone')")
     seen, launched, launches = read_dropzone_cursor(cursor)
-    statuses = [dropzone.check_drop(drop, seen.get(drop.name)) for drop in dropzone.discover_drops(folder)]
+    statuses = [_rejected_if_unusable(dropzone.check_drop(drop, seen.get(drop.name)))
+                for drop in dropzone.discover_drops(folder)]
     present = {s.drop.name for s in statuses}
     seen = {s.drop.name: s.snapshot for s in statuses if s.snapshot}
     launched = {name: fp for name, fp in launched.items() if name in present}
     complete = [s for s in statuses if s.state == "complete"]
     new = [s for s in complete if launched.get(s.drop.name) != s.fingerprint]
+    report = drops_report(statuses, launched)
     if not new:
-        others = _drop_summary(statuses)
-        detail = f" ({others})" if others else ""
-        message = f"{len(complete)} drop(s) already ingested, {len(statuses) - len(complete)} not ready{detail}"
+        message = (f"nothing new to ingest ({len(complete)} drop(s) already ingested, "
+                   f"{len(statuses) - len(complete)} not ready): {report}")
         return WatchDecision(cursor=write_dropzone_cursor(seen, launched, launches), skip_reason=message)
     run_selection = ",".join([selection, *(s.drop.name for s in complete)])
     try:
@@ -309,5 +335,5 @@ def evaluate_dropzone(folder: Path, cursor: str | None, selection: str,
         run_key=f"dropzone-{digest[:24]}",
         selection=run_selection,
         tags={"isic/trigger": "dropzone_sensor", "isic/drops": ",".join(names)[:500]},
-        log=f"complete new drop(s): {', '.join(names)}; launching with sources {run_selection}",
+        log=f"launching with sources {run_selection}: {report}",
     )

@@ -10,7 +10,8 @@ of work, each step seeded and independent of input row order:
    closest to the targets;
 3. optionally cap every class per split (``cap_per_class`` shared out by the ratios), whole groups;
 4. balance: ``undersample`` keeps every class of a split at the split's minority count (whole
-   groups), ``none`` keeps the natural ratio and reports class weights, ``oversample`` plans seeded
+   groups; with ``balance="train_only"`` in train only, validation and test keep the natural
+   ratio), ``none`` keeps the natural ratio and reports class weights, ``oversample`` plans seeded
    augmented copies of the train minority up to the train majority. Augmentation is planned only
    after the split and only in train, so no copy of a validation or test image can leak into train.
 """
@@ -32,6 +33,10 @@ from .grouping import clean_keys
 
 SPLITS = ("train", "validation", "test")
 STRATEGIES = ("undersample", "oversample", "none")
+# Which splits undersampling balances: all of them (the seed's way, the default), or train only so
+# that validation and test keep the natural class ratio, where precision and PPV mean what they
+# will mean on real patients.
+BALANCE_SCOPES = ("all_splits", "train_only")
 WILDCARD = "*"
 AUG_MARK = "__aug"
 IMAGE_EXT = ".jpg"
@@ -80,6 +85,8 @@ class SplitConfig:
     #: Keep only these ``image_type`` values (empty: every type present), e.g. ``("dermoscopic",)``
     #: to keep ISIC 2024's TBP tiles out of a dermoscopy dataset, or ``("TBP tile: close-up",)`` alone.
     image_types: tuple[str, ...] = ()
+    #: ``all_splits`` or ``train_only`` (``BALANCE_SCOPES``): where ``undersample`` balances.
+    balance: str = "all_splits"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ratios", _validated_ratios(self.ratios))
@@ -88,6 +95,8 @@ class SplitConfig:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
+        if self.balance not in BALANCE_SCOPES:
+            raise ValueError(f"balance must be one of {', '.join(BALANCE_SCOPES)}; got {self.balance!r}")
         if self.cap_per_class is not None and (
             isinstance(self.cap_per_class, bool)
             or not isinstance(self.cap_per_class, int | np.integer)
@@ -392,6 +401,8 @@ def _undersample(frame: pd.DataFrame, classes: tuple[str, ...], config: SplitCon
     """
     dropped = 0
     for s, split in enumerate(SPLITS):
+        if config.balance == "train_only" and split != "train":
+            continue  # validation and test keep the natural ratio (whole groups, as assigned)
         in_split = frame["kept"] & (frame["split"] == split)
         sizes = [int((in_split & (frame["label"] == label)).sum()) for label in classes]
         if not any(sizes):

@@ -318,6 +318,7 @@ def _config_section(config: Mapping[str, Any]) -> list[str]:
         "",
         f"Seed: `{seed}`",
         "",
+        *_prevalence_note(config),
         "```json",
         json.dumps(dict(config), indent=2, sort_keys=True, default=str, ensure_ascii=False),
         "```",
@@ -398,3 +399,17 @@ def write_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, out_dir: 
     path = out_dir / CARD_NAME
     write_bytes_if_changed(path, card.encode("utf-8"))
     return path
+
+
+def _prevalence_note(config: Mapping[str, Any]) -> list[str]:
+    """Which class ratio validation and test have, and what that means for the metrics measured on them."""
+    strategy, balance = config.get("strategy"), config.get("balance", "all_splits")
+    if strategy == "undersample" and balance == "all_splits":
+        text = ("Validation and test are balanced like train (`undersample`, `balance: all_splits`). "
+                "Accuracy, sensitivity and specificity measured on them carry over; precision (PPV) and "
+                "NPV do not: they depend on prevalence, and malignant lesions are far rarer in practice. "
+                "Use `balance: train_only` for evaluation at the natural class ratio.")
+    else:
+        text = ("Validation and test keep the natural class ratio of the merged data (whole groups), so "
+                "precision (PPV) and NPV measured on them hold at that prevalence.")
+    return [text, ""]

@@ -1,0 +1,127 @@
+"""A wrong setting stops a real `dagster asset materialize` before any step, in a few lines naming it.
+
+Each case runs the CLI as a user would (the project's dagster.yaml in a temporary DAGSTER_HOME, so the
+run-log handler is attached too) with the whole graph selected: had validation waited for a step,
+raw_zips would have started (and downloaded) first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DAGSTER = Path(sys.executable).parent / "dagster"
+MAX_LINES = 12
+HEADER = "this run's settings are not usable"
+
+
+def _materialize(tmp_path: Path, *, env: dict[str, str] | None = None, config: dict | None = None,
+                 data_dir: str | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    data = data_dir or str(tmp_path / "data")
+    run_env = {**os.environ, "DAGSTER_HOME": str(home), "ISIC_DATA_DIR": data, "ISIC_SOURCES": "demo",
+               "ISIC_LOGS_DIR": str(tmp_path / "logs"), **(env or {})}
+    for name in ("ISIC_CATALOG", "ISIC_DROPZONE", "ISIC_DEMO_MIRROR_URL"):
+        if name not in (env or {}):
+            run_env.pop(name, None)
+    command = [str(DAGSTER), "asset", "materialize", "-m", "isic_assets", "--select", "*"]
+    if config is not None:
+        command += ["--config-json", json.dumps(config)]
+    done = subprocess.run(command, cwd=REPO, env=run_env, capture_output=True, text=True, timeout=300)
+    return done, Path(data)
+
+
+def _report(output: str) -> list[str]:
+    """Our report as the resource raised it: the header line and the problem lines under it."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if HEADER in line)
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith("  - ")), len(lines))
+    return lines[start:end]
+
+
+def _assert_stopped_early(done: subprocess.CompletedProcess, data: Path, *expected: str) -> str:
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "STEP_START" not in output and "RESOURCE_INIT_FAILURE" in output, output
+    for produced in ("downloaded_zips", "demo_mirror", "merged_data"):
+        assert not (data / produced).exists(), f"{produced} was written: a step ran\n{output}"
+    report = "\n".join(_report(output))
+    assert len(report.splitlines()) <= MAX_LINES, report
+    for text in expected:
+        assert text in report, f"{text!r} not in:\n{report}"
+    # What make demo shows: the report once, in a few lines, without Dagster's stack frames.
+    from isic_assets.run_progress import condense
+
+    shown = list(condense(output.splitlines()))
+    assert len(shown) <= MAX_LINES, "\n".join(shown)
+    assert sum(expected[0] in line for line in shown) == 1, "\n".join(shown)
+    assert not any("Stack Trace" in line or 'File "' in line for line in shown), "\n".join(shown)
+    return output
+
+
+def test_a_value_out_of_range_stops_before_any_step(tmp_path):
+    done, data = _materialize(tmp_path, config={"ops": {"transformed_images": {"config": {"size": 5}}}})
+    _assert_stopped_early(done, data, "ops.transformed_images.config.size = 5", "must be >= 16")
+
+
+def test_an_unknown_source_name_stops_before_any_step(tmp_path):
+    done, data = _materialize(tmp_path, env={"ISIC_SOURCES": "demo,isic2091"})
+    _assert_stopped_early(done, data, "unknown source 'isic2091'", "known names")
+
+
+def test_a_catalog_typo_stops_before_any_step(tmp_path):
+    catalog = tmp_path / "my catalog.yaml"
+    catalog.write_text("sources:\n  mine:\n    format: isic2091\n    files: {images: https://host/x.zip}\n")
+    done, data = _materialize(tmp_path, env={"ISIC_CATALOG": str(catalog)})
+    _assert_stopped_early(done, data, "unknown format 'isic2091'", str(catalog), "isic2019")
+
+
+def test_an_uncreatable_data_root_stops_before_any_step_naming_the_setting(tmp_path):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    root = blocker / "data"
+    done, _ = _materialize(tmp_path, data_dir=str(root))
+    output = _assert_stopped_early(done, root, "ISIC_DATA_DIR", str(root), "Point ISIC_DATA_DIR at a folder")
+    assert "Traceback" not in output and "Logging error" not in output
+    assert len(output.splitlines()) < 150, output  # was about 560 with the run log's handler tracebacks
+
+
+def test_a_read_only_data_root_stops_before_any_step(tmp_path):
+    root = tmp_path / "readonly"
+    root.mkdir()
+    root.chmod(0o555)
+    try:
+        if os.access(root, os.W_OK):
+            pytest.skip("this user can write a 0555 folder (root): the read-only case cannot be made here")
+        done, _ = _materialize(tmp_path, data_dir=str(root))
+        output = _assert_stopped_early(done, root, "ISIC_DATA_DIR", "not writable")
+        assert "Traceback" not in output and "Logging error" not in output
+        assert len(output.splitlines()) < 150, output
+    finally:
+        root.chmod(0o755)
+
+
+def test_the_run_log_handler_never_raises_or_prints_tracebacks(tmp_path, capsys):
+    import logging
+
+    from isic_assets.defs.run_log import RunLogFileHandler
+
+    blocker = tmp_path / "a file"
+    blocker.write_text("x")
+    handler = RunLogFileHandler(directory=str(blocker / "logs"))
+    for n in range(50):
+        record = logging.LogRecord("dagster", logging.INFO, __file__, 1, f"event {n}", None, None)
+        record.dagster_meta = {"run_id": "run-1", "job_name": "job"}
+        handler.emit(record)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1 and "run log" in err, err
