@@ -16,7 +16,7 @@ import httpx
 
 from ... import layout
 from ...atomic import atomic_open
-from ...operation.disk_space import NotEnoughSpaceError
+from ...operation.disk_space import NotEnoughSpaceError, format_bytes  # noqa: F401 - format_bytes re-exported
 from ..download import DownloadPolicy
 from ..retry import RetriesExhausted, Transient, call_with_retries, describe_exception, http_status, parse_retry_after
 
