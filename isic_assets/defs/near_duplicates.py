@@ -19,6 +19,7 @@ from ..core.splits.near_duplicates import (
     PAIR_COLUMNS,
     find_near_duplicates,
 )
+from .metadata import data_root_metadata
 from .resources import IsicSettings
 from .transform import transformed_images
 
@@ -60,6 +61,7 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
         report.pairs.to_csv(handle, index=False, lineterminator="\n", columns=PAIR_COLUMNS)
     return dg.MaterializeResult(
         metadata={
+            **data_root_metadata(root),
             "pairs": len(report.pairs),
             "dagster/row_count": len(report.pairs),
             "images_compared": report.images,
