@@ -88,3 +88,6 @@ def test_merge_check_quarantines_an_image_past_the_time_limit_and_goes_on(tmp_pa
     assert len(report.metadata) == 7
     row = report.quarantine[report.quarantine["isic_id"] == "ISIC_0000003"].iloc[0]
     assert row["reason"] == "time_limit" and "per-image time limit of 1 s" in row["detail"]
+    # Not remembered: the next run (the decoder no longer hangs) checks that member again, and keeps it.
+    again = merge_sources([source], tmp_path / "merged", MergeOptions(workers=2), log=lambda _m: None)
+    assert again.scanned == 1 and len(again.metadata) == 8

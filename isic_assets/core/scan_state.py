@@ -90,6 +90,10 @@ class JsonlLog:
     def values(self) -> Iterator[dict[str, Any]]:
         return iter(self.records.values())
 
+    def hold(self, record: dict[str, Any]) -> None:
+        """Record ``record`` for this run only: the next run does the work again."""
+        self.records[self.key(record)] = record
+
     def append(self, record: dict[str, Any]) -> None:
         """Record ``record`` in memory and on disk (flushed by ``flush`` or ``close``)."""
         self.records[self.key(record)] = record

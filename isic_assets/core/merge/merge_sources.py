@@ -396,7 +396,10 @@ def scan_source(
                 stats.bytes_written += int(record["file_bytes"])
             elif outcome.staged is not None:
                 outcome.staged.unlink(missing_ok=True)
-            state.append(record)
+            if record.get("reason") == "time_limit":
+                state.hold(record)  # perhaps only a loaded machine: checked again next run
+            else:
+                state.append(record)
             stats.scanned += 1
             if done % _FLUSH_EVERY == 0:
                 state.flush()

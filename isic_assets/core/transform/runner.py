@@ -479,8 +479,9 @@ def _remove_unwanted_outputs(images_dir: Path, wanted: set[str]) -> int:
 
 def _bytes_per_output(state: JsonlLog, settings: TransformSettings) -> int:
     """What one output will take: the largest recorded output of these settings (plus a quarter),
-    else a bound for a JPEG of ``size`` x ``size`` pixels (at most 0.75 bytes per pixel at q95 on
-    noisy dermoscopy, measured), plus a page of journal and filesystem slack."""
+    else 0.75 bytes per pixel of a ``size`` x ``size`` JPEG (smooth dermoscopy takes less at q95;
+    pure noise takes more, and then the full-disk error covers it), plus a page for journal and
+    filesystem slack."""
     fingerprint = settings.fingerprint()
     sizes = [r["out_bytes"] for r in state.values()
              if r.get("status") == STATUS_OK and r.get("fingerprint") == fingerprint]
