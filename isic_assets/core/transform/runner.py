@@ -72,8 +72,9 @@ _BATCHES_IN_FLIGHT_PER_WORKER = 2
 _PROGRESS_EVERY_SECONDS = 10.0
 # Per-image wall-clock limit in a worker. The worst 6000x4000 JPEG measured (noise, q95) took 2.0 s
 # at 256 px and 15 s at 1024 px with colour constancy and hair removal, on a 2-vCPU machine under a
-# load of about 15 (bench/bench_time_limit.py), so only a decoder that hangs reaches it; the worker is then killed by the kernel (SIGALRM's default action works
-# even inside a C call that never returns to Python) and replaced.
+# load of about 15 (bench/bench_time_limit.py), so only a decoder that hangs reaches it; the worker
+# is then killed by the kernel (SIGALRM's default action works even inside a C call that never
+# returns to Python) and replaced.
 DEFAULT_IMAGE_TIME_LIMIT_S = 60.0
 # Consecutive pool deaths with no image finished or isolated before the run gives up.
 _MAX_FRUITLESS_RESTARTS = 3
