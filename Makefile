@@ -91,6 +91,9 @@ clean-intermediates: $(VENV)/.installed
 	mkdir -p $(DAGSTER_HOME)
 	ISIC_CLEAN_TARGETS='$(CLEAN)' $(BIN)/dagster job execute -m isic_assets -j clean_intermediates
 
-## clean: delete data/ and the local Dagster instance's runs, schedules and logs
-clean:
-	rm -rf data .dagster_home/storage .dagster_home/history .dagster_home/schedules .dagster_home/logs
+## clean: delete what the pipeline wrote under ISIC_DATA_DIR (never the dropzone or a catalog) and the instance's runs
+clean: $(VENV)/.installed
+	$(BIN)/python -m isic_assets.core.operation.clean_outputs
+	@for d in storage history schedules logs; do \
+	  if [ -e $(DAGSTER_HOME)/$$d ]; then echo "deleting $(DAGSTER_HOME)/$$d"; rm -rf $(DAGSTER_HOME)/$$d; fi; \
+	done

@@ -153,3 +153,53 @@ def test_cli_job_reads_targets_from_the_environment_and_writes_a_run_log(tmp_pat
     assert len(logs) == 2  # the materialization and the clean job, one file each
     [text] = [t for t in logs if "delete_intermediate_folders" in t]
     assert "delete_intermediate_folders - STEP_SUCCESS" in text and "deleting" in text
+
+
+def test_cleanup_decides_per_data_root(setup, tmp_path):
+    """Two data roots share one instance: raw_zips on the other root says nothing about this one."""
+    data, settings, instance = setup
+    materialize(settings, instance, MERGE)
+    other = IsicSettings(data_dir=str(tmp_path / "other"), sources="tiny", catalog=settings.catalog)
+    materialize(other, instance, ["raw_zips"])  # later, elsewhere: must not keep this root's downloads
+    result = clean(settings, instance, ["downloads"])
+    assert result.success, _messages(instance, result)
+    assert not (data / layout.DOWNLOADS).exists()
+    # The other root was never merged: its downloads stay, with that reason.
+    kept = clean(other, instance, ["downloads"])
+    assert (tmp_path / "other" / layout.DOWNLOADS / "tiny" / ZIP_NAME).is_file()
+    assert "merged_images was never materialized" in _messages(instance, kept)
+    record = instance.get_latest_materialization_event(dg.AssetKey("raw_zips"))
+    assert record.asset_materialization.metadata["isic/data_root"].value == str((tmp_path / "other").resolve())
+
+
+def test_make_clean_deletes_only_what_the_pipeline_wrote_and_says_so(tmp_path):
+    data = tmp_path / "data root"
+    for folder in (layout.DOWNLOADS, layout.MERGED, layout.TRANSFORMED, layout.SPLITS_DIR, layout.LOGS,
+                   layout.DEMO_MIRROR):
+        (data / folder).mkdir(parents=True)
+        (data / folder / "f.bin").write_bytes(b"x" * 1000)
+    (data / "dropzone" / "batch").mkdir(parents=True)
+    (data / "dropzone" / "batch" / "drop.yaml").write_text("format: isic2016\n")
+    (data / "my_catalog.yaml").write_text("sources: {}\n")
+    home = tmp_path / "home"
+    (home / "storage").mkdir(parents=True)
+    env = {**os.environ, "ISIC_DATA_DIR": str(data)}
+    done = subprocess.run(["make", "-s", "-o", ".venv/.installed", "clean", f"DAGSTER_HOME={home}"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    for folder in (layout.DOWNLOADS, layout.MERGED, layout.TRANSFORMED, layout.SPLITS_DIR, layout.LOGS,
+                   layout.DEMO_MIRROR):
+        assert not (data / folder).exists()
+        assert f"deleting {data / folder} (0.0 MB)" in done.stdout
+    assert (data / "dropzone" / "batch" / "drop.yaml").is_file() and (data / "my_catalog.yaml").is_file()
+    assert f"kept everything else in {data} (not written by the pipeline): dropzone, my_catalog.yaml" in done.stdout
+    assert not (home / "storage").exists() and f"deleting {home}/storage" in done.stdout
+
+    # A dropzone pointed inside a pipeline folder keeps that folder, and says why.
+    (data / layout.MERGED / "drops").mkdir(parents=True)
+    env["ISIC_DROPZONE"] = str(data / layout.MERGED / "drops")
+    again = subprocess.run(["make", "-s", "-o", ".venv/.installed", "clean", f"DAGSTER_HOME={home}"], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    assert (data / layout.MERGED / "drops").is_dir()
+    assert f"keeping {data / layout.MERGED}: it holds ISIC_DROPZONE=" in again.stdout

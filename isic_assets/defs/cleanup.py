@@ -7,11 +7,13 @@ anything while a run is writing; what each deletion costs the next run is in ``c
 """
 
 import os
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from ..core.operation.cleanup import DEFAULT_TARGETS, TARGETS, apply_cleanup, parse_targets, plan_cleanup
+from .metadata import DATA_ROOT_KEY
 from .resources import WRITE_POOL, IsicSettings
 
 TARGETS_ENV = "ISIC_CLEAN_TARGETS"
@@ -28,9 +30,28 @@ class CleanConfig(dg.Config):
     dry_run: bool = Field(default=False, description="Log the decisions, delete nothing.")
 
 
-def _latest_materialization(instance: dg.DagsterInstance, asset: str) -> float | None:
-    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
-    return event.timestamp if event is not None else None
+_PAGE = 100
+
+
+def latest_materialization_in(instance: dg.DagsterInstance, asset: str, root: Path) -> float | None:
+    """Time of ``asset``'s latest materialization that wrote to ``root`` (None: never).
+
+    Several data roots can share one instance: a materialization of another root says nothing about
+    this one's folders. One without the data-root entry (written before it was recorded) vouches for
+    nothing either.
+    """
+    wanted = str(root)
+    cursor = None
+    while True:
+        found = instance.fetch_materializations(dg.AssetKey(asset), limit=_PAGE, cursor=cursor, ascending=False)
+        for record in found.records:
+            materialization = record.asset_materialization
+            entry = materialization.metadata.get(DATA_ROOT_KEY) if materialization is not None else None
+            if entry is not None and str(entry.value) == wanted:
+                return record.timestamp
+        if not found.has_more:
+            return None
+        cursor = found.cursor
 
 
 @dg.op(pool=WRITE_POOL, description="Deletes the chosen intermediate folders once every asset reading them is "
@@ -39,7 +60,7 @@ def delete_intermediate_folders(context: dg.OpExecutionContext, config: CleanCon
     targets = parse_targets(config.targets or os.environ.get(TARGETS_ENV))
     assets = sorted({a for t in targets for a in (t.written_by, *t.read_by) if a})
     decisions = plan_cleanup(isic.root(), targets,
-                             {a: _latest_materialization(context.instance, a) for a in assets})
+                             {a: latest_materialization_in(context.instance, a, isic.root()) for a in assets})
     for decision in decisions:
         mb = decision.size_bytes / 1e6
         if decision.delete:

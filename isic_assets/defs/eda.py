@@ -5,7 +5,7 @@ import dagster as dg
 from ..core import layout
 from ..core.eda.figures import make_eda, markdown_gallery
 from .merge import MERGED_IMAGES, MERGED_METADATA
-from .metadata import fingerprint
+from .metadata import data_root_metadata, fingerprint
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .transform import GROUP
@@ -45,6 +45,7 @@ def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.Mater
                            *(f"{name}:{fingerprint([(merged_dir / name).read_text()])}" for name in INPUT_TABLES)])
     return dg.MaterializeResult(
         metadata={
+            **data_root_metadata(root),
             "figures": dg.MetadataValue.md(markdown_gallery(result)),
             "class_counts": dg.MetadataValue.md(class_counts.to_markdown(index=False)
                                                 if class_counts is not None else ""),

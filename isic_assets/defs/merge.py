@@ -10,11 +10,12 @@ import pandas as pd
 from pydantic import Field
 
 from ..core import layout
+from ..core.merge.image_check import DEFAULT_CHECK_TIME_LIMIT_S
 from ..core.merge.merge_sources import MergeOptions, MergeReport, SourceArchive, merge_sources
 from ..core.merge.quality import class_counts
 from ..core.merge.zip_stream import ZipLimits, ZipRefused
 from ..core.table_schema import column_types, parquet_column_types, typed_columns
-from .metadata import column_schema, fingerprint, table_metadata
+from .metadata import column_schema, data_root_metadata, fingerprint, table_metadata
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .sources import GROUP, raw_zips
@@ -27,6 +28,10 @@ class MergeConfig(dg.Config):
     max_total_gb: float = Field(default=256.0, gt=0, description="Largest total uncompressed size of a zip.")
     max_compression_ratio: float = Field(default=100.0, gt=1, description="Refuse members compressed more.")
     workers: int = Field(default=2, ge=1, le=32, description="Threads checking images (decode + sha256).")
+    check_time_limit_s: float = Field(
+        default=DEFAULT_CHECK_TIME_LIMIT_S, ge=0,
+        description="Seconds one image's check may take before it is quarantined (reason time_limit) and "
+                    "its thread replaced (a hanging decoder); 0 = no limit. Local backend only.")
 
 
 MERGED_IMAGES = dg.AssetKey("merged_images")
@@ -64,6 +69,7 @@ def merge_sources_asset(context: dg.AssetExecutionContext, config: MergeConfig, 
             max_ratio=config.max_compression_ratio,
         ),
         workers=config.workers,
+        check_time_limit_s=config.check_time_limit_s,
         compute=isic.compute_choice(),
     )
     out_dir = root / layout.MERGED
@@ -81,14 +87,14 @@ def merge_sources_asset(context: dg.AssetExecutionContext, config: MergeConfig, 
     )
     yield dg.MaterializeResult(
         asset_key=MERGED_IMAGES,
-        metadata=_images_metadata(out_dir, report),
+        metadata={**_images_metadata(out_dir, report), **data_root_metadata(root)},
         data_version=dg.DataVersion(
             fingerprint(f"{i}:{h}" for i, h in zip(report.metadata["isic_id"], report.metadata["sha256"], strict=True))
         ),
     )
     yield dg.MaterializeResult(
         asset_key=MERGED_METADATA,
-        metadata=_metadata_metadata(out_dir, report),
+        metadata={**_metadata_metadata(out_dir, report), **data_root_metadata(root)},
         data_version=dg.DataVersion(hashlib.sha256((out_dir / layout.METADATA_CSV).read_bytes()).hexdigest()[:32]),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -50,3 +51,13 @@ def fingerprint(parts: Iterable[str]) -> str:
         digest.update(part.encode())
         digest.update(b"\n")
     return digest.hexdigest()[:32]
+
+
+# Every materialization records the data root it wrote to, so whatever reads the event log to decide
+# (clean_intermediates) considers only the materializations of its own data root: several roots can
+# share one Dagster instance.
+DATA_ROOT_KEY = "isic/data_root"
+
+
+def data_root_metadata(root: Path) -> dict[str, dg.MetadataValue]:
+    return {DATA_ROOT_KEY: dg.MetadataValue.path(str(root))}

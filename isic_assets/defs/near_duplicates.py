@@ -19,6 +19,7 @@ from ..core.splits.near_duplicates import (
     PAIR_COLUMNS,
     find_near_duplicates,
 )
+from .metadata import data_root_metadata
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .transform import transformed_images
@@ -65,6 +66,7 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
         report.pairs.to_csv(handle, index=False, lineterminator="\n", columns=PAIR_COLUMNS)
     return dg.MaterializeResult(
         metadata={
+            **data_root_metadata(root),
             "pairs": len(report.pairs),
             "dagster/row_count": len(report.pairs),
             "images_compared": report.images,

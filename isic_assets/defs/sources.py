@@ -18,7 +18,7 @@ from ..core.sources.download import DownloadJob, DownloadPolicy, FileRecord, dow
 from ..core.sources.http_mirror import serve_folder
 from ..core.sources.isic_api import ApiDownloadReport, ApiQuery, api_token_from_env, download_api_source
 from ..demo.generate import generate_demo_mirror
-from .metadata import fingerprint, table_metadata
+from .metadata import data_root_metadata, fingerprint, table_metadata
 from .policies import NETWORK_RETRY, OWNERS, RAW_ZIPS_AUTOMATION, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 
@@ -79,7 +79,7 @@ def raw_zips(context: dg.AssetExecutionContext, config: RawZipsConfig, isic: Isi
     api_parts = [f"{name}:{_file_sha256(layout.api_folder(root, s) / 'metadata.csv')}"
                  for name, s in ((s.name, s) for s in sources if s.api is not None)]
     return dg.MaterializeResult(
-        metadata=metadata,
+        metadata={**metadata, **data_root_metadata(root)},
         data_version=dg.DataVersion(fingerprint([*(f"{r.path}:{r.sha256}" for r in records), *api_parts])),
     )
 

@@ -20,7 +20,7 @@ from ..core.splits.planning import plan_splits
 from ..core.splits.writer import write_splits
 from ..core.table_schema import column_types, typed_columns
 from ..core.transform.augment import DEFAULT_AUGMENTATIONS, augment_file
-from .metadata import column_schema
+from .metadata import column_schema, data_root_metadata
 from .near_duplicates import near_duplicates
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
@@ -130,6 +130,8 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
                        dropped.to_dict(orient="records")},
     )
     context.log.info(f"splits written: {report.summary()}")
+    if report.link_fallback:
+        context.log.warning(f"balanced_splits: {report.link_fallback}")
     card = write_dataset_card(plan.manifest, metadata, out_dir,
                               {**settings.as_dict(), "seed": config.seed, "folds": config.folds},
                               source_facts(isic.selected_sources(), metadata))
@@ -138,6 +140,7 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
     manifest_columns = layout.read_table(manifest_path).columns
     return dg.MaterializeResult(
         metadata={
+            **data_root_metadata(root),
             "counts": dg.MetadataValue.md(plan.counts.reset_index(names="split").to_markdown(index=False)),
             "images": int(plan.counts.to_numpy().sum()),
             "dagster/row_count": len(plan.manifest),

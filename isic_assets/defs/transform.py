@@ -10,12 +10,13 @@ from pydantic import Field
 
 from ..core import layout
 from ..core.eda.thumbnails import contact_sheet
+from ..core.operation.disk_space import disk_full_errors
 from ..core.table_schema import parquet_column_types
 from ..core.transform.image_ops import TRANSFORM_CODE_VERSION, TransformSettings
-from ..core.transform.runner import TransformJob, transform_images
+from ..core.transform.runner import DEFAULT_IMAGE_TIME_LIMIT_S, STAGE, TransformJob, transform_images
 from ..core.transform.tables import transformed_column_types, write_transform_tables
 from .merge import MERGED_IMAGES, MERGED_METADATA
-from .metadata import column_schema
+from .metadata import column_schema, data_root_metadata
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 
@@ -33,6 +34,10 @@ class TransformConfig(dg.Config):
     color_constancy: bool = Field(default=False, description="Shades of Gray colour constancy (p=6).")
     hair_removal: bool = Field(default=False, description="Black-hat + inpainting hair removal.")
     workers: int = Field(default=2, ge=1, le=64, description="Worker processes (one image each at a time).")
+    image_time_limit_s: float = Field(
+        default=DEFAULT_IMAGE_TIME_LIMIT_S, ge=0,
+        description="Seconds one image may take before its worker is killed and replaced and the image "
+                    "quarantined (a hanging decoder); 0 = no limit. Local backend only.")
 
 
 @dg.asset(
@@ -62,14 +67,16 @@ def transformed_images(context: dg.AssetExecutionContext, config: TransformConfi
     ]
     out_dir = root / layout.TRANSFORMED
     report = transform_images(jobs, out_dir, settings, workers=config.workers, log=context.log.info,
-                              compute=isic.compute_choice())
-    table = write_transform_tables(metadata, report, settings, out_dir)
+                              compute=isic.compute_choice(), time_limit_s=config.image_time_limit_s)
+    with disk_full_errors(STAGE, out_dir):
+        table = write_transform_tables(metadata, report, settings, out_dir)
     digest = hashlib.sha256(report.fingerprint.encode())
     for isic_id in sorted(report.images):
         digest.update(f"{isic_id}:{report.images[isic_id].sha256}".encode())
     rate = report.processed / report.seconds if report.seconds and report.processed else 0.0
     return dg.MaterializeResult(
         metadata={
+            **data_root_metadata(root),
             "images": len(table),
             "dagster/row_count": len(table),
             "processed_this_run": report.processed,

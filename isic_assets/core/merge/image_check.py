@@ -17,11 +17,16 @@ the transform stage can rotate (docs/PERFORMANCE.md 3).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import queue
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Literal, TypeVar
@@ -30,8 +35,12 @@ import simplejpeg
 from PIL import Image, ImageFile
 
 RejectReason = Literal[
-    "empty", "not_an_image", "truncated", "corrupt", "too_small", "too_large", "unsupported_format"
+    "empty", "not_an_image", "truncated", "corrupt", "too_small", "too_large", "unsupported_format",
+    "time_limit",
 ]
+# Per-image wall-clock limit of the check. The worst 6000x4000 JPEG measured (noise, q95) checked in
+# 1.2 s on a loaded 2-vCPU machine (bench/bench_time_limit.py), so only a decoder that hangs reaches it.
+DEFAULT_CHECK_TIME_LIMIT_S = 60.0
 
 # Anything smaller cannot be a dermoscopy image and breaks the 1/8 DCT decode arithmetic.
 MIN_SIDE = 8
@@ -138,7 +147,8 @@ def detect_format(data: bytes) -> str | None:
 
 
 def inspect_many(
-    items: Iterable[tuple[K, bytes, str]], workers: int = 2, max_in_flight: int = 8
+    items: Iterable[tuple[K, bytes, str]], workers: int = 2, max_in_flight: int = 8,
+    time_limit_s: float = DEFAULT_CHECK_TIME_LIMIT_S,
 ) -> Iterator[tuple[K, ImageFacts | ImageRejected]]:
     """``inspect_image`` over ``(key, data, name)`` items on a thread pool, yielding in input order.
 
@@ -148,35 +158,110 @@ def inspect_many(
     many members however long the input is; the input is consumed lazily, in the calling thread.
     Rejections are yielded as values; any other exception, from a check or from ``items`` itself
     (say ``ZipUnreadable``), propagates at once and the results still in flight are dropped.
+
+    An item still running ``time_limit_s`` after it started (0: no limit) is rejected with reason
+    ``time_limit``, and its thread is replaced: a thread cannot be killed, so the stuck one is
+    abandoned (a daemon thread, so it never holds up the process's exit) and a fresh one takes its
+    place, and the other items go on.
     """
     if workers < 1 or max_in_flight < workers:
         raise ValueError(f"need workers >= 1 and max_in_flight >= workers, got {workers} and {max_in_flight}")
-    return _inspect_in_order(items, workers, max_in_flight)
+    return _inspect_in_order(items, workers, max_in_flight, time_limit_s)
+
+
+class _Task:
+    """One check: its future and when a thread started it (None while it waits)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        self.data, self.name = data, name
+        self.future: Future[ImageFacts] = Future()
+        self.started: float | None = None
+        self.thread: threading.Thread | None = None
+
+
+class _DaemonPool:
+    """Daemon worker threads whose stuck members can be replaced (ThreadPoolExecutor's cannot)."""
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._threads: set[threading.Thread] = set()
+        for _ in range(workers):
+            self._start()
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._work, name="inspect_image", daemon=True)
+        self._threads.add(thread)
+        thread.start()
+
+    def _work(self) -> None:
+        me = threading.current_thread()
+        while me in self._threads:
+            task = self._queue.get()
+            if task is None:
+                return
+            if not task.future.set_running_or_notify_cancel():
+                continue
+            task.thread = me
+            task.started = time.monotonic()
+            try:
+                task.future.set_result(inspect_image(task.data, task.name))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                with contextlib.suppress(InvalidStateError):
+                    task.future.set_exception(exc)
+
+    def submit(self, data: bytes, name: str) -> _Task:
+        task = _Task(data, name)
+        self._queue.put(task)
+        return task
+
+    def abandon(self, task: _Task) -> None:
+        """Give up on a stuck task: its thread leaves the pool (it exits if the call ever returns)
+        and a fresh thread takes its place."""
+        self._threads.discard(task.thread)  # type: ignore[arg-type]
+        self._start()
+
+    def shutdown(self) -> None:
+        for _ in list(self._threads):
+            self._queue.put(None)
+        self._threads.clear()
 
 
 def _inspect_in_order(
-    items: Iterable[tuple[K, bytes, str]], workers: int, max_in_flight: int
+    items: Iterable[tuple[K, bytes, str]], workers: int, max_in_flight: int, time_limit_s: float
 ) -> Iterator[tuple[K, ImageFacts | ImageRejected]]:
-    pending: deque[tuple[K, Future[ImageFacts]]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect_image") as pool:
-        try:
-            for key, data, name in items:
-                pending.append((key, pool.submit(inspect_image, data, name)))
-                if len(pending) >= max_in_flight:
-                    # Hand one back before pulling the next item, so the input is never ahead.
-                    yield _outcome(*pending.popleft())
-            while pending:
-                yield _outcome(*pending.popleft())
-        finally:
-            for _, future in pending:
-                future.cancel()
-
-
-def _outcome(key: K, future: Future[ImageFacts]) -> tuple[K, ImageFacts | ImageRejected]:
+    pending: deque[tuple[K, _Task]] = deque()
+    pool = _DaemonPool(workers)
     try:
-        return key, future.result()
-    except ImageRejected as rejected:
-        return key, rejected
+        for key, data, name in items:
+            pending.append((key, pool.submit(data, name)))
+            if len(pending) >= max_in_flight:
+                # Hand one back before pulling the next item, so the input is never ahead.
+                yield _outcome(*pending.popleft(), pool, time_limit_s)
+        while pending:
+            yield _outcome(*pending.popleft(), pool, time_limit_s)
+    finally:
+        for _, task in pending:
+            task.future.cancel()
+        pool.shutdown()
+
+
+def _outcome(key: K, task: _Task, pool: _DaemonPool, time_limit_s: float
+             ) -> tuple[K, ImageFacts | ImageRejected]:
+    while True:
+        wait_s = 1.0
+        if time_limit_s > 0 and task.started is not None:
+            wait_s = min(wait_s, max(0.0, task.started + time_limit_s - time.monotonic()))
+        try:
+            return key, task.future.result(timeout=wait_s)
+        except ImageRejected as rejected:
+            return key, rejected
+        except FutureTimeout:
+            if time_limit_s > 0 and task.started is not None and time.monotonic() - task.started >= time_limit_s:
+                pool.abandon(task)
+                return key, ImageRejected(
+                    "time_limit", task.name,
+                    f"checking it took longer than the per-image time limit of {time_limit_s:g} s (a decoder "
+                    "that hangs); its thread was replaced")
 
 
 # --- JPEG --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ decoding or copying; a source added later only scans its own members.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import time
@@ -29,11 +30,12 @@ from .. import layout
 from ..atomic import atomic_open, atomic_write_bytes, remove_stale_temporaries
 from ..components import connected_sets
 from ..compute.setting import LOCAL, ComputeChoice
-from ..scan_state import JsonlLog
+from ..operation.disk_space import disk_full_errors, ensure_free_space, format_bytes
+from ..scan_state import JsonlLog, has_fields
 from .combine import combine_sources
 from .harmonize import Harmonized, harmonize
 from .harmonize.isic2024 import harmonize_isic2024_source, refused_records, reject_unlisted, with_image_type
-from .image_check import ImageFacts, ImageRejected, inspect_many
+from .image_check import DEFAULT_CHECK_TIME_LIMIT_S, ImageFacts, ImageRejected, inspect_many
 from .member_source import FolderMembers, MemberSource, open_image_file
 from .zip_stream import ZipEntry, ZipLimits, is_suspicious_member_name, read_member, scan_zip
 
@@ -49,8 +51,30 @@ METADATA_COLUMNS = [
 DUPLICATE_COLUMNS = ["isic_id", "kept_isic_id", "reason", "source", "member", "sha256"]
 QUARANTINE_COLUMNS = ["isic_id", "source", "member", "reason", "detail", "id_kept_from_other_source"]
 
+STAGE = "merge_sources"
 STATE_DIR = "_state"
+WRITTEN_STATE = "written.jsonl"
 _FLUSH_EVERY = 200
+_FILE_FACTS = ("source", "name", "sha256", "width", "height", "ext", "file_bytes", "exif_orientation", "format")
+_valid_written = has_fields("isic_id", *_FILE_FACTS)
+
+
+def _valid_member(record: dict[str, Any]) -> bool:
+    """A member record the merge can use: facts of a checked image, or the reason it was rejected."""
+    if record.get("status") == "ok":
+        return all(record.get(k) is not None for k in _FILE_FACTS if k != "name") and "isic_id" in record
+    return record.get("status") == "rejected" and "isic_id" in record and "source" in record
+
+
+def _open_state(path: Path, key: tuple[str, ...], valid: Any, log: Log, what: str,
+                outputs_exist: bool) -> JsonlLog:
+    """Load a state file, saying once in the log when it was damaged or is missing next to outputs."""
+    state = JsonlLog(path, key, valid)
+    if state.damage:
+        log(f"merge: {state.damage}")
+    elif not path.exists() and outputs_exist:
+        log(f"merge: state file {path} is missing although merged_data/images/ holds files; {what}")
+    return state
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,8 @@ class MergeOptions:
     limits: ZipLimits = field(default_factory=ZipLimits)
     workers: int = 2
     max_in_flight: int = 8
+    # Seconds one member's check may take before it is quarantined (reason time_limit); 0: none.
+    check_time_limit_s: float = DEFAULT_CHECK_TIME_LIMIT_S
     # Where the per-image checks run (core/compute/setting.py); Dask: merge/check_on_dask.py.
     compute: ComputeChoice = field(default_factory=lambda: ComputeChoice(LOCAL))
 
@@ -171,19 +197,26 @@ def merge_sources(
 
     pairs = [pair for h in harmonized.values() for pair in h.duplicate_pairs]
     labelled = _labelled_ids(combined.frame)
-    written = JsonlLog(out_dir / STATE_DIR / "written.jsonl", ("isic_id",))
+    has_outputs = any(images_dir.iterdir())
+    written = _open_state(out_dir / STATE_DIR / WRITTEN_STATE, ("isic_id",), _valid_written, log,
+                          "the images already there are hashed and kept when they match", has_outputs)
     stats: dict[str, SourceStats] = {}
     records: dict[str, list[dict[str, Any]]] = {}
     skip_writes = presumed_listed_drops(pairs, labelled)
     try:
+        scans = {s.name: _open_scan(s, out_dir, images_dir, written, options, log) for s in ordered}
+        needed = sum(scan.bytes_to_check(skip_writes) for scan in scans.values())
+        free = ensure_free_space(STAGE, out_dir, needed, detail="the new zip members (central directory sizes) ")
+        if needed:
+            log(f"merge: up to {format_bytes(needed)} of new images to write, {format_bytes(free)} free at {out_dir}")
         cluster = None
-        with contextlib.ExitStack() as stack:
+        with contextlib.ExitStack() as stack, disk_full_errors(STAGE, out_dir, needed):
             cluster = _Cluster(options, out_dir, stack, log) if options.compute.uses_dask else None
             for source in ordered:
                 stats[source.name] = SourceStats(metadata_rows=len(harmonized[source.name].frame))
                 records[source.name] = reject_unlisted(source.format, scan_source(
                     source, out_dir, images_dir, written, order, options, stats[source.name], log, skip_writes,
-                    cluster=cluster,
+                    cluster=cluster, scan=scans[source.name],
                 ), harmonized[source.name].frame)
     finally:
         written.close()
@@ -202,16 +235,18 @@ def merge_sources(
     report.compute_workers = cluster.threads if cluster is not None and cluster.threads else options.workers
     report.images_written = sum(s.written for s in stats.values())
     report.bytes_written = sum(s.bytes_written for s in stats.values())
-    _sync_images(resolution.kept, sources_by_name={s.name: s for s in ordered}, images_dir=images_dir,
-                 written=written, options=options, report=report, log=log)
-    written.compact(keep=[(isic_id,) for isic_id in resolution.kept])
+    with disk_full_errors(STAGE, out_dir):
+        _sync_images(resolution.kept, sources_by_name={s.name: s for s in ordered}, images_dir=images_dir,
+                     written=written, options=options, report=report, log=log)
+        written.compact(keep=[(isic_id,) for isic_id in resolution.kept])
     report.metadata = build_metadata(combined.frame, resolution.kept, order)
     report.metadata["label_conflict"] = report.metadata["isic_id"].isin(_label_conflicts(report.conflicts))
     known = set(combined.frame["isic_id"]) if len(combined.frame) else set()
     report.images_without_metadata = sum(1 for isic_id in resolution.kept if isic_id not in known)
     for name, stat in stats.items():
         stat.kept = int((report.metadata["source"] == name).sum()) if len(report.metadata) else 0
-    _write_tables(out_dir, report)
+    with disk_full_errors(STAGE, out_dir):
+        _write_tables(out_dir, report)
     report.seconds = time.monotonic() - started
     return report
 
@@ -330,6 +365,7 @@ def scan_source(
     log: Log,
     skip_writes: frozenset[str] = frozenset(),
     cluster: _Cluster | None = None,
+    scan: _Scan | None = None,
 ) -> list[dict[str, Any]]:
     """Facts about every image member of the source's zip, checking only members not seen before.
 
@@ -337,9 +373,8 @@ def scan_source(
     they will be dropped. Should one become the keeper after all (its partner corrupt), the final
     sync reads it from the zip then.
     """
-    members = source.members(options.limits)
-    entries = members.entries()
-    state = JsonlLog(out_dir / STATE_DIR / f"{source.name}.members.jsonl", ("name", "crc", "size"))
+    scan = scan or _open_scan(source, out_dir, images_dir, written, options, log)
+    members, entries, state = scan.members, scan.entries, scan.state
     stats.members = len(entries)
     images = [e for e in entries if e.kind == "image"]
     stats.image_members = len(images)
@@ -362,7 +397,10 @@ def scan_source(
                 stats.bytes_written += int(record["file_bytes"])
             elif outcome.staged is not None:
                 outcome.staged.unlink(missing_ok=True)
-            state.append(record)
+            if record.get("reason") == "time_limit":
+                state.hold(record)  # perhaps only a loaded machine: checked again next run
+            else:
+                state.append(record)
             stats.scanned += 1
             if done % _FLUSH_EVERY == 0:
                 state.flush()
@@ -377,6 +415,32 @@ def scan_source(
     found = [r for r in result if r is not None] + refused_records(members, source.name)
     stats.rejected = sum(1 for r in found if r["status"] != "ok")
     return found
+
+
+@dataclass
+class _Scan:
+    """One source's members and state, opened before any writing so the work can be sized first."""
+
+    members: MemberSource
+    entries: list[ZipEntry]
+    state: JsonlLog
+
+    def bytes_to_check(self, skip_writes: frozenset[str]) -> int:
+        """Uncompressed bytes of the image members not seen before (their central directory sizes)."""
+        from ..ids import isic_id_from_member
+
+        return sum(e.file_size for e in self.entries if e.kind == "image"
+                   and self.state.get(e.name, e.crc, e.file_size) is None
+                   and isic_id_from_member(e.name) not in skip_writes)
+
+
+def _open_scan(source: SourceArchive, out_dir: Path, images_dir: Path, written: JsonlLog,
+               options: MergeOptions, log: Log) -> _Scan:
+    members = source.members(options.limits)
+    state = _open_state(out_dir / STATE_DIR / f"{source.name}.members.jsonl", ("name", "crc", "size"),
+                        _valid_member, log, f"every member of {source.name} is checked again",
+                        bool(written.records) or any(images_dir.iterdir()))
+    return _Scan(members, members.entries(), state)
 
 
 @dataclass
@@ -412,7 +476,8 @@ def _check_members(members: MemberSource, todo: list[ZipEntry], options: MergeOp
                 payloads[read.entry.name] = read.data
                 yield read.entry, read.data, read.entry.name
 
-    for entry, result in inspect_many(readable(), workers=options.workers, max_in_flight=options.max_in_flight):
+    for entry, result in inspect_many(readable(), workers=options.workers, max_in_flight=options.max_in_flight,
+                                      time_limit_s=options.check_time_limit_s):
         data = payloads.pop(entry.name, None)
         if entry.name in read_errors:
             yield entry, _Checked(None, None, read_errors.pop(entry.name), "read_error")
@@ -468,8 +533,7 @@ def _write_if_best(record: dict[str, Any], data: bytes | Path, images_dir: Path,
 
 
 def _file_facts(record: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("source", "name", "sha256", "width", "height", "ext", "file_bytes", "exif_orientation", "format")
-    return {k: record[k] for k in keys}
+    return {k: record[k] for k in _FILE_FACTS}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -600,6 +664,10 @@ def _sync_images(kept: Mapping[str, dict[str, Any]], sources_by_name: Mapping[st
         if current is not None and current["sha256"] == rec["sha256"] and path.is_file() \
                 and path.stat().st_size == rec["file_bytes"]:
             continue
+        if _already_there(path, rec):
+            # Its record was lost (a damaged or deleted state file) but the file is the kept copy.
+            written.append({**_file_facts(rec), "isic_id": isic_id})
+            continue
         data = sources_by_name[rec["source"]].members(options.limits).read(rec["name"])
         atomic_write_bytes(path, data)
         written.append({**_file_facts(rec), "isic_id": isic_id})
@@ -612,6 +680,16 @@ def _sync_images(kept: Mapping[str, dict[str, Any]], sources_by_name: Mapping[st
             report.images_deleted += 1
     if report.images_deleted:
         log(f"removed {report.images_deleted} files that are no longer kept images")
+
+
+def _already_there(path: Path, rec: Mapping[str, Any]) -> bool:
+    """True when ``path`` holds exactly the bytes ``rec`` describes (size, then sha256)."""
+    try:
+        if path.stat().st_size != int(rec["file_bytes"]):
+            return False
+        return hashlib.sha256(path.read_bytes()).hexdigest() == rec["sha256"]
+    except OSError:
+        return False
 
 
 def _write_tables(out_dir: Path, report: MergeReport) -> None:

@@ -112,7 +112,8 @@ def folder_size(path: Path) -> int:
 def _blocker(target: CleanTarget, materialized_at: Mapping[str, float | None]) -> str | None:
     written = materialized_at.get(target.written_by) if target.written_by else None
     if target.written_by and written is None:
-        return f"{target.written_by} was never materialized in this Dagster instance; keeping what it cannot vouch for"
+        return (f"{target.written_by} was never materialized on this data root in this Dagster instance; keeping "
+                "what it cannot vouch for")
     for reader in target.read_by:
         read = materialized_at.get(reader)
         if read is None:

@@ -50,6 +50,7 @@ from pathlib import Path
 import httpx
 
 from ..atomic import remove_stale_temporaries
+from ..operation.disk_space import DiskFullError, NotEnoughSpaceError, free_bytes, is_disk_full
 from .download_types import (
     FILE_STATUSES,
     MANIFEST_FIELDS,
@@ -66,7 +67,7 @@ from .download_types import (
     _Manifest,
     read_manifest,
 )
-from .file_transfer import _JobFailed, _JobRun
+from .file_transfer import STAGE, SpaceBook, _JobFailed, _JobRun
 
 # The downloader's public names; its types live in download_types.py, one file's transfer in
 # file_transfer.py.
@@ -119,11 +120,19 @@ def download_all(
         httpx.Client(timeout=timeout, limits=limits, follow_redirects=True) as client,
         ThreadPoolExecutor(max_workers=policy.concurrency, thread_name_prefix="download") as pool,
     ):
-        futures = [
-            pool.submit(_run_job, _JobRun(job, rel, client, policy, log, manifest))
-            for job, rel in zip(jobs, rel_paths, strict=True)
-        ]
-        outcomes = [future.result() for future in futures]
+        space = SpaceBook(root)
+        runs = [_JobRun(job, rel, client, policy, log, manifest) for job, rel in zip(jobs, rel_paths, strict=True)]
+        for run in runs:
+            run.space = space
+        futures = [pool.submit(_run_job, run) for run in runs]
+        outcomes = [future.exception() or future.result() for future in futures]
+    # A disk that is full (or too small) fails every file alike: one clear error, not one per file.
+    disk = [o for o in outcomes if isinstance(o, (NotEnoughSpaceError, DiskFullError))]
+    if disk:
+        raise disk[0]
+    unexpected = [o for o in outcomes if isinstance(o, BaseException)]
+    if unexpected:
+        raise unexpected[0]
     records = [outcome for outcome in outcomes if isinstance(outcome, FileRecord)]
     failures = [outcome for outcome in outcomes if isinstance(outcome, JobFailure)]
     if failures:
@@ -157,6 +166,11 @@ def _run_job(run: _JobRun) -> FileRecord | JobFailure:
     except _JobFailed as exc:
         return exc.failure
     except OSError as exc:
+        if is_disk_full(exc):
+            # Every other file would hit the same wall; the resumable .part is kept for the next run.
+            raise DiskFullError(STAGE, run.job.dest.parent, free_bytes(run.job.dest.parent), None, exc) from exc
         return run.failure(error=f"local I/O error: {exc}")
+    except NotEnoughSpaceError:
+        raise
     except Exception as exc:  # noqa: BLE001 - reported with its type; the other jobs must finish
         return run.failure(error=f"unexpected {type(exc).__name__}: {exc}")

@@ -8,6 +8,7 @@ import email.utils
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from urllib.request import url2pathname
 import httpx
 
 from ..atomic import atomic_write_json
+from ..operation.disk_space import ensure_free_space, format_bytes
 from .download_types import (
     _CONTENT_RANGE_RE,
     _MB,
@@ -74,6 +76,32 @@ class _JobFailed(Exception):
         self.failure = failure
 
 
+STAGE = "raw_zips"
+
+
+class SpaceBook:
+    """Bytes promised to the downloads in progress, so concurrent files do not each count the same
+    free space: a file starts writing only when the free space minus what the others still need
+    holds its announced size (Content-Length) plus the margin."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        self._reserved: dict[int, int] = {}
+
+    def reserve(self, key: int, label: str, needed: int) -> None:
+        with self._lock:
+            others = sum(v for k, v in self._reserved.items() if k != key)
+            busy = f" and the other downloads in progress {format_bytes(others)}" if others else ""
+            ensure_free_space(STAGE, self.root, needed + others,
+                              detail=f"{label} announces {format_bytes(needed)} still to fetch{busy}; ")
+            self._reserved[key] = needed
+
+    def release(self, key: int) -> None:
+        with self._lock:
+            self._reserved.pop(key, None)
+
+
 @dataclass
 class _Resume:
     """A partial that can be continued: how much we have, its hash so far, the If-Range value."""
@@ -120,6 +148,7 @@ class _JobRun:
         # (size, hasher) for the bytes now in .part, kept across attempts so a resume within this
         # run never re-reads the partial.
         self._hashed: tuple[int, Any] | None = None
+        self.space: SpaceBook | None = None
 
     # ---------------------------------------------------------------- job and URL level
     def run(self) -> FileRecord:
@@ -284,7 +313,11 @@ class _JobRun:
             total = _content_length(response)
             self._start_sidecar(url, etag, last_modified, total)
             offset, hasher, mode = 0, hashlib.sha256(), "wb"
-        offset = self._receive(response.iter_raw(), mode, offset, hasher, total)
+        self._reserve_space(total, offset)
+        try:
+            offset = self._receive(response.iter_raw(), mode, offset, hasher, total)
+        finally:
+            self._release_space()
         if total is not None and offset < total:
             raise _Retryable(f"incomplete body: {offset} of {total} bytes")
         if total is not None and offset > total:
@@ -375,8 +408,12 @@ class _JobRun:
             handle = source.open("rb")
         except OSError as exc:
             raise _Rejected(f"cannot open {source}: {exc.strerror or exc}") from None
+        self._reserve_space(stat.st_size, 0)
         with handle:
-            copied = self._receive(self._read_local(source, handle), "wb", 0, hasher, stat.st_size)
+            try:
+                copied = self._receive(self._read_local(source, handle), "wb", 0, hasher, stat.st_size)
+            finally:
+                self._release_space()
         if copied != stat.st_size:
             raise _Retryable(f"{source} changed size during the copy ({stat.st_size} -> {copied} bytes)",
                              restart=True)
@@ -394,6 +431,15 @@ class _JobRun:
             yield chunk
 
     # ---------------------------------------------------------------- writing
+    def _reserve_space(self, total: int | None, offset: int) -> None:
+        """Refuse before writing a byte when the announced size cannot fit (unknown size: no check)."""
+        if self.space is not None and total is not None:
+            self.space.reserve(id(self), f"{self.job.label} ({self.rel})", max(0, total - offset))
+
+    def _release_space(self) -> None:
+        if self.space is not None:
+            self.space.release(id(self))
+
     def _receive(self, chunks: Any, mode: str, offset: int, hasher: Any, total: int | None) -> int:
         """Append ``chunks`` to the partial while hashing and logging progress; return its size."""
         started = last_log = time.monotonic()

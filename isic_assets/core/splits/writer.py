@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from .. import layout
 from ..atomic import TMP_PREFIX, remove_stale_temporaries, write_bytes_if_changed
+from ..operation.disk_space import disk_full_errors
 from .assign import MANIFEST_COLUMNS, SPLITS, SplitPlan
 from .grouping import clean_keys
 
@@ -77,6 +78,8 @@ class WriteReport:
     augmented_unchanged: int
     removed: int
     tables_written: tuple[str, ...]
+    # Why originals were copied instead of hard-linked (a filesystem without links); empty when linked.
+    link_fallback: str = ""
 
     def summary(self) -> dict[str, Any]:
         """Plain JSON-able form, for run metadata."""
@@ -118,17 +121,18 @@ def write_splits(
             f"the plan has {len(augmented)} augmented copies but no make_augmented_copy was given"
         )
     split_dirs = _expected_dirs(plan)
-    for folder in split_dirs:
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
     placer = _Placer()
-    for row, src in zip(manifest[~manifest["is_augmented"]].itertuples(index=False), sources, strict=True):
-        placer.place(src, out_dir / row.image)
-    aug_written, aug_unchanged = _write_augmented(
-        augmented, src_root, source_pattern, out_dir, make_augmented_copy, augment_version
-    )
-    expected = set(manifest["image"]) | {f"{s}/{SPLIT_METADATA_NAME}" for s in _written_splits(plan)}
-    removed = _remove_stale(out_dir, expected, split_dirs)
-    tables = _write_tables(plan, extras, out_dir, summary_extra or {})
+    with disk_full_errors("balanced_splits", out_dir):  # the stage, the path and the free space
+        for folder in split_dirs:
+            (out_dir / folder).mkdir(parents=True, exist_ok=True)
+        for row, src in zip(manifest[~manifest["is_augmented"]].itertuples(index=False), sources, strict=True):
+            placer.place(src, out_dir / row.image)
+        aug_written, aug_unchanged = _write_augmented(
+            augmented, src_root, source_pattern, out_dir, make_augmented_copy, augment_version
+        )
+        expected = set(manifest["image"]) | {f"{s}/{SPLIT_METADATA_NAME}" for s in _written_splits(plan)}
+        removed = _remove_stale(out_dir, expected, split_dirs)
+        tables = _write_tables(plan, extras, out_dir, summary_extra or {})
     return WriteReport(
         out_dir=out_dir,
         files=len(manifest),
@@ -139,6 +143,7 @@ def write_splits(
         augmented_unchanged=aug_unchanged,
         removed=removed,
         tables_written=tuple(tables),
+        link_fallback=placer.no_link_reason,
     )
 
 
@@ -195,6 +200,7 @@ class _Placer:
     def __init__(self) -> None:
         self.linked = self.copied = self.unchanged = 0
         self._can_link = True
+        self.no_link_reason = ""
 
     def place(self, src: Path, dest: Path) -> None:
         if _already_placed(src, dest):
@@ -225,6 +231,9 @@ class _Placer:
             # Another device or a filesystem without links will refuse every file: stop asking.
             if exc.errno in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
                 self._can_link = False
+                code = errno.errorcode.get(exc.errno, exc.errno)
+                self.no_link_reason = (f"the filesystem refused a hard link ({code}: {exc.strerror}); every "
+                                       "original is copied instead (full size on disk)")
             return False
 
 

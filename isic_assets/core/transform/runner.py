@@ -52,7 +52,8 @@ import numpy as np
 from .. import layout
 from ..atomic import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from ..compute.setting import LOCAL, ComputeChoice
-from ..scan_state import JsonlLog
+from ..operation.disk_space import disk_full_errors, ensure_free_space, format_bytes
+from ..scan_state import JsonlLog, read_jsonl
 from .image_ops import TRANSFORM_CODE_VERSION, ImageDecodeError, TransformSettings, transform_bytes
 
 Log = Callable[[str], None]
@@ -69,6 +70,12 @@ _JOURNAL_PREFIX = "transform.worker-"
 _MAX_BATCH = 16
 _BATCHES_IN_FLIGHT_PER_WORKER = 2
 _PROGRESS_EVERY_SECONDS = 10.0
+# Per-image wall-clock limit in a worker. The worst 6000x4000 JPEG measured (noise, q95) took 2.0 s
+# at 256 px and 15 s at 1024 px with colour constancy and hair removal, on a 2-vCPU machine under a
+# load of about 15 (bench/bench_time_limit.py), so only a decoder that hangs reaches it; the worker
+# is then killed by the kernel (SIGALRM's default action works even inside a C call that never
+# returns to Python) and replaced.
+DEFAULT_IMAGE_TIME_LIMIT_S = 60.0
 # Consecutive pool deaths with no image finished or isolated before the run gives up.
 _MAX_FRUITLESS_RESTARTS = 3
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -78,6 +85,20 @@ STATUS_OK = "ok"
 STATUS_QUARANTINED = "quarantined"  # undecodable bytes: remembered, not retried until they change
 STATUS_FAILED = "failed"  # unreadable source, unexpected error, crash: reported, retried next run
 _STATUS_STARTED = "started"  # journal only
+STAGE = "transformed_images"
+_OK_FIELDS = ("src_sha256", "fingerprint", "out", "out_bytes", "out_sha256", "width", "height", "sum", "sumsq",
+              "pixels")
+
+
+def _valid_record(record: dict) -> bool:
+    """A state record the runner can trust: a complete output's facts, or a quarantine with its reason."""
+    status = record.get("status")
+    if status == STATUS_OK:
+        return (all(record.get(k) is not None for k in _OK_FIELDS)
+                and len(record["sum"]) == 3 and len(record["sumsq"]) == 3)
+    if status == STATUS_QUARANTINED:
+        return all(record.get(k) is not None for k in ("src_sha256", "fingerprint", "reason"))
+    return status in (STATUS_FAILED, _STATUS_STARTED)
 
 
 @dataclass(frozen=True)
@@ -209,6 +230,7 @@ class _WorkerContext:
     out_dir: Path
     state_dir: Path
     journal: IO[str] | None = None
+    time_limit_s: float = 0.0
 
     def write(self, record: dict) -> None:
         if self.journal is None:
@@ -226,7 +248,8 @@ _WORKER: _WorkerContext | None = None
 
 
 def _init_worker(
-    settings: TransformSettings, out_dir: Path, state_dir: Path, parent_pid: int, lock_fd: int | None
+    settings: TransformSettings, out_dir: Path, state_dir: Path, parent_pid: int, lock_fd: int | None,
+    time_limit_s: float = 0.0,
 ) -> None:
     """Pool initializer: one OpenCV thread per process (docs/PERFORMANCE.md 7: its threads add nothing
     here and oversubscribe the cores) and the per-process context. Safe only because the parent
@@ -236,7 +259,11 @@ def _init_worker(
     if lock_fd is not None:
         os.close(lock_fd)  # the run lock belongs to the parent alone
     cv2.setNumThreads(1)
-    _WORKER = _WorkerContext(settings, settings.fingerprint(), out_dir, state_dir)
+    # The default action of SIGALRM ends the process: the per-image time limit (see _run_batch).
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    # Terminate and Ctrl-C are the run process's to handle: it shuts the pool down and exits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER = _WorkerContext(settings, settings.fingerprint(), out_dir, state_dir, time_limit_s=time_limit_s)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -261,7 +288,12 @@ def _run_batch(jobs: list[TransformJob]) -> list[dict]:
     records = []
     for job in jobs:
         worker.write({"isic_id": job.isic_id, "status": _STATUS_STARTED})
-        record = transform_job(job, worker.out_dir, worker.settings, worker.fingerprint)
+        if worker.time_limit_s > 0:
+            signal.setitimer(signal.ITIMER_REAL, worker.time_limit_s)
+        try:
+            record = transform_job(job, worker.out_dir, worker.settings, worker.fingerprint)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         worker.write(record)
         records.append(record)
     return records
@@ -278,6 +310,7 @@ def transform_images(
     workers: int = 2,
     log: Log = print,
     compute: ComputeChoice | None = None,
+    time_limit_s: float = DEFAULT_IMAGE_TIME_LIMIT_S,
 ) -> TransformReport:
     """Bring ``out_dir`` in line with ``jobs`` and ``settings``; see the module docstring.
 
@@ -297,9 +330,9 @@ def transform_images(
     images_dir, state_dir = out_dir / IMAGES_DIR, out_dir / STATE_DIR
     images_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive_run(state_dir / LOCK_FILE) as lock_fd:
+    with _exclusive_run(state_dir / LOCK_FILE) as lock_fd, disk_full_errors(STAGE, out_dir):
         return _transform_locked(jobs, out_dir, settings, workers, log, started, lock_fd,
-                                 compute or ComputeChoice(LOCAL))
+                                 compute or ComputeChoice(LOCAL), time_limit_s)
 
 
 @contextlib.contextmanager
@@ -327,18 +360,31 @@ def _transform_locked(
     started: float,
     lock_fd: int,
     compute: ComputeChoice,
+    time_limit_s: float = DEFAULT_IMAGE_TIME_LIMIT_S,
 ) -> TransformReport:
     images_dir, state_dir = out_dir / IMAGES_DIR, out_dir / STATE_DIR
     for folder in (out_dir, images_dir, state_dir):
         remove_stale_temporaries(folder)
     fingerprint = settings.fingerprint()
     report = TransformReport(fingerprint=fingerprint, backend=compute.kind, compute_workers=workers)
-    state = JsonlLog(state_dir / STATE_FILE, ("isic_id",))
+    state_missing = not (state_dir / STATE_FILE).exists()
+    state = JsonlLog(state_dir / STATE_FILE, ("isic_id",), _valid_record)
+    if state.damage:
+        log(f"transform: {state.damage}")
     try:
-        _absorb_journals(state, state_dir)  # what a killed run finished
+        _absorb_journals(state, state_dir, log)  # what a killed run finished
+        if state_missing and not state.records and any(images_dir.iterdir()):
+            log(f"transform: state file {state_dir / STATE_FILE} is missing although {images_dir} holds "
+                "outputs; every image is transformed again (the outputs come out identical)")
         wanted = {job.isic_id for job in jobs}
         report.removed = _remove_unwanted_outputs(images_dir, wanted)
         todo = _plan(jobs, state, images_dir, fingerprint, report)
+        if todo:
+            per_image = _bytes_per_output(state, settings)
+            free = ensure_free_space(STAGE, out_dir, len(todo) * per_image,
+                                     detail=f"{len(todo)} images at about {format_bytes(per_image)} each; ")
+            log(f"transform: about {format_bytes(len(todo) * per_image)} to write, {format_bytes(free)} free "
+                f"at {out_dir}")
         log(
             f"transform: {len(todo)} to process, {report.skipped} unchanged, {report.removed} removed "
             f"(settings {fingerprint}, {workers} workers)"
@@ -348,6 +394,7 @@ def _transform_locked(
         elif todo:
             runner = _PoolRunner(settings, out_dir, state_dir, state, report, workers, log, len(todo))
             runner.lock_fd = lock_fd
+            runner.time_limit_s = time_limit_s
             with _parent_cv2_threads_parked():
                 runner.run(todo)
     finally:
@@ -381,7 +428,7 @@ def _run_on_dask(compute: ComputeChoice, todo: list[TransformJob], settings: Tra
         session.probe(out_dir)
         runner = DaskRunner(session, info, settings, out_dir, state_dir, state, report, workers, log, len(todo))
         runner.run(todo)
-    _absorb_journals(state, state_dir)  # every task has completed: no worker writes to them now
+    _absorb_journals(state, state_dir, log)  # every task has completed: no worker writes to them now
 
 
 @contextlib.contextmanager
@@ -431,6 +478,26 @@ def _remove_unwanted_outputs(images_dir: Path, wanted: set[str]) -> int:
     return removed
 
 
+def _bytes_per_output(state: JsonlLog, settings: TransformSettings) -> int:
+    """What one output will take: the largest recorded output of these settings (plus a quarter),
+    else 0.75 bytes per pixel of a ``size`` x ``size`` JPEG (smooth dermoscopy takes less at q95;
+    pure noise takes more, and then the full-disk error covers it), plus a page for journal and
+    filesystem slack."""
+    fingerprint = settings.fingerprint()
+    sizes = [r["out_bytes"] for r in state.values()
+             if r.get("status") == STATUS_OK and r.get("fingerprint") == fingerprint]
+    largest = max(sizes) * 5 // 4 if sizes else settings.size * settings.size * 3 // 4
+    return largest + 4096
+
+
+def _size_is(entry: os.DirEntry, size: int) -> bool:
+    """An output of another size than recorded is stale (or cut short): it is made again."""
+    try:
+        return entry.stat(follow_symlinks=False).st_size == size
+    except OSError:
+        return False
+
+
 def _is_current(record: dict | None, job: TransformJob, fingerprint: str) -> bool:
     return (
         record is not None
@@ -444,13 +511,13 @@ def _plan(
 ) -> list[TransformJob]:
     """The jobs to run now; unchanged ones are counted as skipped (remembered quarantines re-reported)."""
     with os.scandir(images_dir) as entries:
-        present = {entry.name for entry in entries}
+        present = {entry.name: entry for entry in entries}
     todo = []
     for job in jobs:
         record = state.get(job.isic_id)
         name = job.isic_id + OUTPUT_SUFFIX
         if record is not None and _is_current(record, job, fingerprint):
-            if record.get("status") == STATUS_OK and name in present:
+            if record.get("status") == STATUS_OK and name in present and _size_is(present[name], record["out_bytes"]):
                 report.skipped += 1
                 continue
             if record.get("status") == STATUS_QUARANTINED:
@@ -482,6 +549,7 @@ class _PoolRunner:
         self.jobs_by_id: dict[str, TransformJob] = {}
         self.last_journal: tuple[dict[str, dict], set[str]] = ({}, set())
         self.lock_fd: int | None = None
+        self.time_limit_s = 0.0
         self.done = 0
         self.started = time.perf_counter()
         self.last_progress = self.started
@@ -517,7 +585,7 @@ class _PoolRunner:
             max_workers=workers,
             mp_context=multiprocessing.get_context("fork"),
             initializer=_init_worker,
-            initargs=(self.settings, self.out_dir, self.state_dir, os.getpid(), self.lock_fd),
+            initargs=(self.settings, self.out_dir, self.state_dir, os.getpid(), self.lock_fd, self.time_limit_s),
         )
 
     def _run_pool(self, pending: deque[list[TransformJob]], workers: int) -> list[list[TransformJob]]:
@@ -564,7 +632,7 @@ class _PoolRunner:
 
     def _absorb(self) -> None:
         """Fold the journals of a pool that has shut down into the state; keep what they held."""
-        self.last_journal = _absorb_journals(self.state, self.state_dir)
+        self.last_journal = _absorb_journals(self.state, self.state_dir, self.log)
 
     def _sort_out(
         self, broken: list[list[TransformJob]]
@@ -589,6 +657,7 @@ class _PoolRunner:
     def _isolate(self, job: TransformJob) -> None:
         """Run one suspect alone; if its worker dies again, quarantine it (not remembered)."""
         executor = self._pool(1)
+        began = time.monotonic()
         try:
             record = executor.submit(_run_batch, [job]).result()[0]
         except BrokenProcessPool:
@@ -596,12 +665,15 @@ class _PoolRunner:
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
             self._absorb()
+        timed_out = self.time_limit_s > 0 and time.monotonic() - began >= self.time_limit_s
         if record is None:
             record = self.last_journal[0].get(job.isic_id) or {
                 "isic_id": job.isic_id,
                 "status": STATUS_FAILED,
-                "reason": "the worker process died while transforming this image, twice (crash or kill); "
-                "not remembered, retried on the next run",
+                "reason": (f"exceeded the per-image time limit of {self.time_limit_s:g} s, twice (a decoder "
+                           "that hangs); its worker was replaced" if timed_out else
+                           "the worker process died while transforming this image, twice (crash or kill)")
+                + "; not remembered, retried on the next run",
             }
         self._record(record)
         self.state.flush()
@@ -625,7 +697,8 @@ class _PoolRunner:
             self.last_progress = now
 
 
-def _absorb_journals(state: JsonlLog, state_dir: Path) -> tuple[dict[str, dict], set[str]]:
+def _absorb_journals(state: JsonlLog, state_dir: Path, log: Log | None = None
+                     ) -> tuple[dict[str, dict], set[str]]:
     """Fold worker journals into the state and delete them; only call while no worker runs.
 
     Returns every finished record found (by id) and the ids a worker had started but not finished
@@ -636,7 +709,13 @@ def _absorb_journals(state: JsonlLog, state_dir: Path) -> tuple[dict[str, dict],
     journals = sorted(state_dir.glob(f"{_JOURNAL_PREFIX}*.jsonl"))
     for path in journals:
         current = None
-        for record in _read_jsonl(path):
+        records, bad = read_jsonl(path)
+        usable = [r for r in records if isinstance(r.get("isic_id"), str) and _valid_record(r)]
+        bad += len(records) - len(usable)
+        if bad and log is not None:
+            log(f"transform: worker journal {path.name} had {bad} damaged line(s) (a worker killed mid-write); "
+                "ignored, those images are transformed again")
+        for record in usable:
             isic_id = record.get("isic_id")
             if record.get("status") == _STATUS_STARTED:
                 current = isic_id
@@ -654,17 +733,6 @@ def _absorb_journals(state: JsonlLog, state_dir: Path) -> tuple[dict[str, dict],
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     return finished, in_progress
-
-
-def _read_jsonl(path: Path) -> Iterator[dict]:
-    with path.open("r", encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the torn last line of a killed worker
-            if isinstance(record, dict):
-                yield record
 
 
 # ---------------------------------------------------------------------------------------------

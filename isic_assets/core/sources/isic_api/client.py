@@ -16,6 +16,7 @@ import httpx
 
 from ... import layout
 from ...atomic import atomic_open
+from ...operation.disk_space import NotEnoughSpaceError, format_bytes  # noqa: F401 - format_bytes re-exported
 from ..download import DownloadPolicy
 from ..retry import RetriesExhausted, Transient, call_with_retries, describe_exception, http_status, parse_retry_after
 
@@ -115,17 +116,13 @@ class IsicApiError(Exception):
         self.status = status
 
 
-class InsufficientDiskSpaceError(Exception):
+class InsufficientDiskSpaceError(NotEnoughSpaceError):
     """Refusal to start: the free space at ``where`` is below the bytes still to download + margin."""
 
     def __init__(self, where: Path, needed: int, margin: int, free: int, detail: str = "") -> None:
-        self.where, self.needed, self.margin, self.free = where, needed, margin, free
-        super().__init__(
-            f"not enough free disk space at {where}: {detail}the download still needs "
-            f"{format_bytes(needed)} plus a safety margin of {format_bytes(margin)} "
-            f"(= {format_bytes(needed + margin)}), but only {format_bytes(free)} is free. Free some "
-            "space, point ISIC_DATA_DIR elsewhere, or narrow the source (query, collections, limit)."
-        )
+        super().__init__(where, needed, margin, free, detail, stage="",
+                         advice="Free some space, point ISIC_DATA_DIR elsewhere, or narrow the source "
+                                "(query, collections, limit).")
 
 
 @dataclass(frozen=True)
@@ -376,13 +373,3 @@ def _write_body(response: httpx.Response, dest: Path, expected_size: int) -> int
                                f"{expected_size}")
     return written
 
-
-def format_bytes(n: int) -> str:
-    """``1.23 GB (1,234,567,890 bytes)``: decimal units, as disk tools and the archive report sizes."""
-    value, unit = float(n), "B"
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if abs(value) < 1000 or unit == "PB":
-            break
-        value /= 1000
-    short = f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
-    return f"{short} ({n:,} bytes)"
