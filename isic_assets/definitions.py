@@ -2,7 +2,19 @@
 
 import dagster as dg
 
-from .defs import checks, cleanup, eda, merge, near_duplicates, policies, sensors, sources, splits, transform
+from .defs import (
+    checks,
+    cleanup,
+    eda,
+    evaluation,
+    merge,
+    near_duplicates,
+    policies,
+    sensors,
+    sources,
+    splits,
+    transform,
+)
 from .defs.resources import IsicSettings
 
 # The whole graph on the multiprocess executor, for a machine with memory to spare. max_concurrent is
@@ -26,6 +38,7 @@ defs = dg.Definitions(
         transform.transformed_images,
         eda.eda_plots,
         near_duplicates.near_duplicates,
+        evaluation.evaluation_sets,
         splits.balanced_splits,
     ],
     asset_checks=[
@@ -35,6 +48,7 @@ defs = dg.Definitions(
         checks.transformed_images_readable,
         checks.split_class_balance,
         checks.no_leakage,
+        checks.no_evaluation_leakage,
         checks.split_proportions,
     ],
     sensors=[sensors.isic_sources_sensor, sensors.dropzone_sensor, policies.automation_sensor],

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from . import vocab
-from .harmonize import (
+from .harmonize.common import (
     BASE_COLUMNS,
     Harmonized,
     HarmonizeError,
