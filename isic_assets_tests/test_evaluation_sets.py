@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from isic_assets.core import layout
+from isic_assets.core.eda.figures import FIGURE_TITLES, TABLE_TITLES, build_tables
+from isic_assets.core.eda.overlap import source_overlap
 from isic_assets.core.sources.catalog import CatalogError, load_catalog, parse_catalog
 from isic_assets.core.splits.assign import MANIFEST_COLUMNS
 from isic_assets.core.splits.evaluation import OVERLAP_COLUMNS, evaluation_leakage, hold_out
@@ -229,3 +231,31 @@ def test_a_planted_leak_fails_the_check_and_blocks_downstream(eval_run, tmp_path
     assert leaked <= named
     assert any(i in check.description for i in leaked)
     assert not ran and not result.success
+
+
+# ----------------------------------------------------------------------------------------------
+# the EDA's source overlap
+
+
+def test_source_overlap_counts_ids_content_and_near_duplicates_per_pair():
+    metadata = pd.DataFrame({"isic_id": ["A", "B", "C", "D"],
+                             "sources": ["s1;s2;s3", "s2", "s3", "s1"]})
+    duplicates = pd.DataFrame({"isic_id": ["X"], "kept_isic_id": ["B"], "reason": ["identical_content"],
+                               "source": ["s1"]})
+    pairs = pd.DataFrame({"isic_id_a": ["C"], "isic_id_b": ["D"]})
+    table = source_overlap(metadata, duplicates, pairs, ("s1", "s2", "s3"))
+    assert table.values.tolist() == [["s1", "s2", 1, 1, 0], ["s1", "s3", 1, 0, 1], ["s2", "s3", 1, 0, 0]]
+    assert source_overlap(metadata.iloc[1:2], None, None).empty
+
+
+def test_eda_overlap_of_the_demo_shows_every_planted_kind(eval_run):
+    data_dir, _, _ = eval_run
+    merged = data_dir / layout.MERGED
+    tables = build_tables(layout.read_table(merged / layout.METADATA_CSV),
+                          layout.read_table(merged / layout.DUPLICATES_CSV),
+                          layout.read_table(merged / layout.QUARANTINE_CSV),
+                          layout.read_table(merged / layout.NEAR_DUPLICATES_CSV))
+    overlap = tables["source_overlap"].set_index(["source_a", "source_b"])
+    assert overlap.loc[("demo_isic2016_test", "demo_isic2016")].tolist() == [1, 1, 1]
+    assert overlap.loc[("demo_isic2017_validation", "demo_isic2020"), "same_id"] == 1
+    assert "source_overlap" in FIGURE_TITLES and "source_overlap" in TABLE_TITLES
