@@ -196,35 +196,30 @@ def _row(isic_id, source, evaluation_id, evaluation_source, reason, groups) -> d
             "evaluation_source": evaluation_source, "reason": reason, "group_id": groups.get(evaluation_id, "")}
 
 
-def direct_pairs(metadata: pd.DataFrame, duplicates: pd.DataFrame | None,
-                 near_duplicates: pd.DataFrame | None) -> pd.DataFrame:
-    """Every direct link between two ids: ``a, b, reason`` (shared key, listed duplicate, near-duplicate).
+def _direct_links(metadata, ids, duplicates, near_duplicates, eval_ids) -> dict[str, tuple[str, str]]:
+    """For each id directly linked to an evaluation image: (that image, the most direct reason).
 
-    Keys are linked to the first holder only per key value by grouping; here every holder is paired
-    with every other, which is fine for the handful of ids sharing one patient or lesion.
+    Linear in the rows: each key value held by an evaluation image maps to its smallest such id, and
+    only rows sharing one of those values are paired (a patient with 400 tiles costs 400 rows, not
+    400 squared).
     """
     keys = link_keys(metadata, clean_keys(metadata["isic_id"]))
+    is_eval = keys["isic_id"].isin(eval_ids)
     parts = []
     for column, reason in _KEY_REASON.items():
-        present = keys[keys[column] != ""][["isic_id", column]].drop_duplicates()
-        pairs = present.merge(present, on=column, suffixes=("_a", "_b"))
-        pairs = pairs[pairs["isic_id_a"] != pairs["isic_id_b"]]
-        parts.append(pd.DataFrame({"a": pairs["isic_id_a"], "b": pairs["isic_id_b"], "reason": reason}))
-    for table, a, b, reason in ((duplicates, "isic_id", "kept_isic_id", "listed_duplicate"),
-                                (near_duplicates, "isic_id_a", "isic_id_b", "near_duplicate")):
+        held = keys[is_eval & (keys[column] != "")].sort_values("isic_id")
+        first_eval = held.drop_duplicates(column).set_index(column)["isic_id"]
+        others = keys[~is_eval & keys[column].isin(first_eval.index)]
+        parts.append(pd.DataFrame({"a": others["isic_id"].to_numpy(),
+                                   "b": first_eval.reindex(others[column]).to_numpy(), "reason": reason}))
+    for table, left_col, right_col, reason in ((duplicates, "isic_id", "kept_isic_id", "listed_duplicate"),
+                                               (near_duplicates, "isic_id_a", "isic_id_b", "near_duplicate")):
         if table is None or not len(table):
             continue
-        left, right = clean_keys(table[a]).to_numpy(), clean_keys(table[b]).to_numpy()
+        left, right = clean_keys(table[left_col]).to_numpy(), clean_keys(table[right_col]).to_numpy()
         parts.append(pd.DataFrame({"a": left, "b": right, "reason": reason}))
         parts.append(pd.DataFrame({"a": right, "b": left, "reason": reason}))
-    if not parts:
-        return pd.DataFrame(columns=["a", "b", "reason"])
-    return pd.concat(parts, ignore_index=True)
-
-
-def _direct_links(metadata, ids, duplicates, near_duplicates, eval_ids) -> dict[str, tuple[str, str]]:
-    """For each id directly linked to an evaluation image: (that image, the most direct reason)."""
-    pairs = direct_pairs(metadata, duplicates, near_duplicates)
+    pairs = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["a", "b", "reason"])
     pairs = pairs[pairs["b"].isin(eval_ids) & ~pairs["a"].isin(eval_ids)].copy()
     pairs["rank"] = pairs["reason"].map({r: k for k, r in enumerate(REASONS)})
     pairs = pairs.sort_values(["a", "rank", "b"], kind="stable").drop_duplicates("a")
