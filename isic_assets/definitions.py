@@ -4,7 +4,19 @@ import warnings
 
 import dagster as dg
 
-from .defs import checks, cleanup, eda, merge, near_duplicates, policies, sensors, sources, splits, transform
+from .defs import (
+    checks,
+    cleanup,
+    eda,
+    evaluation,
+    merge,
+    near_duplicates,
+    policies,
+    sensors,
+    sources,
+    splits,
+    transform,
+)
 from .defs.resources import IsicSettings
 
 # Two BetaWarnings a user can do nothing about, printed on every terminal run: the yaml-defined run-log
@@ -35,6 +47,7 @@ defs = dg.Definitions(
         transform.transformed_images,
         eda.eda_plots,
         near_duplicates.near_duplicates,
+        evaluation.evaluation_sets,
         splits.balanced_splits,
     ],
     asset_checks=[
@@ -44,6 +57,7 @@ defs = dg.Definitions(
         checks.transformed_images_readable,
         checks.split_class_balance,
         checks.no_leakage,
+        checks.no_evaluation_leakage,
         checks.split_proportions,
     ],
     sensors=[sensors.isic_sources_sensor, sensors.dropzone_sensor, policies.automation_sensor],

@@ -70,7 +70,19 @@ class Delay:
     seconds: float
 
 
-Fault = DropConnection | ErrorStatus | IgnoreRange | WrongContentLength | NoValidators | Stall | Delay
+@dataclass
+class Hold:
+    """Wait until the test sets ``release`` (at most ``max_seconds``), then answer normally (every request).
+
+    Unlike :class:`Delay` it does not guess how long another process takes to reach a point: the test
+    releases the request once it has seen that point.
+    """
+
+    release: threading.Event
+    max_seconds: float = 300.0
+
+
+Fault = DropConnection | ErrorStatus | IgnoreRange | WrongContentLength | NoValidators | Stall | Delay | Hold
 
 
 @dataclass
@@ -174,6 +186,9 @@ class FaultyHandler(MirrorRequestHandler):
         delay = faults.take_fault(rel_path, Delay)
         if isinstance(delay, Delay):
             faults.delay(delay.seconds)
+        hold = faults.take_fault(rel_path, Hold)
+        if isinstance(hold, Hold):
+            hold.release.wait(hold.max_seconds)
         stall = faults.take_fault(rel_path, Stall)
         if isinstance(stall, Stall):
             time.sleep(stall.seconds)

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 from isic_assets.core import layout
 from isic_assets.core.operation import data_lock
 from isic_assets.core.sources.download import read_manifest
-from isic_assets_tests.fault_server import Delay, FaultServer
+from isic_assets_tests.fault_server import Delay, FaultServer, Hold
 from isic_assets_tests.test_dropzone import CSV_NAME, ZIP_NAME, write_tiny_isic2016
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +127,19 @@ def _wait_for_first_get(server: FaultServer, timeout_s: float = 180) -> None:
     server.clear_faults()  # the request already held keeps sleeping; the next ones are fast
 
 
+def _wait_for_a_waiting_run(dagster_home: str, timeout_s: float) -> None:
+    """Until some run of the instance logs that it waits for the data-root lock."""
+    deadline = time.monotonic() + timeout_s
+    with dg.DagsterInstance.from_config(dagster_home) as instance:
+        while time.monotonic() < deadline:
+            for record in instance.get_run_records():
+                if any("waiting for it to finish" in r.user_message
+                       for r in instance.all_logs(record.dagster_run.run_id)):
+                    return
+            time.sleep(0.5)
+    raise AssertionError(f"no run logged that it waits for the data-root lock within {timeout_s} s")
+
+
 def _assert_downloads_intact(data: Path, source: Path) -> None:
     downloads = data / layout.DOWNLOADS
     manifest = read_manifest(downloads)
@@ -138,11 +152,16 @@ def _assert_downloads_intact(data: Path, source: Path) -> None:
 
 def test_a_cli_run_waits_for_the_cli_run_writing_the_same_data(env, server, source, tmp_path):
     """`dagster asset materialize` bypasses the run queue: the second one waits on the data-root lock."""
-    _slow_first_download(server)
+    release = threading.Event()  # the first download is held until the second run is seen waiting
+    server.add_fault(f"tiny/{ZIP_NAME}", Hold(release))
     command = [str(BIN / "dagster"), "asset", "materialize", "-m", "isic_assets", "--select", "raw_zips"]
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for_first_get(server)  # the first run holds the lock and is downloading
     second = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_a_waiting_run(env["DAGSTER_HOME"], timeout_s=240)
+    finally:
+        release.set()
     first_err = first.communicate(timeout=300)[1]
     second_err = second.communicate(timeout=300)[1]
     assert first.returncode == 0, first_err[-3000:]

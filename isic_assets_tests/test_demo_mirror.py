@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from isic_assets.core.ids import isic_id_from_member, normalize_isic_id
+from isic_assets.demo import evaluation_sets as eval_demo
 from isic_assets.demo import generate as gen
 from isic_assets.demo import generate_bench_mirror, generate_demo_mirror, synth_dermoscopy
 from isic_assets.demo.__main__ import main as cli_main
@@ -145,6 +146,8 @@ def test_mirror_json_hashes_match_files(demo):
         gen.PATH_2016_GT, gen.PATH_2017_GT, gen.PATH_2018_GT_ZIP, gen.PATH_2018_HAM, gen.PATH_2019_GT,
         gen.PATH_2019_META, gen.PATH_2020_GT, gen.PATH_2020_DUPLICATES,
         "isic2024/train-image.hdf5", "isic2024/train-metadata.csv",
+        eval_demo.PATH_2016_TEST_ZIP, eval_demo.PATH_2016_TEST_GT,
+        eval_demo.PATH_2017_VAL_ZIP, eval_demo.PATH_2017_VAL_GT,
     }  # fmt: skip
     for rel, info in description["files"].items():
         data = (dest / rel).read_bytes()

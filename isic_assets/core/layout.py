@@ -16,6 +16,9 @@ MERGED = "merged_data"
 TRANSFORMED = "data_transformed"
 EDA = "data_visual_repr"
 SPLITS_DIR = "neural_network_data"
+# Official evaluation sets, beside the splits and never inside them: tools that infer splits from
+# folder names (Hugging Face maps eval/evaluation/*_test/*_validation) would mix them in.
+EVALUATION_DIR = "evaluation_data"
 LOGS = "logs"
 
 # File names inside the stage folders.
@@ -33,6 +36,7 @@ REPORT_HTML = "report.html"  # data_visual_repr/
 MANIFEST_CSV = "manifest.csv"  # neural_network_data/
 PLAN_JSON = "splits.json"  # neural_network_data/: the split plan and its config
 DATASET_CARD = "DATASET_CARD.md"  # neural_network_data/
+EVALUATION_OVERLAP_CSV = "evaluation_overlap.csv"  # evaluation_data/: training images held out, and why
 
 DATA_DIR_ENV = "ISIC_DATA_DIR"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]

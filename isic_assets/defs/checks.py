@@ -21,8 +21,10 @@ from ..core.merge.quality import (
 )
 from ..core.splits.checks import CheckOutcome, class_balance, leakage
 from ..core.splits.checks import split_proportions as measure_split_proportions
+from ..core.splits.evaluation import evaluation_leakage
 from ..core.splits.feasibility import balanced_dataset_feasibility
 from ..core.splits.near_duplicates import read_pairs
+from .evaluation import evaluation_source_names
 from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import table_metadata
 from .resources import IsicSettings
@@ -190,6 +192,38 @@ def no_leakage(isic: IsicSettings) -> dg.AssetCheckResult:
         near_duplicates=read_pairs(isic.root()) if mode != "off" else None,
     )
     return _result(outcome, dg.AssetCheckSeverity.ERROR)
+
+
+@dg.asset_check(asset=balanced_splits, name="no_evaluation_leakage", blocking=True)
+def no_evaluation_leakage(isic: IsicSettings) -> dg.AssetCheckResult:
+    """No train/validation/test image is an evaluation image or shares a leakage group with one.
+
+    Re-derived from raw keys, not from evaluation_data/: which images are evaluation images comes from
+    the merged ``sources`` column and duplicates.csv, the links from ids, patient, lesion, content,
+    listed duplicates and near-duplicate pairs (merged_data/near_duplicates.csv, unless the splits were
+    written with ``near_duplicates: off``)."""
+    names = evaluation_source_names(isic)
+    mode = read_plan(isic.path(layout.SPLITS_DIR)).get("near_duplicates", "group")
+    offences, checked = evaluation_leakage(
+        read_manifest(isic.path(layout.SPLITS_DIR)),
+        layout.read_table(isic.path(layout.TRANSFORMED, layout.METADATA_CSV)),
+        layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
+        read_pairs(isic.root()) if mode != "off" else None,
+        names,
+    )
+    measured = {"evaluation_sources": names, "images_checked": checked, "leaking_images": len(offences),
+                "threshold": 0}
+    if offences:
+        ids = ", ".join(f"{o['isic_id']} ({o['split']}, {o['link']} of {o['evaluation_isic_id']})"
+                        for o in offences[:10])
+        description = (f"{len(offences)} split image(s) are or share a leakage group with an evaluation image "
+                       f"(none allowed): {ids}")
+    elif names:
+        description = (f"none of the {checked} split images is, or shares a patient, lesion, content, listed "
+                       f"duplicate or near-duplicate with, an image of {', '.join(names)} (none allowed)")
+    else:
+        description = f"no evaluation source selected; {checked} split images checked against none"
+    return _result(CheckOutcome(not offences, measured, offences, description), dg.AssetCheckSeverity.ERROR)
 
 
 class ProportionsConfig(dg.Config):

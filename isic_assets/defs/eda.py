@@ -4,24 +4,28 @@ import dagster as dg
 
 from ..core import layout
 from ..core.eda.figures import make_eda, markdown_gallery
+from ..core.splits.near_duplicates import read_pairs
 from .merge import MERGED_IMAGES, MERGED_METADATA
-from .metadata import data_root_metadata, fingerprint
+from .metadata import data_root_metadata, fingerprint, table_metadata
+from .near_duplicates import near_duplicates
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .transform import GROUP
 
-EDA_CODE_VERSION = "1"
+EDA_CODE_VERSION = "2"
 # The tables every figure is drawn from; their bytes and the code version are the data version.
 INPUT_TABLES = (layout.METADATA_CSV, layout.DUPLICATES_CSV, layout.QUARANTINE_CSV)
 
 
 @dg.asset(
-    deps=[MERGED_METADATA, MERGED_IMAGES],
+    # near_duplicates: the source-overlap figure counts its confirmed pairs.
+    deps=[MERGED_METADATA, MERGED_IMAGES, near_duplicates],
     group_name=GROUP,
     code_version=EDA_CODE_VERSION,
     kinds={"python", "matplotlib", "html"},
     description="Figures of the merged dataset (classes, sites, sex, age, dimensions, missing values, "
-                "sources, duplicates) and a self-contained report.html in data_visual_repr/.",
+                "sources, duplicates, images shared between sources) and a self-contained report.html in "
+                "data_visual_repr/.",
     pool=WRITE_POOL,
     automation_condition=DOWNSTREAM_AUTOMATION,
     freshness_policy=USER_FACING_FRESHNESS,
@@ -36,19 +40,26 @@ def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.Mater
         layout.read_table(merged_dir / layout.DUPLICATES_CSV),
         layout.read_table(merged_dir / layout.QUARANTINE_CSV),
         root / layout.EDA,
+        read_pairs(root),
+        tuple(s.name for s in isic.selected_sources()),
     )
     context.log.info(f"wrote {len(result.figures)} figures and {result.report}")
     class_counts = result.tables.get("class_counts")
     # The figures are a function of the merged tables and this code: hashing those is stable where the
     # PNG and HTML bytes are not guaranteed to be (renderer versions).
+    pairs = merged_dir / layout.NEAR_DUPLICATES_CSV
     version = fingerprint([f"code:{EDA_CODE_VERSION}",
-                           *(f"{name}:{fingerprint([(merged_dir / name).read_text()])}" for name in INPUT_TABLES)])
+                           *(f"{name}:{fingerprint([(merged_dir / name).read_text()])}" for name in INPUT_TABLES),
+                           f"pairs:{fingerprint([pairs.read_text()]) if pairs.is_file() else ''}"])
+    overlap = result.tables["source_overlap"]
     return dg.MaterializeResult(
         metadata={
             **data_root_metadata(root),
             "figures": dg.MetadataValue.md(markdown_gallery(result)),
             "class_counts": dg.MetadataValue.md(class_counts.to_markdown(index=False)
                                                 if class_counts is not None else ""),
+            "source_overlap": table_metadata(overlap.to_dict(orient="records")) if len(overlap)
+            else dg.MetadataValue.md("no two selected sources share an image"),
             "report": dg.MetadataValue.path(str(result.report)),
             "path": dg.MetadataValue.path(str(root / layout.EDA)),
             "figure_files": dg.MetadataValue.json({k: str(v) for k, v in result.figures.items()}),

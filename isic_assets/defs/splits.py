@@ -20,6 +20,7 @@ from ..core.splits.planning import plan_splits
 from ..core.splits.writer import write_splits
 from ..core.table_schema import column_types, typed_columns
 from ..core.transform.augment import DEFAULT_AUGMENTATIONS, augment_file
+from .evaluation import evaluation_sets, read_held_out
 from .metadata import column_schema, data_root_metadata
 from .near_duplicates import near_duplicates
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
@@ -88,7 +89,7 @@ def split_config(config: BalancedSplitsConfig) -> SplitConfig:
 
 
 @dg.asset(
-    deps=[transformed_images, near_duplicates],
+    deps=[transformed_images, near_duplicates, evaluation_sets],
     group_name=GROUP,
     code_version="1",
     kinds={"python", "jpeg"},
@@ -105,7 +106,13 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
     root = isic.root()
     transformed = root / layout.TRANSFORMED
     settings = split_config(config)
-    planned = plan_splits(layout.read_table(transformed / layout.METADATA_CSV),
+    # Official evaluation images and everything sharing a leakage group with them stay out of the pool.
+    held_out, evaluation = read_held_out(isic)
+    pool = layout.read_table(transformed / layout.METADATA_CSV)
+    pool = pool[~pool["isic_id"].isin(held_out)].reset_index(drop=True)
+    if held_out:
+        context.log.info(f"held out {len(held_out)} image(s) for the evaluation sets: {evaluation}")
+    planned = plan_splits(pool,
                           layout.read_table(root / layout.MERGED / layout.DUPLICATES_CSV),
                           settings, config.exclude_label_conflicts,
                           near_duplicates=read_pairs(root), near_duplicate_mode=config.near_duplicates,
@@ -134,7 +141,7 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
         context.log.warning(f"balanced_splits: {report.link_fallback}")
     card = write_dataset_card(plan.manifest, metadata, out_dir,
                               {**settings.as_dict(), "seed": config.seed, "folds": config.folds},
-                              source_facts(isic.selected_sources(), metadata))
+                              source_facts(isic.selected_sources(), metadata), evaluation)
     summary = plan.summary()
     manifest_path = out_dir / layout.MANIFEST_CSV
     manifest_columns = layout.read_table(manifest_path).columns
@@ -150,6 +157,7 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
             "excluded": dg.MetadataValue.json({**summary["excluded"], "label_conflict": len(planned.label_conflicts),
                                                "near_duplicate": len(dropped)}),
             "near_duplicates": config.near_duplicates,
+            "evaluation_held_out": dg.MetadataValue.json(evaluation or {"evaluation_images": 0}),
             "unmapped_values": dg.MetadataValue.json(summary["unmapped_values"]),
             "class_weights": dg.MetadataValue.json(summary["class_weights"]),
             "augmented_copies": dg.MetadataValue.json(summary["augmented_counts"]),

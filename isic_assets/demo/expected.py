@@ -153,6 +153,7 @@ EXPECTED_CHECKS: tuple[dict, ...] = (
     {"asset": "transformed_images", "check": "transformed_images_readable", "passed": True, "severity": "ERROR"},
     {"asset": "balanced_splits", "check": "split_class_balance", "passed": True, "severity": "ERROR"},
     {"asset": "balanced_splits", "check": "no_leakage", "passed": True, "severity": "ERROR"},
+    {"asset": "balanced_splits", "check": "no_evaluation_leakage", "passed": True, "severity": "ERROR"},
     {"asset": "balanced_splits", "check": "split_proportions", "passed": True, "severity": "WARN"},
 )
 

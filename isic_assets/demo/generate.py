@@ -28,6 +28,7 @@ from ..core.atomic import remove_stale_temporaries
 from . import isic2024
 from .archive import _plan_archive
 from .bench_mirror import generate_bench_mirror
+from .evaluation_sets import plan_evaluation_sources, render_evaluation_pictures
 from .expected import expected_facts
 from .isic2016_2017 import _plan_isic2016, _plan_isic2017
 from .isic2018_2019 import _plan_isic2018, _plan_isic2019
@@ -144,7 +145,13 @@ def generate_demo_mirror(dest: Path, seed: int = 0) -> dict:
     _write_plan_files(dest, plans, rendered)
     shas = {picture: hashlib.sha256(data).hexdigest() for picture, data in rendered.items()}
     expected = expected_facts(plans, shas)
-    rel_paths = [rel for plan in plans for rel in plan.files]
+    # The evaluation sources (group demo_evaluation) overlap the training sources on purpose; their
+    # facts stay out of the training-side expectations above.
+    eval_plans, expected["evaluation"] = plan_evaluation_sources(
+        plans, {c["isic_id"] for c in expected["label_conflicts"]})
+    render_evaluation_pictures(eval_plans, rendered, seed)
+    _write_plan_files(dest, eval_plans, rendered)
+    rel_paths = [rel for plan in plans + eval_plans for rel in plan.files]
     tiles, expected["isic2024"] = isic2024.write_demo_source(dest, seed)  # demo_isic2024, not in "demo"
     return _finish(dest, "demo", seed, params, rel_paths + tiles, expected)
 

@@ -55,6 +55,7 @@ FIGURE_TITLES: dict[str, str] = {
     "image_dimensions": "Image dimensions by source",
     "missing_values": "Missing values per column",
     "duplicates_quarantine": "Duplicates and quarantine by reason",
+    "source_overlap": "Images shared by each pair of sources (by id, content, near-duplicate)",
 }
 #: Table name -> title, in report order.
 TABLE_TITLES: dict[str, str] = {
@@ -68,6 +69,8 @@ TABLE_TITLES: dict[str, str] = {
     "missing_values": "Missing values per column (empty string = missing)",
     "duplicates_by_reason": "Duplicates dropped, by reason",
     "quarantine_by_reason": "Images or rows quarantined, by reason",
+    "source_overlap": "Images shared by each pair of sources: same id, same content under another id, "
+                      "near-duplicate",
 }
 REPORT_NAME = layout.REPORT_HTML
 REPORT_TITLE = "ISIC merged dataset: exploratory data analysis"
@@ -106,17 +109,19 @@ class EdaResult:
 
 
 def make_eda(metadata: pd.DataFrame, duplicates: pd.DataFrame, quarantine: pd.DataFrame,
-             out_dir: Path) -> EdaResult:
+             out_dir: Path, near_duplicates: pd.DataFrame | None = None,
+             source_order: tuple[str, ...] = ()) -> EdaResult:
     """Write every figure and ``report.html`` to ``out_dir`` under stable names; return what was made.
 
-    Reads nothing but the three frames. Each file is written atomically (temporary name + rename)
+    Reads nothing but the three frames (and ``near_duplicates.csv``'s pairs when given, for the
+    source overlap, whose pairs follow ``source_order``). Each file is written atomically (temporary name + rename)
     so a reader never sees a half-written figure and a re-run simply replaces the files.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     cols = _normalize(metadata)
-    tables = _tables(cols, metadata, duplicates, quarantine)
+    tables = _tables(cols, metadata, duplicates, quarantine, near_duplicates, source_order)
     inputs = _summarize(cols, metadata, duplicates, quarantine)
     pngs = {name: render_png(figure) for name, figure in _figures(cols, tables).items()}
     paths: dict[str, Path] = {}
@@ -139,20 +144,20 @@ def markdown_gallery(result: EdaResult) -> str:
     return gallery_markdown(FIGURE_TITLES, result.thumbnails, result.figures, result.report)
 
 
-def build_tables(metadata: pd.DataFrame, duplicates: pd.DataFrame,
-                 quarantine: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def build_tables(metadata: pd.DataFrame, duplicates: pd.DataFrame, quarantine: pd.DataFrame,
+                 near_duplicates: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """The key tables of ``TABLE_TITLES``, the numbers behind the figures.
 
     Public so notebooks and asset checks can reuse the same counting rules as the report.
     """
-    return _tables(_normalize(metadata), metadata, duplicates, quarantine)
+    return _tables(_normalize(metadata), metadata, duplicates, quarantine, near_duplicates)
 
 
-def build_figures(metadata: pd.DataFrame, duplicates: pd.DataFrame,
-                  quarantine: pd.DataFrame) -> dict[str, Figure]:
+def build_figures(metadata: pd.DataFrame, duplicates: pd.DataFrame, quarantine: pd.DataFrame,
+                  near_duplicates: pd.DataFrame | None = None) -> dict[str, Figure]:
     """Every figure of ``FIGURE_TITLES`` as a matplotlib ``Figure`` (not saved), for notebooks and tests."""
     cols = _normalize(metadata)
-    return _figures(cols, _tables(cols, metadata, duplicates, quarantine))
+    return _figures(cols, _tables(cols, metadata, duplicates, quarantine, near_duplicates))
 
 
 def render_png(figure: Figure) -> bytes:
@@ -188,6 +193,7 @@ def _figures(cols: _Columns, tables: Mapping[str, pd.DataFrame]) -> dict[str, Fi
         "missing_values": lambda: _missing_figure(tables["missing_values"], cols.n),
         "duplicates_quarantine": lambda: _duplicates_quarantine_figure(
             tables["duplicates_by_reason"], tables["quarantine_by_reason"]),
+        "source_overlap": lambda: _source_overlap_figure(tables["source_overlap"]),
     }
     figures = {}
     for name in FIGURE_TITLES:
@@ -516,4 +522,28 @@ def _duplicates_quarantine_figure(duplicates: pd.DataFrame, quarantine: pd.DataF
     figure.suptitle("Left out at merge: duplicates dropped and images/rows quarantined, by reason")
     _reason_barh(left, duplicates, "Duplicates dropped", "nothing dropped as a duplicate", "#8172b3")
     _reason_barh(right, quarantine, "Quarantined", "nothing quarantined", "#937860")
+    return figure
+
+
+def _source_overlap_figure(table: pd.DataFrame) -> Figure:
+    """Grouped bars per pair of sources: shared ids, same bytes under another id, near-duplicates."""
+    kinds = ("same_id", "same_content", "near_duplicate")
+    figure = _new_figure(7.5, _category_height(max(1, len(table))) + 0.6)
+    ax = figure.add_subplot()
+    if table.empty:
+        _no_data(ax, "no two selected sources share an image")
+        return figure
+    labels = [f"{a} & {b}" for a, b in zip(table["source_a"], table["source_b"], strict=True)]
+    positions = np.arange(len(table))
+    height = 0.8 / len(kinds)
+    palette = sns.color_palette("deep", len(kinds))
+    for k, kind in enumerate(kinds):
+        values = table[kind].to_numpy()
+        bars = ax.barh(positions + (k - 1) * height, values, height=height, color=palette[k], label=kind)
+        ax.bar_label(bars, labels=[f"{v:,}" if v else "" for v in values], padding=2, fontsize=7)
+    ax.set_yticks(positions, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("images")
+    ax.xaxis.set_major_formatter(StrMethodFormatter(_THOUSANDS))
+    ax.legend(loc="lower right", fontsize=8)
     return figure

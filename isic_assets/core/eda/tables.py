@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..merge.quality import missing_percentages
+from .overlap import source_overlap
 
 LABEL_COLUMN = "benign_malignant"
 UNLABELLED = "unlabelled"
@@ -36,7 +37,8 @@ class _Columns:
 
 
 def _tables(cols: _Columns, metadata: pd.DataFrame, duplicates: pd.DataFrame,
-            quarantine: pd.DataFrame) -> dict[str, pd.DataFrame]:
+            quarantine: pd.DataFrame, near_duplicates: pd.DataFrame | None = None,
+            source_order: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
     classes = _class_order(cols.label)
     return {
         "class_counts": _class_counts(cols.label, classes),
@@ -50,6 +52,7 @@ def _tables(cols: _Columns, metadata: pd.DataFrame, duplicates: pd.DataFrame,
         "missing_values": _missing_table(metadata),
         "duplicates_by_reason": _reason_counts(duplicates),
         "quarantine_by_reason": _reason_counts(quarantine),
+        "source_overlap": source_overlap(metadata, duplicates, near_duplicates, source_order),
     }
 
 

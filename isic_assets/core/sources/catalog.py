@@ -4,6 +4,11 @@ A source is a named set of files (role -> URL list) in one of the ISIC formats. 
 (``isic_assets/catalog.yaml``) holds the real challenge training sets and the demo mirror; a user
 catalog (``ISIC_CATALOG``) adds sources of its own in the same shape. Catalog order matters: it is the
 order in which sources fill each other's metadata gaps and break ties between duplicate images.
+
+A source's ``purpose`` is ``training`` (the default) or ``evaluation``: an official test or validation
+set whose images must never be trained on. Selected evaluation sources come first in the merge order,
+so that where an evaluation image and a training image are the same (id or bytes) the evaluation copy,
+its label and its metadata win.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ FORMATS = tuple(FORMAT_ROLES)
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _PLACEHOLDER_RE = re.compile(r"\{([a-z_]+)\}")
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+TRAINING = "training"
+EVALUATION = "evaluation"
+PURPOSES = (TRAINING, EVALUATION)
 
 
 class CatalogError(ValueError):
@@ -80,6 +88,12 @@ class Source:
     description: str = ""
     origin: str = "built-in"
     api: ApiSpec | None = None
+    purpose: str = TRAINING
+
+    @property
+    def is_evaluation(self) -> bool:
+        """An official evaluation set: held out of train/validation/test, written to evaluation_data/."""
+        return self.purpose == EVALUATION
 
     def with_substitutions(self, values: Mapping[str, str]) -> Source:
         """Return the source with ``{placeholder}`` URL parts filled in (e.g. the demo mirror URL)."""
@@ -87,7 +101,7 @@ class Source:
         for role, spec in self.files.items():
             urls = tuple(_substitute(url, values, self.name) for url in spec.urls)
             files[role] = SourceFile(role=role, urls=urls, sha256=spec.sha256)
-        return Source(self.name, self.format, files, self.description, self.origin, self.api)
+        return Source(self.name, self.format, files, self.description, self.origin, self.api, self.purpose)
 
     @property
     def placeholders(self) -> set[str]:
@@ -103,10 +117,13 @@ class Catalog:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def select(self, names: str | Iterable[str]) -> list[Source]:
-        """Sources for a comma-separated selection (``ISIC_SOURCES``), expanded and in catalog order.
+        """Sources for a comma-separated selection (``ISIC_SOURCES``), expanded, evaluation sources first,
+        each kind in catalog order.
 
         Catalog order, not selection order, so that the same set of sources always merges the same
-        way however the user spelled the list.
+        way however the user spelled the list. Evaluation sources first because the merge keeps the
+        copy of the earliest source: an image that is both an official evaluation image and a training
+        image must stay the evaluation image (with the evaluation set's label).
         """
         wanted = [n.strip() for n in (names.split(",") if isinstance(names, str) else names) if n.strip()]
         if not wanted:
@@ -120,7 +137,8 @@ class Catalog:
             else:
                 known = ", ".join([*self.groups, *self.sources])
                 raise CatalogError(f"unknown source {name!r} in the selection; known names: {known}")
-        return [source for name, source in self.sources.items() if name in chosen]
+        picked = [source for name, source in self.sources.items() if name in chosen]
+        return [s for s in picked if s.is_evaluation] + [s for s in picked if not s.is_evaluation]
 
 
 def load_catalog(user_catalog: str | Path | None = None) -> Catalog:
@@ -169,14 +187,19 @@ def _parse_source(name: str, entry: Any, origin: str) -> Source:
         raise CatalogError(f"{where}: names use letters, digits, '_', '.', '-' (they become folder names)")
     if not isinstance(entry, dict):
         raise CatalogError(f"{where}: expected a mapping with 'format' and 'files'")
-    unknown_keys = set(entry) - {"format", "files", "sha256", "description", *_API_KEYS}
+    unknown_keys = set(entry) - {"format", "files", "sha256", "description", "purpose", *_API_KEYS}
     if unknown_keys:
-        raise CatalogError(f"{where}: unknown keys {sorted(unknown_keys)}; expected format, files, sha256")
+        raise CatalogError(f"{where}: unknown keys {sorted(unknown_keys)}; expected format, files, sha256, "
+                           "description, purpose")
+    purpose = entry.get("purpose", TRAINING)
+    if purpose not in PURPOSES:
+        raise CatalogError(f"{where}: purpose must be one of {', '.join(PURPOSES)} (default {TRAINING}); "
+                           f"got {purpose!r}")
     fmt = entry.get("format")
     if fmt not in FORMAT_ROLES:
         raise CatalogError(f"{where}: unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt == "isic_api":
-        return _parse_api_source(name, entry, where, origin)
+        return _parse_api_source(name, entry, where, origin, purpose)
     files = entry.get("files")
     if not isinstance(files, dict) or not files:
         raise CatalogError(f"{where}: 'files' must map roles to URLs")
@@ -208,15 +231,15 @@ def _parse_source(name: str, entry: Any, origin: str) -> Source:
     filenames = [spec.filename for spec in parsed.values()]
     if len(set(filenames)) != len(filenames):
         raise CatalogError(f"{where}: two roles share a file name {filenames}; each file needs its own name")
-    return Source(name, fmt, parsed, str(entry.get("description", "")), origin)
+    return Source(name, fmt, parsed, str(entry.get("description", "")), origin, purpose=purpose)
 
 
 _API_KEYS = ("query", "collections", "limit", "api_url")
 
 
-def _parse_api_source(name: str, entry: dict, where: str, origin: str) -> Source:
+def _parse_api_source(name: str, entry: dict, where: str, origin: str, purpose: str) -> Source:
     """An ``isic_api`` source: the live ISIC Archive searched with a query and/or collections."""
-    stray = sorted(set(entry) - {"format", "description", *_API_KEYS})
+    stray = sorted(set(entry) - {"format", "description", "purpose", *_API_KEYS})
     if stray:
         raise CatalogError(f"{where}: format isic_api takes {', '.join(_API_KEYS)}; unexpected {stray}")
     query = entry.get("query") or ""
@@ -233,7 +256,7 @@ def _parse_api_source(name: str, entry: dict, where: str, origin: str) -> Source
     if not api_url.endswith("/"):
         api_url += "/"
     spec = ApiSpec(query=query, collections=tuple(collections), limit=limit, api_url=api_url)
-    return Source(name, "isic_api", {}, str(entry.get("description", "")), origin, spec)
+    return Source(name, "isic_api", {}, str(entry.get("description", "")), origin, spec, purpose)
 
 
 def _validate_url(url: str, where: str) -> None:

@@ -346,8 +346,31 @@ def _folds_section(manifest: pd.DataFrame, classes: list[str]) -> list[str]:
     return lines + [""]
 
 
+def _evaluation_section(evaluation: Mapping[str, Any] | None) -> list[str]:
+    """The official evaluation sets held out, and how many training images left the pool for them."""
+    if not evaluation or not evaluation.get("evaluation_images"):
+        return []
+    lines = [
+        "## Evaluation sets held out",
+        "",
+        (
+            "Images of the selected evaluation sources are in `evaluation_data/<source>/<class>/`, not in "
+            "these splits. Every image sharing a patient, lesion, content, listed duplicate or near-duplicate "
+            "with one of them was left out of train/validation/test; each is listed in "
+            "`evaluation_data/evaluation_overlap.csv` with the evaluation image and the reason."
+        ),
+        "",
+    ]
+    lines += _table(["evaluation source", "images"], sorted(evaluation.get("per_source", {}).items()), range(1, 2))
+    lines += ["", f"Images held out of training in total: {evaluation.get('held_out_of_training', 0)}.", ""]
+    reasons = [(r, n) for r, n in evaluation.get("overlap_by_reason", {}).items() if n]
+    if reasons:
+        lines += _table(["overlap reason", "images"], reasons, range(1, 2))
+    return lines + [""]
+
+
 def render_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, config: Mapping[str, Any],
-                        sources: Sequence[Mapping[str, Any]]) -> str:
+                        sources: Sequence[Mapping[str, Any]], evaluation: Mapping[str, Any] | None = None) -> str:
     """The card's markdown (see :func:`write_dataset_card`); a pure function of its inputs."""
     facts = _file_facts(manifest, metadata)
     classes = _classes(facts, config)
@@ -365,6 +388,7 @@ def render_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, config: 
     lines += _counts_section(facts, classes)
     lines += _balance_section(facts, classes)
     lines += _folds_section(manifest, classes)
+    lines += _evaluation_section(evaluation)
     lines += _image_types_section(facts)
     lines += _licenses_section(facts)
     lines += _attributions_section(facts)
@@ -372,10 +396,9 @@ def render_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, config: 
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-
-
 def write_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, out_dir: Path,
-                       config: Mapping[str, Any], sources: Sequence[Mapping[str, Any]]) -> Path:
+                       config: Mapping[str, Any], sources: Sequence[Mapping[str, Any]],
+                       evaluation: Mapping[str, Any] | None = None) -> Path:
     """Write ``out_dir/DATASET_CARD.md`` and ``out_dir/licenses/<licence>.txt``; return the card's path.
 
     ``manifest`` is the split plan's manifest (``isic_id, split, label``, and ``is_augmented``/
@@ -386,7 +409,7 @@ def write_dataset_card(manifest: pd.DataFrame, metadata: pd.DataFrame, out_dir: 
     right bytes are not rewritten; texts of licences no longer present are removed.
     """
     out_dir = Path(out_dir)
-    card = render_dataset_card(manifest, metadata, config, sources)
+    card = render_dataset_card(manifest, metadata, config, sources, evaluation)
     facts_licenses = set(_file_facts(manifest, metadata)["license"])
     folder = out_dir / LICENSES_DIR
     for license_ in LICENSES:

@@ -462,3 +462,68 @@ def _csv_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation_data/: the official evaluation sets, one folder per source
+
+
+@dataclass(frozen=True)
+class EvaluationWriteReport:
+    """What writing evaluation_data/ did."""
+
+    files: int
+    linked: int
+    copied: int
+    unchanged: int
+    removed: int
+
+
+def write_evaluation(
+    manifest: pd.DataFrame,
+    overlap: pd.DataFrame,
+    metadata: pd.DataFrame,
+    classes: tuple[str, ...],
+    src_root: Path,
+    out_dir: Path,
+    *,
+    source_pattern: str = SOURCE_PATTERN,
+) -> EvaluationWriteReport:
+    """``out_dir/<source>/<class>/<isic_id>.jpg`` + ``<source>/metadata.parquet``, then ``manifest.csv``
+    (the splits' columns, ``split`` = evaluation) and ``evaluation_overlap.csv`` last.
+
+    Every evaluation folder gets every class folder and imagefolder metadata of the same schema as
+    the splits, so ``load_dataset("imagefolder", data_dir="evaluation_data/<source>")`` and
+    ImageFolder number the classes exactly as on the splits. Anything under a folder of
+    ``out_dir`` that the manifest does not name is removed, so a re-run equals a fresh write.
+    """
+    src_root, out_dir = Path(src_root), Path(out_dir)
+    sources = _source_paths(manifest, src_root, source_pattern)
+    extras = _metadata_extras(metadata, manifest) if len(manifest) else pd.DataFrame()
+    folders = list(dict.fromkeys(manifest["source"]))
+    expected_dirs = [f"{s}/{c}" for s in folders for c in classes]
+    for folder in expected_dirs:
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    placer = _Placer()
+    for image, src in zip(manifest["image"], sources, strict=True):
+        placer.place(src, out_dir / image)
+    expected = set(manifest["image"]) | {f"{s}/{SPLIT_METADATA_NAME}" for s in folders}
+    removed = remove_stale_temporaries(out_dir) if out_dir.is_dir() else 0
+    keep_dirs = {out_dir / d for d in expected_dirs} | {out_dir / s for s in folders}
+    for top in sorted(p for p in out_dir.iterdir() if p.is_dir()) if out_dir.is_dir() else []:
+        for folder, _, filenames in os.walk(top, topdown=False):
+            here = Path(folder)
+            for name in filenames:
+                if (here / name).relative_to(out_dir).as_posix() not in expected:
+                    (here / name).unlink()
+                    removed += 1
+            if here not in keep_dirs and not any(here.iterdir()):
+                here.rmdir()
+    for source in folders:
+        rows = manifest[manifest["source"] == source]
+        write_bytes_if_changed(out_dir / source / SPLIT_METADATA_NAME,
+                               parquet_bytes(_split_metadata(rows, extras, classes), classes))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_bytes_if_changed(out_dir / layout.EVALUATION_OVERLAP_CSV, _csv_bytes(overlap))
+    write_bytes_if_changed(out_dir / MANIFEST_NAME, _csv_bytes(manifest[MANIFEST_COLUMNS]))
+    return EvaluationWriteReport(len(manifest), placer.linked, placer.copied, placer.unchanged, removed)

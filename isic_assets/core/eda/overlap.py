@@ -1,0 +1,77 @@
+"""How many images each pair of selected sources shares: by id, by content, by near-duplicate.
+
+The cross-set table of docs/ISIC_SOURCES.md 5.2 for whatever is selected, computed from the merge's
+own records, so nothing is decoded or hashed again:
+
+- ``same_id``: one id listed by both sources (the merged ``sources`` column);
+- ``same_content``: different ids with identical bytes, one kept and one dropped as
+  ``identical_content`` (``duplicates.csv``: the dropped copy's ``source`` against every source of the
+  kept id);
+- ``near_duplicate``: a confirmed pair of ``near_duplicates.csv``, the sources of one id against the
+  sources of the other.
+
+A pair of sources appears once (catalog order: the first source listed first); pairs sharing nothing
+are left out.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import pandas as pd
+
+OVERLAP_KINDS = ("same_id", "same_content", "near_duplicate")
+COLUMNS = ["source_a", "source_b", *OVERLAP_KINDS]
+
+
+def _clean(values: pd.Series) -> pd.Series:
+    return values.astype("string").fillna("").str.strip().astype(object)
+
+
+def source_overlap(metadata: pd.DataFrame, duplicates: pd.DataFrame | None,
+                   near_duplicates: pd.DataFrame | None, source_order: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per pair of sources sharing at least one image, with the count of each kind.
+
+    ``source_order`` (the selection's merge order) orders the pairs; sources it does not name follow
+    in order of first appearance.
+    """
+    sources_of: dict[str, list[str]] = {}
+    order: dict[str, int] = {name: k for k, name in enumerate(dict.fromkeys(source_order))}
+    if "sources" in metadata.columns:
+        for isic_id, cell in zip(_clean(metadata["isic_id"]), _clean(metadata["sources"]), strict=True):
+            names = [n for n in cell.split(";") if n]
+            sources_of[isic_id] = names
+            for n in names:
+                order.setdefault(n, len(order))
+    counts: dict[str, Counter] = {kind: Counter() for kind in OVERLAP_KINDS}
+    for names in sources_of.values():
+        _add_pairs(counts["same_id"], names, names, order)
+    if duplicates is not None and len(duplicates) and {"reason", "source", "kept_isic_id"} <= set(duplicates.columns):
+        content = duplicates[_clean(duplicates["reason"]) == "identical_content"]
+        for source, kept in zip(_clean(content["source"]), _clean(content["kept_isic_id"]), strict=True):
+            order.setdefault(source, len(order))
+            _add_pairs(counts["same_content"], [source], sources_of.get(kept, []), order)
+    if near_duplicates is not None and len(near_duplicates):
+        for a, b in zip(_clean(near_duplicates["isic_id_a"]), _clean(near_duplicates["isic_id_b"]), strict=True):
+            _add_pairs(counts["near_duplicate"], sources_of.get(a, []), sources_of.get(b, []), order)
+    pairs = sorted(set().union(*counts.values()), key=lambda p: (order[p[0]], order[p[1]]))
+    rows = [[a, b, *(counts[kind][(a, b)] for kind in OVERLAP_KINDS)] for a, b in pairs]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    for kind in OVERLAP_KINDS:
+        frame[kind] = frame[kind].astype("int64")
+    return frame
+
+
+def _add_pairs(counter: Counter, left: Iterable[str], right: Iterable[str], order: dict[str, int]) -> None:
+    """Count each unordered pair of different sources once per image (or image pair); a list against
+    itself (the same-id case) would otherwise give each pair twice."""
+    seen = set()
+    for a in left:
+        for b in right:
+            if a == b:
+                continue
+            pair = (a, b) if order[a] <= order[b] else (b, a)
+            if pair not in seen:
+                seen.add(pair)
+                counter[pair] += 1
