@@ -15,7 +15,7 @@ import pytest
 from isic_assets.definitions import defs
 
 ASSETS = ("raw_zips", "merged_images", "merged_metadata", "transformed_images", "eda_plots", "near_duplicates",
-          "balanced_splits")
+          "evaluation_sets", "balanced_splits")
 # A Wednesday noon: far from the Monday 03:00 refresh.
 START = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
@@ -63,12 +63,13 @@ def test_downstream_follows_its_upstream_once_blocking_checks_passed(ticks):
     ticks.materialized("raw_zips")
     assert ticks() == {"merged_images", "merged_metadata"}
     _merge_done(ticks, missing_data_passed=True)
-    assert ticks() == {"transformed_images", "eda_plots"}
-    ticks.materialized("transformed_images", "eda_plots")
+    # eda_plots also reads near_duplicates (the source-overlap figure), so it waits for the transform.
+    assert ticks() == {"transformed_images"}
+    ticks.materialized("transformed_images")
     ticks.checked("transformed_images", "transformed_images_readable", True)
-    # balanced_splits reads transformed_images too, so eager asks for both in one tick (one run).
-    assert ticks() == {"near_duplicates", "balanced_splits"}
-    ticks.materialized("near_duplicates", "balanced_splits")
+    # Everything downstream reads transformed_images too, so eager asks for all of it in one tick (one run).
+    assert ticks() == {"near_duplicates", "eda_plots", "evaluation_sets", "balanced_splits"}
+    ticks.materialized("near_duplicates", "eda_plots", "evaluation_sets", "balanced_splits")
     assert ticks() == set(), "an up-to-date graph requests nothing"
 
 
@@ -81,7 +82,7 @@ def test_a_failed_blocking_check_stops_propagation(ticks):
     assert ticks() == set()
     # A new merge whose checks pass releases the graph again.
     _merge_done(ticks, missing_data_passed=True)
-    assert ticks() == {"transformed_images", "eda_plots"}
+    assert ticks() == {"transformed_images"}
 
 
 def test_the_weekly_refresh_requests_raw_zips_on_monday_at_three(ticks):

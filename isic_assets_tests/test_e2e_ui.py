@@ -47,7 +47,7 @@ ARTIFACTS = REPO / "test-artifacts"
 README_IMAGES = REPO / "docs" / "images"
 README_SHOTS = {"ui_asset_graph.png": "lineage.png", "ui_eda_plots_figures.png": "eda_plots_figures.png",
                 "ui_failed_check.png": "failed_check.png"}
-VIEWPORT = {"width": 1920, "height": 1080}  # wide enough for the graph to fit with full asset nodes
+VIEWPORT = {"width": 2560, "height": 1440}  # wide enough for the nine-asset graph to fit with full asset nodes
 SERVER_READY_S = 120
 RUN_DONE_S = 180  # the whole demo graph takes about 25 s here, more when the suite runs beside it
 UI_S = 30  # any single page element

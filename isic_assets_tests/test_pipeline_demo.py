@@ -268,7 +268,8 @@ def test_balanced_splits_are_balanced_and_leak_free(demo_runs):
     assert "fewer than the 10 required" in buildable.description
     assert checks[("merged_metadata", "missing_data")] is True
     assert checks[("balanced_splits", "split_proportions")] is True
-    assert len(checks) == len(defs.asset_checks) == 7
+    assert checks[("balanced_splits", "no_evaluation_leakage")] is True
+    assert len(checks) == len(defs.asset_checks) == 8
 
 
 def test_every_asset_has_a_data_version_and_tables_a_schema_of_their_real_types(demo_runs):

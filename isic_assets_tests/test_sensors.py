@@ -306,7 +306,7 @@ def test_sensors_target_raw_zips_and_everything_downstream_with_default_statuses
     for sensor in (isic_sources_sensor, dropzone_sensor):
         job = repository.get_job(sensor.job_name)
         assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == everything
-        assert len(job.asset_layer.asset_graph.asset_check_keys) == 7  # the checks gate these runs too
+        assert len(job.asset_layer.asset_graph.asset_check_keys) == 8  # the checks gate these runs too
         assert job.executor_def.name == "in_process"
     assert isic_sources_sensor.default_status == dg.DefaultSensorStatus.STOPPED
     assert dropzone_sensor.default_status == dg.DefaultSensorStatus.RUNNING
