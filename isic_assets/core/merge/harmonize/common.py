@@ -12,7 +12,7 @@ import csv
 import io
 import re
 import zipfile
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -178,6 +178,20 @@ def _decode(label: str, data: bytes) -> str:
         ) from exc
 
 
+# A line and its ending as io.StringIO(newline="") splits them (\r\n, \r or \n), or a last unended line.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` for csv.reader, one at a time.
+
+    io.StringIO would copy the whole text into a 4-byte-per-character buffer: 180 MB for the
+    45 MB metadata CSV of 100k ISIC 2024 images, more than the table it becomes.
+    """
+    for match in _LINE.finditer(text):
+        yield match.group()
+
+
 def _read_table(
     source: Source,
     role: str,
@@ -193,7 +207,8 @@ def _read_table(
     """
     label, data = _source_bytes(source, role)
     text = _decode(label, data)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    del data  # the text is all that is needed from here on
+    reader = csv.reader(_lines(text))
     records: list[list[str]] = []
     lines: list[int] = []
     blank = 0
