@@ -10,6 +10,7 @@ with our report, and "Error: Materialization failed.").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from .tmpfs_support import read_only_bind
 
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).parent / "dagster"
@@ -107,15 +108,17 @@ def test_an_uncreatable_data_root_stops_before_any_step_naming_the_setting(tmp_p
 def test_a_read_only_data_root_stops_before_any_step(tmp_path):
     root = tmp_path / "readonly"
     root.mkdir()
-    root.chmod(0o555)
-    try:
-        if os.access(root, os.W_OK):
-            pytest.skip("this user can write a 0555 folder (root): the read-only case cannot be made here")
+    with contextlib.ExitStack() as stack:
+        if os.geteuid() == 0:
+            stack.enter_context(read_only_bind(root))  # root writes into a 0555 folder; not into a ro mount
+        else:
+            root.chmod(0o555)
+            stack.callback(root.chmod, 0o755)
+        assert not os.access(root, os.W_OK), "the data root is still writable"
         done, _ = _materialize(tmp_path, data_dir=str(root))
-        output = _assert_stopped_early(done, root, "ISIC_DATA_DIR", "not writable")
+        output = _assert_stopped_early(done, root, "ISIC_DATA_DIR", str(root), "not writable")
         assert "Logging error" not in output
-    finally:
-        root.chmod(0o755)
+        assert list(root.iterdir()) == []
 
 
 def test_the_run_log_handler_never_raises_or_prints_tracebacks(tmp_path, capsys):
