@@ -133,7 +133,7 @@ def _wait_for_run(page, server: DagsterDev, run_id: str) -> str:
     return final.first.inner_text() if final.count() else "(no final status shown)"
 
 
-def _ui_flow(page, server: DagsterDev) -> None:
+def _ui_flow(page, server: DagsterDev, data_root: str) -> None:
     # 1. The asset graph, before anything ran: every node says so.
     _open_expanded_graph(page, server)
     for name in ASSETS:
@@ -176,7 +176,14 @@ def _ui_flow(page, server: DagsterDev) -> None:
         "imgs => imgs.map(i => ({alt: i.alt, w: i.naturalWidth, h: i.naturalHeight, ok: i.complete}))")
     assert sizes and all(s["ok"] and s["w"] > 0 and s["h"] > 0 for s in sizes), sizes
     page.screenshot(path=ARTIFACTS / "ui_eda_plots_figures.png")
-    _clipped_screenshot(page, [page.get_by_role("dialog")], ARTIFACTS / "ui_eda_plots_figures_crop.png")
+    # The README's picture: the dialog's first figures, the test's temporary data root shown as "data"
+    # (a machine path says nothing to a reader; the README says so under the picture).
+    page.evaluate(
+        "root => { const walk = document.createTreeWalker(document.querySelector('[role=dialog]'),"
+        " NodeFilter.SHOW_TEXT); for (let n = walk.nextNode(); n; n = walk.nextNode())"
+        " n.nodeValue = n.nodeValue.split(root).join('data'); }", data_root)
+    _clipped_screenshot(page, [page.get_by_role("dialog")], ARTIFACTS / "ui_eda_plots_figures_crop.png",
+                        pad=0, max_size=(1500, 1000))
     page.keyboard.press("Escape")
 
     # 5. A failed check as a user finds it: merged_metadata > Checks > balanced_dataset_buildable.
@@ -195,14 +202,16 @@ def _ui_flow(page, server: DagsterDev) -> None:
     page.screenshot(path=ARTIFACTS / "ui_failed_check.png")
     # The check's name, its result and its reason: from the check list's row to the result's text.
     _clipped_screenshot(page, [row, result, page.get_by_text("fewer than the 10 required", exact=False).first],
-                        ARTIFACTS / "ui_failed_check_crop.png", pad=24)
+                        ARTIFACTS / "ui_failed_check_crop.png", pad=24, max_size=(1300, 600))
     if os.environ.get(PUBLISH_ENV) == "1":
         publish_readme_images()
     check_readme_images()
 
 
-def _clipped_screenshot(page, locators, path: Path, pad: int = 40) -> None:
-    """A screenshot of the smallest rectangle holding every locator's element, plus ``pad`` pixels."""
+def _clipped_screenshot(page, locators, path: Path, pad: int = 40,
+                        max_size: tuple[int, int] = (100_000, 100_000)) -> None:
+    """A screenshot of the smallest rectangle holding every locator's element, plus ``pad`` pixels,
+    at most ``max_size`` (width, height) from its top left corner."""
     boxes = [box for locator in locators if (box := locator.bounding_box())]
     assert boxes, f"nothing to photograph for {path.name}"
     viewport = page.viewport_size
@@ -210,7 +219,8 @@ def _clipped_screenshot(page, locators, path: Path, pad: int = 40) -> None:
     top = max(0, min(b["y"] for b in boxes) - pad)
     right = min(viewport["width"], max(b["x"] + b["width"] for b in boxes) + pad)
     bottom = min(viewport["height"], max(b["y"] + b["height"] for b in boxes) + pad)
-    page.screenshot(path=path, clip={"x": left, "y": top, "width": right - left, "height": bottom - top})
+    width, height = min(right - left, max_size[0]), min(bottom - top, max_size[1])
+    page.screenshot(path=path, clip={"x": left, "y": top, "width": width, "height": height})
 
 
 def publish_readme_images(source: Path = ARTIFACTS, target: Path = README_IMAGES) -> list[Path]:
@@ -272,7 +282,7 @@ def test_materialize_all_from_the_ui(tmp_path: Path):
                 lambda dialog: dialog.get_by_role("button", name="Skip").click(),
             )
             try:
-                _ui_flow(page, server)
+                _ui_flow(page, server, env["ISIC_DATA_DIR"])
             except Exception as exc:
                 with contextlib.suppress(Exception):  # a dead browser must not hide the real error
                     page.screenshot(path=ARTIFACTS / "ui_failure.png")
