@@ -202,7 +202,7 @@ def _ui_flow(page, server: DagsterDev, data_root: str) -> None:
     page.screenshot(path=ARTIFACTS / "ui_failed_check.png")
     # The check's name, its result and its reason: from the check list's row to the result's text.
     _clipped_screenshot(page, [row, result, page.get_by_text("fewer than the 10 required", exact=False).first],
-                        ARTIFACTS / "ui_failed_check_crop.png", pad=24, max_size=(1300, 600))
+                        ARTIFACTS / "ui_failed_check_crop.png", pad=24, max_size=(1500, 600))
     if os.environ.get(PUBLISH_ENV) == "1":
         publish_readme_images()
     check_readme_images()
