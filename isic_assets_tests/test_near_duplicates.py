@@ -94,7 +94,7 @@ def test_a_rerun_hashes_and_checks_nothing_again(archive, tmp_path):
 def test_pairs_join_one_leakage_group_and_the_check_sees_them():
     metadata = pd.DataFrame({"isic_id": ["ISIC_1", "ISIC_2", "ISIC_3"], "patient_id": ["", "", ""]})
     pairs = pd.DataFrame({"isic_id_a": ["ISIC_1"], "isic_id_b": ["ISIC_3"], "distance": ["4"],
-                          "method": [nd.METHOD], "inliers": ["80"]})
+                          "method": [nd.METHOD], "similarity": ["0.99"]})
     groups = build_groups(metadata, None, pairs)
     assert groups["ISIC_1"] == groups["ISIC_3"] != groups["ISIC_2"]
     manifest = pd.DataFrame({"isic_id": ["ISIC_1", "ISIC_2", "ISIC_3"], "split": ["train", "train", "test"]})
@@ -180,7 +180,7 @@ def test_dagster_run_groups_or_drops_the_pairs_and_the_check_rereads_them(tmp_pa
     a = placed.loc[placed["split"] == "train", "isic_id"].iloc[0]
     b = placed.loc[placed["split"] == "test", "isic_id"].iloc[0]
     pd.concat([pairs, pd.DataFrame([{"isic_id_a": min(a, b), "isic_id_b": max(a, b), "distance": "3",
-                                     "method": nd.METHOD, "inliers": "90"}])]).to_csv(
+                                     "method": nd.METHOD, "similarity": "0.99"}])]).to_csv(
         root / "merged_data" / "near_duplicates.csv", index=False)
     from isic_assets.defs.checks import no_leakage
 
