@@ -9,7 +9,7 @@ bench); cropping moves many (a 10% crop: up to 22 bits), because a crop shifts a
 frequency.
 
 ``view_signatures`` is what the near-duplicate search uses instead: the same hash taken on
-``len(VIEWS)`` windows of the image (the whole picture and windows trimmed by 3% or 6% on either
+``len(VIEWS)`` windows of the image (the whole picture and windows trimmed by up to 10% on either
 side of each axis). A copy cropped by up to 10% then matches one window of its original within a
 few bits, whichever part was cut. Each window gets two hashes from one 64x64 DCT: a 64-bit key
 (lowest 8x8 frequencies) for the candidate index, and a 256-bit hash (lowest 16x16) that tells
@@ -51,8 +51,8 @@ def phash(pixels: np.ndarray) -> int:
 
 
 # Per-axis windows (start, end) as fractions: the whole side, trimmed at the start, at the end, and on
-# both. A crop of up to 10% per axis lands within about 3% of one of them on each axis.
-_AXIS_WINDOWS = ((0.0, 1.0), (0.06, 1.0), (0.0, 0.94), (0.03, 0.97))
+# both. A crop of up to 10% per axis lands within about 3.3% of one of them on each axis.
+_AXIS_WINDOWS = ((0.0, 1.0), (0.1, 1.0), (0.0, 0.9), (0.033, 0.967))
 VIEWS = tuple((x0, y0, x1, y1) for x0, x1 in _AXIS_WINDOWS for y0, y1 in _AXIS_WINDOWS)  # VIEWS[0]: whole
 FINE_BYTES = 32  # 256 bits
 _VIEW_SIDE = 64
@@ -67,16 +67,22 @@ def crop_view(pixels: np.ndarray, view: tuple[float, float, float, float]) -> np
 
 
 def view_signatures(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per window of ``VIEWS``: a 64-bit key (uint64 array) and a 256-bit hash (uint8 array, 32 per view)."""
-    keys = np.empty(len(VIEWS), dtype=np.uint64)
-    fine = np.empty((len(VIEWS), FINE_BYTES), dtype=np.uint8)
-    for k, view in enumerate(VIEWS):
-        small = cv2.resize(crop_view(pixels, view), (_VIEW_SIDE, _VIEW_SIDE), interpolation=cv2.INTER_AREA)
-        coefficients = cv2.dct(small.astype(np.float32))
-        low = coefficients[:HASH_BITS_SIDE, :HASH_BITS_SIDE].ravel()
-        keys[k] = np.bitwise_or.reduce((low > np.median(low)).astype(np.uint64) * _BIT_WEIGHTS)
-        wide = coefficients[:_FINE_SIDE, :_FINE_SIDE].ravel()
-        fine[k] = np.packbits(wide > np.median(wide))
+    """Per window of ``VIEWS``: a 64-bit key (uint64 array) and a 256-bit hash (uint8 array, 32 per view).
+
+    The image is shrunk once to 128x128 (INTER_AREA); each window of that is brought to 64x64 with
+    INTER_LINEAR, which does not alias at a ratio below 2 and is 3x faster than resizing every window
+    of the full picture with INTER_AREA.
+    """
+    base = cv2.resize(pixels, (2 * _VIEW_SIDE, 2 * _VIEW_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    coefficients = np.stack([
+        cv2.dct(cv2.resize(crop_view(base, view), (_VIEW_SIDE, _VIEW_SIDE), interpolation=cv2.INTER_LINEAR))
+        for view in VIEWS
+    ])
+    low = coefficients[:, :HASH_BITS_SIDE, :HASH_BITS_SIDE].reshape(len(VIEWS), -1)
+    low_bits = (low > np.median(low, axis=1, keepdims=True)).astype(np.uint64)
+    keys = np.bitwise_or.reduce(low_bits * _BIT_WEIGHTS, axis=1)
+    wide = coefficients[:, :_FINE_SIDE, :_FINE_SIDE].reshape(len(VIEWS), -1)
+    fine = np.packbits(wide > np.median(wide, axis=1, keepdims=True), axis=1)
     return keys, fine
 
 
