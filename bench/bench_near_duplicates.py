@@ -97,6 +97,7 @@ def quality(n_images: int, n_copies: int, seed: int) -> dict:
         started = time.perf_counter()
         report = nd.find_near_duplicates(images, root, root / "_state")
         seconds = time.perf_counter() - started
+        scores = _candidate_scores(root / "_state" / nd.CHECKS_STATE, images, planted)
         keys, fine = _signatures(paths)
         confirm_ms = _confirm_ms(paths, rng)
     found = set(zip(report.pairs["isic_id_a"], report.pairs["isic_id_b"], strict=True))
@@ -110,10 +111,23 @@ def quality(n_images: int, n_copies: int, seed: int) -> dict:
         "precision": true_found / len(found) if found else 1.0,
         "false_per_10k_images": len(found - planted.keys()) / n * 10_000,
         "candidates": report.candidates, "candidate_rate_per_pair": report.candidates / (n * (n - 1) / 2),
-        "run_seconds": round(seconds, 1), "hash_ms": hash_ms, "confirm_ms_per_candidate": confirm_ms,
+        "run_seconds": round(seconds, 1), "scores": scores, "hash_ms": hash_ms, "confirm_ms_per_candidate": confirm_ms,
         "key_bit_frequencies": _bit_frequencies(keys).tolist(),
         "fine_bit_frequencies": np.unpackbits(fine, axis=2).mean(axis=0).tolist(),
     }
+
+
+def _candidate_scores(checks: Path, images: pd.DataFrame, planted: dict) -> dict:
+    """The confirmation scores of every candidate, planted copies apart from the rest."""
+    id_of = dict(zip(images["sha256"], images["isic_id"], strict=True))
+    planted_scores, other_scores = [], []
+    for line in checks.read_text().splitlines():
+        record = json.loads(line)
+        a, b, _ = record["pair"].split(":")
+        pair = tuple(sorted((id_of[a], id_of[b])))
+        (planted_scores if pair in planted else other_scores).append(record["similarity"])
+    return {"planted_candidates": len(planted_scores), "planted_min": min(planted_scores, default=None),
+            "other_candidates": len(other_scores), "other_max": max(other_scores, default=None)}
 
 
 def _write(root: Path, isic_id: str, data: bytes) -> dict:
@@ -194,6 +208,9 @@ def main() -> None:
     print()
     if result["false_pairs"]:
         print("false pairs:", result["false_pairs"])
+    scores = result["scores"]
+    print(f"confirmation scores: planted copies that became candidates: {scores['planted_candidates']}, lowest "
+          f"{scores['planted_min']}; other candidates: {scores['other_candidates']}, highest {scores['other_max']}")
     print(f"signatures per image: {result['hash_ms']} ms; confirmation: {result['confirm_ms_per_candidate']} ms "
           f"per candidate; candidates: {result['candidates']} ({result['candidate_rate_per_pair']:.2e} per pair "
           f"of images); whole run {result['run_seconds']} s")

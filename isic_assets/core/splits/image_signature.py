@@ -9,12 +9,12 @@ bench); cropping moves many (a 10% crop: up to 22 bits), because a crop shifts a
 frequency.
 
 ``view_signatures`` is what the near-duplicate search uses instead: the same hash taken on
-``len(VIEWS)`` windows of the image (the whole picture and windows trimmed by up to 10% on either
+``len(VIEWS)`` (36) windows of the image (the whole picture and windows trimmed by 3-10% on either
 side of each axis). A copy cropped by up to 10% then matches one window of its original within a
 few bits, whichever part was cut. Each window gets two hashes from one 64x64 DCT: a 64-bit key
 (lowest 8x8 frequencies) for the candidate index, and a 256-bit hash (lowest 16x16) that tells
-copies from look-alike lesions far better (on the bench no two different lesions came within 46 of
-256 bits, while a cropped copy matched a window of its original within 60).
+copies from look-alike lesions far better: among 1,200 look-alike synthetic lesions no two whole
+pictures came within 46 of 256 bits, while 64-bit keys of 0.2% of all pairs were within 10 bits.
 """
 
 from __future__ import annotations
@@ -50,9 +50,12 @@ def phash(pixels: np.ndarray) -> int:
     return int(np.bitwise_or.reduce(bits * _BIT_WEIGHTS))
 
 
-# Per-axis windows (start, end) as fractions: the whole side, trimmed at the start, at the end, and on
-# both. A crop of up to 10% per axis lands within about 3.3% of one of them on each axis.
-_AXIS_WINDOWS = ((0.0, 1.0), (0.1, 1.0), (0.0, 0.9), (0.033, 0.967))
+# Per-axis windows (start, end) as fractions: the whole side, trimmed by 3% on both ends, by 6% at
+# either end, and by 10% at either end. A crop keeping 90-100% of a side, anywhere along it, lands
+# within about 3% of one of them; the 10% windows are for the largest crops, which the others miss.
+# Six per axis (36 windows) found 97-98% of the bench's random crops at the default radii; the four
+# inner ones alone found as many random crops but missed crops of 10% at a corner.
+_AXIS_WINDOWS = ((0.0, 1.0), (0.03, 0.97), (0.06, 1.0), (0.0, 0.94), (0.1, 1.0), (0.0, 0.9))
 VIEWS = tuple((x0, y0, x1, y1) for x0, x1 in _AXIS_WINDOWS for y0, y1 in _AXIS_WINDOWS)  # VIEWS[0]: whole
 FINE_BYTES = 32  # 256 bits
 _VIEW_SIDE = 64

@@ -3,8 +3,8 @@
 Published duplicate lists and identical bytes miss these (a re-exported photo has new bytes), yet a
 copy in train and its twin in test is the same leak as a shared patient. Three stages:
 
-1. **Hash** every transformed image once: ``image_signature.view_signatures`` hashes 16 windows of
-   the picture (the whole, and windows trimmed by up to 10% on either side of each axis), each with a
+1. **Hash** every transformed image once: ``image_signature.view_signatures`` hashes 36 windows of
+   the picture (the whole, and windows trimmed by 3-10% on either side of each axis), each with a
    64-bit key and a 256-bit hash. A copy cropped by up to 10% matches one window of its original
    closely; the whole-picture hash alone does not (a crop moves up to a third of its bits).
    Signatures are cached by the image's sha256 in ``merged_data/_state/near_duplicates.views.jsonl``,
