@@ -139,6 +139,19 @@ def test_a_rerun_hashes_and_checks_nothing_again(archive, tmp_path):
     assert third.hashed == 1
 
 
+def test_a_torn_signature_record_is_cut_off_and_that_image_hashed_again(archive, tmp_path):
+    """A run killed mid-append leaves part of a record: the next run drops it, keeps the rest, finds the same pairs."""
+    root, images, planted = archive
+    state = tmp_path / "state"
+    nd.find_near_duplicates(images, root, state)
+    store = state / nd.HASHES_STATE
+    store.write_bytes(store.read_bytes()[:-100])  # the last record cut short
+    again = nd.find_near_duplicates(images, root, state)
+    assert again.hashed == 1
+    assert set(zip(again.pairs["isic_id_a"], again.pairs["isic_id_b"], strict=True)) == planted
+    assert store.stat().st_size % nd.SignatureStore(store).dtype.itemsize == 0
+
+
 def test_pairs_join_one_leakage_group_and_the_check_sees_them():
     metadata = pd.DataFrame({"isic_id": ["ISIC_1", "ISIC_2", "ISIC_3"], "patient_id": ["", "", ""]})
     pairs = pd.DataFrame({"isic_id_a": ["ISIC_1"], "isic_id_b": ["ISIC_3"], "distance": ["4"],

@@ -7,8 +7,10 @@ copy in train and its twin in test is the same leak as a shared patient. Three s
    the picture (the whole, and windows trimmed by 3-10% on either side of each axis), each with a
    64-bit key and a 256-bit hash. A copy cropped by up to 10% matches one window of its original
    closely; the whole-picture hash alone does not (a crop moves up to a third of its bits).
-   Signatures are cached by the image's sha256 in ``merged_data/_state/near_duplicates.views.jsonl``,
-   so a re-run decodes only new or changed images.
+   Signatures are cached by the image's sha256 in ``merged_data/_state/near_duplicates.views.bin``
+   (fixed-size binary records, appended; 1.5 KB per image, read straight into numpy arrays: as JSON
+   lines the same cache would hold about 3 KB of Python strings per image in memory), so a re-run
+   decodes only new or changed images.
 2. **Candidates** without comparing all pairs: multi-index hashing of every window key; each image
    queries with its whole-picture key. The 64 bits are cut into ``BLOCKS`` blocks of 16; two keys
    within ``max_distance`` bits agree on at least one block to within ``max_distance // BLOCKS``
@@ -42,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from .. import layout
+from ..atomic import atomic_open
 from ..components import component_labels
 from ..scan_state import JsonlLog
 from . import image_signature
@@ -56,7 +59,7 @@ DEFAULT_MAX_FINE_DISTANCE = 64  # of 256 bits: every planted copy on the bench w
 DEFAULT_MIN_SIMILARITY = 0.85  # copies scored 0.95+, the closest look-alikes at most 0.68 (bench)
 METHOD = "dct-views+ecc-ncc"
 PAIR_COLUMNS = ["isic_id_a", "isic_id_b", "distance", "method", "similarity"]
-HASHES_STATE = "near_duplicates.views.jsonl"
+HASHES_STATE = "near_duplicates.views.bin"
 CHECKS_STATE = "near_duplicates.ncc.jsonl"
 _CHUNK_CANDIDATES = 4_000_000  # bounds the memory of one probe chunk (~100 MB of int64 arrays)
 _PROBE_ROWS = 20_000  # items whose probe keys are counted at once
@@ -241,13 +244,12 @@ def find_near_duplicates(
         if column not in images.columns:
             raise ValueError(f"the image table has no {column} column (expected data_transformed/metadata.csv)")
     images = images[["isic_id", "image", "sha256"]].drop_duplicates("isic_id").reset_index(drop=True)
-    signatures, hashed, unreadable = _signatures(images, Path(image_root), Path(state_dir) / HASHES_STATE, log)
+    store = SignatureStore(Path(state_dir) / HASHES_STATE)
+    hashed, unreadable = store.add_missing(images, Path(image_root), log)
     usable = images[~images["isic_id"].isin(unreadable)].reset_index(drop=True)
-    views = len(image_signature.VIEWS)
-    keys = np.empty((len(usable), views), dtype=np.uint64)
-    fine = np.empty((len(usable), views, image_signature.FINE_BYTES), dtype=np.uint8)
-    for row, sha in enumerate(usable["sha256"]):
-        keys[row], fine[row] = _decode_signature(signatures[sha])
+    keys, fine = store.lookup(usable["sha256"])
+    store.keep_only(usable["sha256"])
+    del store
     found = view_candidates(keys, fine, max_distance, max_fine_distance)
     shas = usable["sha256"].to_numpy()
     found = found[shas[found["query"].to_numpy()] != shas[found["other"].to_numpy()]].reset_index(drop=True)
@@ -267,46 +269,81 @@ def find_near_duplicates(
     return NearDuplicateReport(table, len(usable), hashed, len(found), checked, tuple(sorted(unreadable)))
 
 
-def signature_record(sha: str, pixels: np.ndarray) -> dict[str, str]:
-    """The cached form of an image's window signatures: hex of the big-endian keys and of the 256-bit hashes."""
-    keys, fine = image_signature.view_signatures(pixels)
-    return {"sha256": sha, "keys": keys.astype(">u8").tobytes().hex(), "fine": fine.tobytes().hex()}
+class SignatureStore:
+    """Window signatures by sha256, in an append-only file of fixed-size binary records.
 
+    A record is the sha256 (64 ASCII bytes), the 64-bit keys (big-endian) and the 256-bit hashes of
+    every window. A run killed mid-append leaves a torn last record: it is cut off on the next open
+    and that image is hashed again. Records of images no longer present are dropped by ``keep_only``
+    (an atomic rewrite) once they are half the file.
+    """
 
-def _decode_signature(record: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    keys = np.frombuffer(bytes.fromhex(record["keys"]), dtype=">u8").astype(np.uint64)
-    fine = np.frombuffer(bytes.fromhex(record["fine"]), dtype=np.uint8).reshape(len(keys), -1)
-    return keys, fine
+    def __init__(self, path: Path) -> None:
+        views = len(image_signature.VIEWS)
+        self.path = path
+        self.dtype = np.dtype([("sha256", "S64"), ("keys", ">u8", (views,)),
+                               ("fine", "u1", (views, image_signature.FINE_BYTES))])
+        self.records = np.zeros(0, dtype=self.dtype)
+        if path.is_file():
+            size = path.stat().st_size
+            whole = size - size % self.dtype.itemsize
+            if whole != size:
+                with path.open("r+b") as handle:
+                    handle.truncate(whole)
+            self.records = np.fromfile(path, dtype=self.dtype)
+        self._index = pd.Index(self.records["sha256"])
 
-
-def _signatures(images: pd.DataFrame, root: Path, state_path: Path,
-                log: Log) -> tuple[dict[str, dict[str, str]], int, set[str]]:
-    state = JsonlLog(state_path, ("sha256",))
-    signatures: dict[str, dict[str, str]] = {}
-    unreadable: set[str] = set()
-    hashed = 0
-    expected = (16 * len(image_signature.VIEWS), 2 * image_signature.FINE_BYTES * len(image_signature.VIEWS))
-    try:
-        for isic_id, image, sha in images.itertuples(index=False):
-            if sha in signatures:
-                continue
-            record = state.get(sha)
-            if record is None or (len(record.get("keys", "")), len(record.get("fine", ""))) != expected:
+    def add_missing(self, images: pd.DataFrame, root: Path, log: Log) -> tuple[int, set[str]]:
+        """Hash every image whose sha256 has no record; returns how many, and the ids that do not decode."""
+        missing = images[self._index.get_indexer(images["sha256"].str.encode("ascii")) < 0]
+        missing = missing.drop_duplicates("sha256")
+        unreadable: set[str] = set()
+        batch: list[tuple] = []
+        hashed = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("ab") as handle:
+            for isic_id, image, sha in missing.itertuples(index=False):
+                if len(sha) > 64:
+                    raise ValueError(f"{isic_id}: sha256 {sha!r} is longer than 64 characters")
                 try:
-                    record = signature_record(sha, image_signature.grey(root / image))
+                    keys, fine = image_signature.view_signatures(image_signature.grey(root / image))
                 except image_signature.UnreadableImageError as exc:
                     log(f"near-duplicates: {isic_id} skipped: {exc}")
                     unreadable.add(isic_id)
                     continue
-                state.append(record)
+                batch.append((sha.encode("ascii"), keys, fine))
                 hashed += 1
-                if hashed % 1000 == 0:
-                    state.flush()
-            signatures[sha] = record
-        state.compact(keep=[(s,) for s in signatures])
-    finally:
-        state.close()
-    return signatures, hashed, unreadable
+                if len(batch) == 1000:
+                    self._append(handle, batch)
+                    batch = []
+            self._append(handle, batch)
+        return hashed, unreadable
+
+    def _append(self, handle, batch: list[tuple]) -> None:
+        if not batch:
+            return
+        new = np.array(batch, dtype=self.dtype)
+        handle.write(new.tobytes())
+        handle.flush()
+        self.records = np.concatenate([self.records, new])
+        self._index = pd.Index(self.records["sha256"])
+
+    def lookup(self, shas: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Keys (n x views, uint64) and 256-bit hashes (n x views x 32, uint8) of ``shas``, in order."""
+        rows = self._index.get_indexer(pd.Index(list(shas)).str.encode("ascii"))
+        if (rows < 0).any():
+            raise KeyError("a sha256 has no signature record")
+        chosen = self.records[rows]
+        return chosen["keys"].astype(np.uint64), np.ascontiguousarray(chosen["fine"])
+
+    def keep_only(self, shas: Iterable[str]) -> None:
+        """Rewrite the file without records of other images once those are half of it."""
+        keep = self._index.isin(pd.Index(list(shas)).str.encode("ascii"))
+        keep &= ~self._index.duplicated()
+        if len(self.records) <= max(64, 2 * int(keep.sum())):
+            return
+        with atomic_open(self.path, "wb") as handle:
+            handle.write(self.records[keep].tobytes())
 
 
 def _confirm(usable: pd.DataFrame, root: Path, found: pd.DataFrame, state_path: Path) -> tuple[np.ndarray, int]:
