@@ -188,6 +188,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=60, help="planted copies per edit kind")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 400_000])
+    parser.add_argument("--keep-frequencies", type=Path, help="also write the measured bit frequencies here "
+                        "(to rerun one scale size alone: --scale N --frequencies FILE)")
     parser.add_argument("--scale", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--frequencies", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -215,6 +217,9 @@ def main() -> None:
           f"per candidate; candidates: {result['candidates']} ({result['candidate_rate_per_pair']:.2e} per pair "
           f"of images); whole run {result['run_seconds']} s")
     print()
+    if args.keep_frequencies:
+        args.keep_frequencies.write_text(json.dumps({"key": result["key_bit_frequencies"],
+                                                     "fine": result["fine_bit_frequencies"]}))
     sizes = (20_000,) if args.quick else args.sizes
     if not sizes:
         return
