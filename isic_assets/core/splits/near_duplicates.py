@@ -62,6 +62,8 @@ METHOD = "dct-views+ecc-ncc"
 PAIR_COLUMNS = ["isic_id_a", "isic_id_b", "distance", "method", "similarity"]
 HASHES_STATE = "near_duplicates.views.bin"
 CHECKS_STATE = "near_duplicates.ncc.jsonl"
+# The caches of the whole-picture hash and the ORB confirmation this step used before; nothing reads them.
+_RETIRED_STATE = ("near_duplicates.hashes.jsonl", "near_duplicates.checks.jsonl")
 _CHUNK_CANDIDATES = 4_000_000  # bounds the memory of one probe chunk (~100 MB of int64 arrays)
 _PROBE_ROWS = 20_000  # items whose probe keys are counted at once
 _COMPARE_SIDE = 128
@@ -264,6 +266,8 @@ def find_near_duplicates(
         if column not in images.columns:
             raise ValueError(f"the image table has no {column} column (expected data_transformed/metadata.csv)")
     images = images[["isic_id", "image", "sha256"]].drop_duplicates("isic_id").reset_index(drop=True)
+    for retired in _RETIRED_STATE:
+        (Path(state_dir) / retired).unlink(missing_ok=True)
     store = SignatureStore(Path(state_dir) / HASHES_STATE)
     hashed, unreadable = store.add_missing(images, Path(image_root), log)
     usable = images[~images["isic_id"].isin(unreadable)].reset_index(drop=True)
