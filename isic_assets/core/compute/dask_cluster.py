@@ -1,4 +1,5 @@
-"""A step's connection to Dask: start or reach the cluster, check shared storage, map batches.
+"""The Dask engine of ``BatchEngine`` (core/compute/batches.py): start or reach the cluster, check
+shared storage, map batches.
 
 Dask is imported here only, and only when a Dask value of ISIC_COMPUTE is chosen, so ``local`` runs
 never load it and an install without the ``dask`` extra works until someone asks for a cluster.
@@ -9,7 +10,8 @@ Faults map onto what the stages already know from the local pool:
 
 - a worker dies (SIGKILL, OOM, segfault): Dask reruns its tasks on other workers by itself;
 - a task kills every worker it lands on: Dask gives up after ``allowed-failures`` + 1 deaths
-  (``KilledWorker``); ``map_batches`` yields the batch as lost with that reason, the stage decides;
+  (``KilledWorker``); ``map_batches`` yields the batch as ``LostBatch`` with that reason, the stage
+  decides;
 - the scheduler goes away: ``ComputeLost``, naming the address, so the step fails clearly and the
   stage's journals let the next run resume.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .batches import LostBatch
 from .setting import DASK_LOCAL, ENV_VAR, INSTALL_HINT, ComputeChoice
 
 Log = Callable[[str], None]
@@ -72,13 +75,6 @@ class ClusterInfo:
                 f"dashboard {dashboard}")
 
 
-@dataclass(frozen=True)
-class LostBatch:
-    """A batch Dask gave up on because every worker that ran it died; ``reason`` is Dask's message."""
-
-    reason: str
-
-
 def import_distributed() -> Any:
     """``distributed``, or a clear error saying how to install it."""
     try:
@@ -96,11 +92,20 @@ class DaskSession:
     def __init__(self, choice: ComputeChoice, client: Any, cluster: Any | None) -> None:
         self.choice, self.client, self.cluster = choice, client, cluster
         self.address = client.scheduler.address
+        self._threads = 0
+
+    @property
+    def slots(self) -> int:
+        """Worker threads of the cluster, as seen by the last ``info()`` (at least 1)."""
+        if not self._threads:
+            self.info()
+        return max(1, self._threads)
 
     def info(self) -> ClusterInfo:
         scheduler = self.client.scheduler_info()
         workers = scheduler.get("workers", {})
         threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
+        self._threads = threads
         try:
             served = self.client.run_on_scheduler(_serves_dashboard)
         except Exception:  # noqa: BLE001 - only decides whether a link is shown
