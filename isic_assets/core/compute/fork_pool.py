@@ -3,6 +3,10 @@
 A fork-context ``ProcessPoolExecutor`` (docs/PERFORMANCE.md 7: 18 ms to start against 230-350 ms for
 forkserver/spawn, which re-import OpenCV), at most ``in_flight`` batches submitted at a time.
 
+Forking is what makes a worker cheap (it inherits the imported pipeline), and it needs care from the
+parent: ``fork_safe_parent`` parks OpenCV's thread pool and keeps descriptors such as a run lock out
+of every child. The ``dask-local`` engine forks its workers the same way (dask_cluster.py).
+
 A worker that dies (a crash, the OOM killer, the per-image time limit) breaks the whole pool:
 every batch in flight fails with ``BrokenProcessPool``, whichever worker held the culprit. The
 engine then waits for the pool to go down completely and yields each of those batches as
@@ -17,6 +21,8 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -25,18 +31,57 @@ from typing import Any
 
 from .batches import LostBatch, arm_default_alarm
 
+_CLOSE_IN_CHILD: set[int] = set()
+_CLOSE_LOCK = threading.Lock()
+
+
+def _close_inherited() -> None:
+    for fd in _CLOSE_IN_CHILD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _CLOSE_IN_CHILD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited)
+
+
+@contextlib.contextmanager
+def fork_safe_parent(close_fds: Sequence[int] = ()) -> Iterator[None]:
+    """While it is open, a child forked from this process starts safely.
+
+    - ``close_fds`` are closed in every child right after the fork (a run lock must die with its
+      holder, not live on in a worker);
+    - OpenCV's pthread pool does not survive ``fork``: a child of a process whose pool has threads
+      hangs forever on its first cv2 call, even ``cv2.setNumThreads(1)`` (seen with gdb: the child
+      waits in ``pthread_cond_destroy`` on a condition variable the parent's pool thread was waiting
+      on). Any earlier cv2 call in the parent (a test, a Dagster op) starts that pool, so the parent
+      joins it before forking and restores its thread count afterwards.
+    """
+    cv2 = sys.modules.get("cv2")
+    previous = cv2.getNumThreads() if cv2 is not None else None
+    if cv2 is not None:
+        cv2.setNumThreads(1)
+    with _CLOSE_LOCK:
+        _CLOSE_IN_CHILD.update(close_fds)
+    try:
+        yield
+    finally:
+        with _CLOSE_LOCK:
+            _CLOSE_IN_CHILD.difference_update(close_fds)
+        if cv2 is not None and previous is not None:
+            cv2.setNumThreads(previous)
+
+
 POOL_BROKE = "a worker process died (crash, kill or the per-image time limit) and took the pool down"
 
 
 class ForkPool:
-    """``workers`` forked processes; ``close_fds`` are descriptors of the parent a worker must not
-    keep open (a run lock, so that it dies with its holder)."""
+    """``workers`` forked processes; use it inside ``fork_safe_parent``."""
 
-    def __init__(self, workers: int, close_fds: Sequence[int] = ()) -> None:
+    def __init__(self, workers: int) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.workers = workers
-        self.close_fds = tuple(close_fds)
         self.breakages = 0  # pools lost to a dead worker so far
 
     @property
@@ -85,7 +130,7 @@ class ForkPool:
             max_workers=workers,
             mp_context=multiprocessing.get_context("fork"),
             initializer=_init_worker,
-            initargs=(os.getpid(), self.close_fds),
+            initargs=(os.getpid(),),
         )
 
 
@@ -101,11 +146,8 @@ def _collect(done: set[Future], pending: dict[Future, list[Any]]
     return results, broken
 
 
-def _init_worker(parent_pid: int, close_fds: tuple[int, ...]) -> None:
+def _init_worker(parent_pid: int) -> None:
     _die_with_parent(parent_pid)
-    for fd in close_fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
     arm_default_alarm()  # the per-image time limit (batches.item_time_limit) ends the process
     # Terminate and Ctrl-C are the step's to handle: it shuts the pool down and exits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

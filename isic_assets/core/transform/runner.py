@@ -32,11 +32,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import cv2
-
 from .. import layout
 from ..atomic import atomic_write_json, remove_stale_temporaries
-from ..compute.fork_pool import ForkPool
+from ..compute.dask_cluster import ClusterInfo
+from ..compute.engine import open_engine
 from ..compute.setting import LOCAL, ComputeChoice
 from ..operation.disk_space import disk_full_errors, ensure_free_space, format_bytes
 from ..scan_state import JsonlLog
@@ -183,39 +182,13 @@ def _transform_locked(
 def _run(todo: list[TransformJob], compute: ComputeChoice, workers: int, lock_fd: int, settings: TransformSettings,
          out_dir: Path, state: JsonlLog, report: TransformReport, log: Log, time_limit_s: float) -> None:
     """Open the engine ISIC_COMPUTE asks for and dispatch ``todo`` on it."""
-    def dispatch(engine: object) -> None:
-        TransformDispatch(engine, settings, out_dir, state, report, log, len(todo), time_limit_s).run(todo)
-
-    if not compute.uses_dask:
-        with _parent_cv2_threads_parked():
-            dispatch(ForkPool(workers, close_fds=(lock_fd,)))  # the run lock belongs to this process alone
-        return
-    from ..compute.dask_cluster import open_dask  # Dask is imported only when it is asked for
-
-    with open_dask(compute, workers, log) as session:
-        info = session.info()
+    def on_cluster(info: ClusterInfo) -> None:
         report.compute_workers, report.cluster = info.workers, info.describe()
         log(f"transform: running on the {info.describe()}")
-        session.probe(out_dir)
-        dispatch(session)
 
-
-@contextlib.contextmanager
-def _parent_cv2_threads_parked() -> Iterator[None]:
-    """Hold the parent's OpenCV thread pool at one thread while forked workers exist.
-
-    OpenCV's pthread pool does not survive ``fork``: a child of a process whose pool has threads
-    hangs forever on its first cv2 call, even ``cv2.setNumThreads(1)`` (seen with gdb: the child
-    waits in ``pthread_cond_destroy`` on a condition variable the parent's pool thread was waiting
-    on). Any earlier cv2 call in the parent (a test, a Dagster op) starts that pool, so the parent
-    joins it before forking and restores its thread count afterwards.
-    """
-    previous = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(previous)
+    # The run lock belongs to this process alone: no forked worker keeps it.
+    with open_engine(compute, workers, out_dir, log, on_cluster, close_fds=(lock_fd,)) as engine:
+        TransformDispatch(engine, settings, out_dir, state, report, log, len(todo), time_limit_s).run(todo)
 
 
 def _check_jobs(jobs: Sequence[TransformJob]) -> None:
