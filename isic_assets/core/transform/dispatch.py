@@ -33,6 +33,7 @@ from ..scan_state import JsonlLog
 from .image_ops import TransformSettings
 from .one_image import transform_batch
 from .records import (
+    STATE_DIR,
     STATUS_FAILED,
     STATUS_OK,
     STATUS_QUARANTINED,
@@ -56,7 +57,7 @@ class TransformDispatch:
     def __init__(self, engine: BatchEngine, settings: TransformSettings, out_dir: Path, state: JsonlLog,
                  report: TransformReport, log: Log, total: int, time_limit_s: float) -> None:
         self.engine, self.settings, self.out_dir = engine, settings, Path(out_dir)
-        self.state_dir = self.out_dir / "_state"
+        self.state_dir = self.out_dir / STATE_DIR
         self.state, self.report, self.log, self.total = state, report, log, total
         self.time_limit_s = time_limit_s
         self.args = (self.out_dir, self.state_dir, settings, settings.fingerprint(), time_limit_s)
