@@ -38,6 +38,9 @@ Log = Callable[[str], None]
 # for a step gets the same rule (a task may run on 1 + 1 workers). An external scheduler keeps its
 # own distributed.scheduler.allowed-failures (3 by default).
 LOCAL_ALLOWED_FAILURES = 1
+# How a LocalCluster's nanny starts its workers (see _local_worker_config); bench/bench_dask.py sets
+# "spawn" to measure Dask's default against it.
+LOCAL_START_METHOD = "fork"
 CONNECT_TIMEOUT_SECONDS = 10.0
 WAIT_FOR_WORKERS_SECONDS = 60.0
 PROBE_PREFIX = ".compute-probe-"
@@ -244,7 +247,7 @@ def _local_worker_config() -> contextlib.ExitStack:
     stack = contextlib.ExitStack()
     stack.enter_context(dask.config.set({
         "distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES,
-        "distributed.worker.multiprocessing-method": "fork",
+        "distributed.worker.multiprocessing-method": LOCAL_START_METHOD,
         "distributed.worker.profile.enabled": False,
     }))
     stack.enter_context(fork_safe_parent())
