@@ -86,7 +86,7 @@ def transform_images(
     """Bring ``out_dir`` in line with ``jobs`` and ``settings``; see the module docstring.
 
     ``compute`` picks the engine (core/compute/setting.py): the local fork pool of ``workers``
-    processes (default), or Dask (transform/on_dask.py), where ``out_dir`` and the sources must be on
+    processes (default), or Dask (compute/dask_cluster.py), where ``out_dir`` and the sources must be on
     storage every worker sees at the same path.
 
     Raises ``ValueError`` for malformed jobs (duplicate or unsafe ids, a missing sha256) and
