@@ -55,8 +55,25 @@ browser:
 	  echo "      the browser UI test will be skipped. Install it with: sudo apt-get install --no-install-recommends chromium"; \
 	fi
 
-## test: install with dev extras (and Debian's chromium, see browser) and run the whole test suite
-test: $(VENV)/.installed-dev browser
+# Debian's exFAT tools for the no-hard-link test (isic_assets_tests/test_pipeline_demo.py mounts an
+# exFAT image as the data root: exfatprogs makes it, exfat-fuse mounts it where the kernel has no
+# exfat driver). Installed only when missing and only as root, like the browser; otherwise the test
+# skips with the same reason.
+.PHONY: fault-tools
+## fault-tools: install Debian's exfatprogs and exfat-fuse for the filesystem fault tests when missing (root only)
+fault-tools:
+	@if command -v mkfs.exfat >/dev/null && command -v mount.exfat-fuse >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's exfatprogs and exfat-fuse for the filesystem fault tests (apt-get)"; \
+	  apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends exfatprogs exfat-fuse >/dev/null; \
+	else \
+	  echo "NOTE: mkfs.exfat or mount.exfat-fuse is missing and cannot be installed here (needs root and apt-get):"; \
+	  echo "      the no-hard-link test will be skipped. Install them with: sudo apt-get install exfatprogs exfat-fuse"; \
+	fi
+
+## test: install with dev extras (Debian's chromium and exFAT tools, see browser and fault-tools) and run the whole test suite
+test: $(VENV)/.installed-dev browser fault-tools
 	$(BIN)/python -m pytest -n 2 --dist loadfile -p no:cacheprovider
 
 ## lint: ruff over the whole repository (rules in pyproject.toml [tool.ruff])

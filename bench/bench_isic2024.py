@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_isic2024.py --images 100000 [--work DIR] [--layout kaggle|challenge]
     .venv/bin/python bench/bench_isic2024.py --generate-only DEST --images 401059
+    .venv/bin/python bench/bench_isic2024.py --mirror DEST --images 401059   # reuses DEST when it matches
 
 It writes an ISIC 2024 mirror (``isic_assets.demo.isic2024``: the real 55-column header, 1,042
 patients and 393 malignant at full size, scaled below, distinct 3-5 KB JPEG tiles, HDF5 written
@@ -28,7 +29,10 @@ sys.path.insert(0, str(REPO))
 from isic_assets.core.sources.http_mirror import serve_folder
 from isic_assets.demo.isic2024 import generate_isic2024_mirror
 
-STAGES = ("raw_zips", "merged_images,merged_metadata", "transformed_images", "eda_plots", "balanced_splits")
+# Every asset of the graph in dependency order (eda_plots and balanced_splits read near_duplicates'
+# pairs, balanced_splits the evaluation hold-out), each with its blocking checks.
+STAGES = ("raw_zips", "merged_images,merged_metadata", "transformed_images", "near_duplicates", "evaluation_sets",
+          "eda_plots", "balanced_splits")
 SOURCE = "bench_isic2024"
 
 
@@ -45,12 +49,37 @@ def _child(stage: str) -> int:
     return code
 
 
-def bench(n_images: int, work: Path, layout: str) -> list[dict]:
-    mirror = work / "mirror"
-    started = time.perf_counter()
+FACTS = "mirror-facts.json"
+
+
+def generate(mirror: Path, n_images: int, layout: str) -> dict:
+    """Generate a mirror and record its facts next to it, so a later run can reuse it."""
     facts = generate_isic2024_mirror(mirror, n_images, layout=layout)
+    (mirror / FACTS).write_text(json.dumps(facts), encoding="utf-8")
+    return facts
+
+
+def reusable(mirror: Path, n_images: int, layout: str) -> dict | None:
+    """The facts of a mirror generated before with the same size and layout, else None."""
+    try:
+        facts = json.loads((mirror / FACTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    same = facts.get("images") == n_images and facts.get("layout") == layout
+    return facts if same and all((mirror / name).is_file() for name in facts["files"].values()) else None
+
+
+def bench(n_images: int, work: Path, layout: str, mirror: Path | None = None, again: bool = False) -> list[dict]:
+    mirror = mirror or work / "mirror"
+    started = time.perf_counter()
+    facts = reusable(mirror, n_images, layout)
+    label = f"generate ({layout})"
+    if facts is None:
+        facts = generate(mirror, n_images, layout)
+    else:
+        label = f"generate ({layout}, reused)"
     generated = time.perf_counter() - started
-    rows = [{"stage": f"generate ({layout})", "seconds": generated, "peak_mib": None, "code": 0}]
+    rows = [{"stage": label, "seconds": generated, "peak_mib": None, "code": 0}]
     with serve_folder(mirror) as server:
         catalog = work / "catalog.yaml"
         files = "\n".join(f"      {role}: {server.url}/{name}" for role, name in facts["files"].items())
@@ -58,13 +87,14 @@ def bench(n_images: int, work: Path, layout: str) -> list[dict]:
         env = {**os.environ, "DAGSTER_HOME": str(work / "dagster_home"), "ISIC_DATA_DIR": str(work / "data"),
                "ISIC_CATALOG": str(catalog), "ISIC_SOURCES": SOURCE}
         (work / "dagster_home").mkdir(parents=True, exist_ok=True)
-        for stage in STAGES:
+        for stage, label in [(s, s) for s in STAGES] + ([(s, f"{s} (no change)") for s in STAGES] if again else []):
             proc = subprocess.run([sys.executable, __file__, "--child", stage], env=env, check=False,
                                   capture_output=True,
                                   text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             row = json.loads(lines[-1]) if lines else {"stage": stage, "seconds": None, "peak_mib": None,
                                                         "code": proc.returncode}
+            row["stage"] = label
             rows.append(row)
             print(json.dumps(row), flush=True)
             if row["code"]:
@@ -93,19 +123,23 @@ def main() -> int:
     parser.add_argument("--layout", choices=("kaggle", "challenge"), default="kaggle")
     parser.add_argument("--work", type=Path, default=None, help="kept afterwards when given")
     parser.add_argument("--generate-only", type=Path, default=None, metavar="DEST")
+    parser.add_argument("--mirror", type=Path, default=None, metavar="DIR",
+                        help="mirror folder: reused when generated before with the same --images and --layout")
+    parser.add_argument("--again", action="store_true",
+                        help="materialize every stage a second time with nothing changed (the re-run cost)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return _child(args.child)
     if args.generate_only:
-        print(json.dumps(generate_isic2024_mirror(args.generate_only, args.images, layout=args.layout)))
+        print(json.dumps(generate(args.generate_only, args.images, args.layout)))
         return 0
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
-        rows = bench(args.images, args.work, args.layout)
+        rows = bench(args.images, args.work, args.layout, args.mirror, args.again)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-isic2024-") as tmp:
-            rows = bench(args.images, Path(tmp), args.layout)
+            rows = bench(args.images, Path(tmp), args.layout, args.mirror, args.again)
     print(_table(args.images, rows))
     return 0
 

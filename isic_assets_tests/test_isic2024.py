@@ -255,3 +255,32 @@ def test_demo_isic2024_through_the_whole_graph(tmp_path):
     assert "## Image types" in card and "TBP tile: close-up" in card
     report = next((tmp_path / layout.EDA).rglob("*.html")).read_text()
     assert "Images per image type and class" in report
+
+
+def test_reading_in_chunks_gives_the_same_frame_and_names_the_first_bad_row(tmp_path, monkeypatch):
+    """Numeric columns are parsed chunk by chunk while reading; the result must not depend on where
+    the chunks fall, and a bad value is reported at its own line even when the supplement lists the
+    images in another order than the ground truth."""
+    from isic_assets.core.merge.harmonize import common
+    from isic_assets.demo.isic2024 import SUPPLEMENT_COLUMNS
+
+    _, rows = _rows()
+    kaggle = _write_csv(tmp_path / "m.csv", rows)
+    whole = harmonize_isic2024(kaggle)
+    monkeypatch.setattr(common, "_CHUNK_ROWS", 7)
+    chunked = harmonize_isic2024(kaggle)
+    pd.testing.assert_frame_equal(whole.frame, chunked.frame)
+    assert chunked.frame["tbp_lv_symm_2axis_angle"].dtype == np.int64
+    assert chunked.frame["tbp_lv_A"].dtype == np.float64
+
+    at = [HEADER_2024.index(name) for name in SUPPLEMENT_COLUMNS]
+    target = HEADER_2024.index("target")
+    truth = _write_csv(tmp_path / "gt.csv", [[row[0], row[target]] for row in rows], header=["isic_id", "malignant"])
+    supplement = [[row[i] for i in at] for row in reversed(rows)]  # the other order
+    thick = SUPPLEMENT_COLUMNS.index("mel_thick_mm")
+    supplement[N - 1 - 30][thick] = "thin"  # ids[30]: later in the ground truth's order
+    supplement[N - 1 - 3][thick] = "thick"  # ids[3]: first in the ground truth's order, line 38 here
+    path = _write_csv(tmp_path / "supplement.csv", supplement, header=SUPPLEMENT_COLUMNS)
+    with pytest.raises(HarmonizeError, match=r"supplement.csv: line 38: column 'mel_thick_mm': found 'thick', "
+                                             r"expected a number or empty .* \(1 more such rows\)"):
+        harmonize_isic2024(path, truth)

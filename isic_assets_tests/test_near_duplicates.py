@@ -79,6 +79,54 @@ def test_planted_copies_are_found_and_look_alikes_are_not(archive, tmp_path):
     assert report.hashed == 15
 
 
+def _edited(rgb: np.ndarray, window: tuple[float, float, float, float] = (0, 0, 1, 1), scale: float = 1.0,
+            contrast: float = 1.0, brightness: float = 0.0, quality: int | None = None) -> np.ndarray:
+    """``rgb`` cropped to ``window`` (x0, y0, x1, y1 as fractions), resized, recoloured and re-encoded."""
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = window
+    out = rgb[int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)]
+    out = cv2.resize(out, (int(out.shape[1] * scale), int(out.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    out = np.clip(out.astype(np.float32) * contrast + brightness, 0, 255).astype(np.uint8)
+    if quality is not None:
+        out = cv2.imdecode(np.frombuffer(encode_jpeg(out, quality), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+# Each edit kind at the far end of the range the search promises (crop up to 10% of each side, from
+# any side; resize to 50%; contrast and brightness within 10%; JPEG quality down to 60).
+EDITS = {
+    "reencode": [{"quality": 60}, {"quality": 75}],
+    "resize": [{"scale": 0.5}, {"scale": 0.9}],
+    "crop": [{"window": (0.0, 0.0, 0.9, 0.9)}, {"window": (0.1, 0.1, 1.0, 1.0)}, {"window": (0.1, 0.0, 1.0, 0.9)},
+             {"window": (0.0, 0.05, 0.9, 0.95)}, {"window": (0.05, 0.0, 0.95, 1.0)}],
+    "colour": [{"contrast": 0.9, "brightness": 25.0}, {"contrast": 1.1, "brightness": -25.0}],
+    "all": [{"window": (0.1, 0.0, 1.0, 0.9), "scale": 0.5, "contrast": 1.1, "brightness": -25.0, "quality": 60},
+            {"window": (0.0, 0.1, 0.9, 1.0), "scale": 0.7, "contrast": 0.9, "brightness": 25.0, "quality": 70}],
+}
+
+
+def test_every_planted_copy_of_each_edit_kind_is_found_among_look_alikes(tmp_path):
+    """A regression guard for recall and precision: one copy per edit above, among 30 look-alike lesions."""
+    (tmp_path / "images").mkdir()
+    planted: dict[tuple[str, str], str] = {}
+    rows = []
+    edits = [(kind, how) for kind, hows in EDITS.items() for how in hows]
+    bases = [synth_dermoscopy(picture_rng(11, f"lesion{i}"), 400, 300) for i in range(30)]
+    pictures = {f"ISIC_{i:07d}": _transformed(rgb) for i, rgb in enumerate(bases)}
+    for k, (kind, how) in enumerate(edits):
+        copy_id = f"ISIC_{100 + k:07d}"
+        pictures[copy_id] = _transformed(_edited(bases[k], **how))
+        planted[(f"ISIC_{k:07d}", copy_id)] = kind
+    for isic_id, data in pictures.items():
+        (tmp_path / "images" / f"{isic_id}.jpg").write_bytes(data)
+        rows.append({"isic_id": isic_id, "image": f"images/{isic_id}.jpg", "sha256": isic_id})
+    report = nd.find_near_duplicates(pd.DataFrame(rows), tmp_path, tmp_path / "state")
+    found = set(zip(report.pairs["isic_id_a"], report.pairs["isic_id_b"], strict=True))
+    missed = {kind: sorted(p for p, k in planted.items() if k == kind and p not in found) for kind in EDITS}
+    assert not any(missed.values()), f"planted copies not found, by edit: {missed}"
+    assert found - planted.keys() == set(), "look-alike lesions reported as copies"
+
+
 def test_a_rerun_hashes_and_checks_nothing_again(archive, tmp_path):
     root, images, _ = archive
     first = nd.find_near_duplicates(images, root, tmp_path / "state")
@@ -91,10 +139,23 @@ def test_a_rerun_hashes_and_checks_nothing_again(archive, tmp_path):
     assert third.hashed == 1
 
 
+def test_a_torn_signature_record_is_cut_off_and_that_image_hashed_again(archive, tmp_path):
+    """A run killed mid-append leaves part of a record: the next run drops it, keeps the rest, finds the same pairs."""
+    root, images, planted = archive
+    state = tmp_path / "state"
+    nd.find_near_duplicates(images, root, state)
+    store = state / nd.HASHES_STATE
+    store.write_bytes(store.read_bytes()[:-100])  # the last record cut short
+    again = nd.find_near_duplicates(images, root, state)
+    assert again.hashed == 1
+    assert set(zip(again.pairs["isic_id_a"], again.pairs["isic_id_b"], strict=True)) == planted
+    assert store.stat().st_size % nd.SignatureStore(store).dtype.itemsize == 0
+
+
 def test_pairs_join_one_leakage_group_and_the_check_sees_them():
     metadata = pd.DataFrame({"isic_id": ["ISIC_1", "ISIC_2", "ISIC_3"], "patient_id": ["", "", ""]})
     pairs = pd.DataFrame({"isic_id_a": ["ISIC_1"], "isic_id_b": ["ISIC_3"], "distance": ["4"],
-                          "method": [nd.METHOD], "inliers": ["80"]})
+                          "method": [nd.METHOD], "similarity": ["0.99"]})
     groups = build_groups(metadata, None, pairs)
     assert groups["ISIC_1"] == groups["ISIC_3"] != groups["ISIC_2"]
     manifest = pd.DataFrame({"isic_id": ["ISIC_1", "ISIC_2", "ISIC_3"], "split": ["train", "train", "test"]})
@@ -180,7 +241,7 @@ def test_dagster_run_groups_or_drops_the_pairs_and_the_check_rereads_them(tmp_pa
     a = placed.loc[placed["split"] == "train", "isic_id"].iloc[0]
     b = placed.loc[placed["split"] == "test", "isic_id"].iloc[0]
     pd.concat([pairs, pd.DataFrame([{"isic_id_a": min(a, b), "isic_id_b": max(a, b), "distance": "3",
-                                     "method": nd.METHOD, "inliers": "90"}])]).to_csv(
+                                     "method": nd.METHOD, "similarity": "0.99"}])]).to_csv(
         root / "merged_data" / "near_duplicates.csv", index=False)
     from isic_assets.defs.checks import no_leakage
 

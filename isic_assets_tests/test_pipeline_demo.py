@@ -8,6 +8,7 @@ the generator, not against numbers copied from a previous run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -371,3 +372,57 @@ def test_zip_bomb_limit_fails_the_merge_with_the_config_to_change(own_data_dir):
     assert ".zip" in message and "max_member_mb" in message
     metadata = pd.read_csv(data_dir / layout.MERGED / "metadata.csv", dtype=str)
     assert len(metadata) > 500, "the refused run must leave the previous outputs untouched"
+
+
+def _outputs(data_dir: Path) -> dict[str, str]:
+    """sha256 of every file the graph wrote, by path relative to the data root.
+
+    Left out: the downloads and the mirror (inputs), run logs, `_state/` journals, the data-root
+    lock (its owner is a run id) and the EDA figures and report (the data root's path is in them).
+    """
+    import hashlib
+
+    skip = {layout.DEMO_MIRROR, layout.DOWNLOADS, layout.LOGS, layout.STATE_DIR, layout.EDA, ".lock"}
+    return {p.relative_to(data_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(data_dir.rglob("*"))
+            if p.is_file() and not skip & set(p.relative_to(data_dir).parts)}
+
+
+def _warnings(instance: dg.DagsterInstance, result: dg.ExecuteInJobResult) -> list[str]:
+    return [e.user_message for e in instance.all_logs(result.run_id)
+            if e.level == logging.WARNING and e.user_message]
+
+
+def test_a_data_root_with_spaces_and_non_ascii_characters_gives_the_same_outputs(demo_runs, tmp_path, monkeypatch):
+    """ISIC_DATA_DIR with spaces and accents, as a user's home folder may have: every stage, same bytes."""
+    baseline = _outputs(demo_runs[0])
+    root = tmp_path / "données patients" / "ü 1"
+    monkeypatch.setenv(layout.DATA_DIR_ENV, str(root))
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks], instance=instance,
+            resources={"isic": IsicSettings(sources="demo")}, selection="*", raise_on_error=False,
+        )
+    assert result.success
+    assert root.is_dir() and (root / layout.SPLITS_DIR / layout.MANIFEST_CSV).is_file()
+    assert _outputs(root) == baseline
+    assert _metadata(result, "merged_images")["path"].startswith(str(root))
+
+
+def test_a_data_root_without_hard_links_copies_the_splits_and_says_so(demo_runs, tmp_path):
+    """An exFAT data root (a USB disk, an SD card): link() fails with EPERM, so the splits are copies,
+    the run warns once, and every output is byte-identical to a run on a filesystem with links."""
+    from .tmpfs_support import mounted_exfat
+
+    baseline_root = demo_runs[0]
+    baseline = _outputs(baseline_root)
+    linked = next((baseline_root / layout.SPLITS_DIR / "train").rglob("*.jpg"))
+    assert linked.stat().st_nlink > 1, "the baseline's splits are hard links on this filesystem"
+    with mounted_exfat(tmp_path / "usb disk", 1024) as root, dg.instance_for_test() as instance:
+        result = _materialize(root, instance)
+        assert result.success
+        assert _outputs(root) == baseline
+        split_files = list((root / layout.SPLITS_DIR).glob("*/*/*.jpg"))
+        assert split_files and all(p.stat().st_nlink == 1 for p in split_files)
+        said = [w for w in _warnings(instance, result) if "refused a hard link" in w]
+        assert len(said) == 1 and "EPERM" in said[0] and "copied instead" in said[0], _warnings(instance, result)

@@ -15,7 +15,8 @@ from ..core import layout
 from ..core.atomic import atomic_open
 from ..core.splits.near_duplicates import (
     DEFAULT_MAX_DISTANCE,
-    DEFAULT_MIN_INLIERS,
+    DEFAULT_MAX_FINE_DISTANCE,
+    DEFAULT_MIN_SIMILARITY,
     PAIR_COLUMNS,
     find_near_duplicates,
 )
@@ -30,21 +31,23 @@ REVIEW_TILE = 64
 
 
 class NearDuplicatesConfig(dg.Config):
-    """How close two hashes must be to be compared, and how much geometry must agree to call it a copy."""
+    """How close two hashes must be to be compared, and how alike the aligned detail must be to call it a copy."""
 
     max_distance: int = Field(default=DEFAULT_MAX_DISTANCE, ge=0, le=16,
-                              description="Candidate radius in bits of the 64-bit DCT hash.")
-    min_inliers: int = Field(default=DEFAULT_MIN_INLIERS, ge=4,
-                             description="Keypoint matches one crop-and-scale must explain to confirm a pair.")
+                              description="Candidate radius in bits of the 64-bit window keys.")
+    max_fine_distance: int = Field(default=DEFAULT_MAX_FINE_DISTANCE, ge=0, le=256,
+                                   description="Bits of the 256-bit window hash a candidate may differ by.")
+    min_similarity: float = Field(default=DEFAULT_MIN_SIMILARITY, ge=0.0, le=1.0,
+                                  description="Correlation of the aligned fine detail that confirms a pair.")
 
 
 @dg.asset(
     deps=[transformed_images],
     group_name=GROUP,
-    code_version="1",
+    code_version="2",
     kinds={"python", "csv"},
     description="merged_data/near_duplicates.csv: pairs of different ids showing the same photo re-encoded, "
-                "resized, cropped or recoloured (DCT-hash candidates confirmed by keypoint geometry).",
+                "resized, cropped or recoloured (windowed DCT-hash candidates confirmed by aligned detail).",
     pool=WRITE_POOL,
     automation_condition=DOWNSTREAM_AUTOMATION,
     owners=OWNERS,
@@ -57,7 +60,8 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
     images = layout.read_table(transformed / layout.METADATA_CSV)
     report = find_near_duplicates(
         images, transformed, root / layout.MERGED / layout.STATE_DIR,
-        max_distance=config.max_distance, min_inliers=config.min_inliers, log=context.log.info,
+        max_distance=config.max_distance, max_fine_distance=config.max_fine_distance,
+        min_similarity=config.min_similarity, log=context.log.info,
     )
     for isic_id in report.unreadable[:20]:
         context.log.warning(f"near-duplicates: {isic_id} does not decode and was not compared")
@@ -86,7 +90,7 @@ def review_sheet(pairs: pd.DataFrame, transformed: Path, images: pd.DataFrame, l
     if pairs.empty:
         return "no near-duplicate pairs"
     where = images.drop_duplicates("isic_id").set_index("isic_id")["image"]
-    lines = ["| pair | bits | matches | images |", "|---|---:|---:|---|"]
+    lines = ["| pair | bits of 256 | similarity | images |", "|---|---:|---:|---|"]
     for row in pairs.head(limit).itertuples(index=False):
         tiles = []
         for isic_id in (row.isic_id_a, row.isic_id_b):
@@ -95,6 +99,6 @@ def review_sheet(pairs: pd.DataFrame, transformed: Path, images: pd.DataFrame, l
         buffer = io.BytesIO()
         Image.fromarray(np.concatenate(tiles, axis=1)).save(buffer, format="JPEG", quality=75)
         encoded = base64.b64encode(buffer.getvalue()).decode()
-        lines.append(f"| {row.isic_id_a} / {row.isic_id_b} | {row.distance} | {row.inliers} | "
+        lines.append(f"| {row.isic_id_a} / {row.isic_id_b} | {row.distance} | {row.similarity} | "
                      f"![pair](data:image/jpeg;base64,{encoded}) |")
     return "\n".join(lines) + f"\n\n{len(pairs)} pair(s) in total; the {min(limit, len(pairs))} closest shown."

@@ -81,8 +81,8 @@ class IsicSettings(dg.ConfigurableResource):
         """
         found = run_validation.problems(run_config, self.data_dir, self.selected_sources)
         if found:
-            # A Failure, not a retryable error: no retry can fix a setting.
-            raise dg.Failure(description=run_validation.report(found), allow_retries=False)
+            # Reported in a few lines, without Dagster's stack frames; no retry can fix a setting.
+            raise run_validation.RunSettingsError(found)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """In a run, hold the data root's lock: a run that bypasses the queue (CLI) waits here instead

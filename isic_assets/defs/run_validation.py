@@ -8,6 +8,10 @@ initialises its resources, which the in-process executor does before any step st
 result into one short error.
 
 Each problem names the setting or file, the bad value and what is accepted.
+
+The error is reported without a stack trace (:class:`RunSettingsError`): it says everything a user
+needs, and Dagster's frames around it (about 90 lines, twice) would bury it. Every other error keeps
+its full traceback.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pydantic
+from dagster._core.errors import DagsterUserCodeProcessError
+from dagster._utils.error import SerializableErrorInfo
 
 from ..core import layout
 from ..core.sources.catalog import CatalogError
 
-# At most this many lines per problem: a pydantic error on a nested field can be long.
-_MAX_PROBLEM_CHARS = 400
+# At most this many characters per problem: a pydantic error on a nested field can be long, and a
+# list of every accepted name (the catalog's sources, about 420) must still show whole.
+_MAX_PROBLEM_CHARS = 800
 
 
 def config_classes() -> dict[str, type]:
@@ -138,3 +145,20 @@ def report(found: list[str]) -> str:
     """The user-facing message: one line per problem, then what happens."""
     lines = [f"  - {p}" for p in found]
     return "\n".join(["this run's settings are not usable, so it stops before any step:", *lines])
+
+
+class RunSettingsError(DagsterUserCodeProcessError):
+    """This run's settings are wrong: the run fails with :func:`report`'s lines and no stack trace.
+
+    Dagster prints an error raised while resources initialise with every frame between the raise and
+    the run's top level, once as the resource's failure and again as the run's cause. An error of
+    the kind Dagster uses for failures relayed from another process is instead reported as the
+    error info it carries, here one with no stack (docs/DAGSTER_NOTES.md, "Short settings errors").
+    It is a DagsterError, so Dagster re-raises it unwrapped; the run fails before any step starts.
+    """
+
+    def __init__(self, found: list[str]) -> None:
+        message = report(found)
+        info = SerializableErrorInfo(message=message, stack=[], cls_name=type(self).__name__)
+        super().__init__(message, user_code_process_error_infos=[info])
+        self.problems = list(found)

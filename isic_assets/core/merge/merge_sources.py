@@ -304,24 +304,21 @@ def build_metadata(
     combined: pd.DataFrame, kept: Mapping[str, dict[str, Any]], order: Mapping[str, int]
 ) -> pd.DataFrame:
     """One row per kept image: combined metadata (or empty where an image had none) + file facts."""
-    facts = pd.DataFrame(
-        [
-            {
-                "isic_id": isic_id,
-                "source": rec["source"],
-                "image_sources": rec["image_sources"],
-                "image": f"images/{isic_id}{rec['ext']}",
-                "width": rec["width"],
-                "height": rec["height"],
-                "sha256": rec["sha256"],
-                "file_bytes": rec["file_bytes"],
-                "exif_orientation": rec["exif_orientation"],
-            }
-            for isic_id, rec in sorted(kept.items())
-        ],
-        columns=["isic_id", "source", "image_sources", "image", "width", "height", "sha256", "file_bytes",
-                 "exif_orientation"],
-    )
+    # Column by column: a dict per image would cost about 600 bytes each at the merge's peak.
+    ids = sorted(kept)
+    records = [kept[isic_id] for isic_id in ids]
+    columns: dict[str, list[Any]] = {
+        "isic_id": ids,
+        "source": [rec["source"] for rec in records],
+        "image_sources": [rec["image_sources"] for rec in records],
+        "image": [f"images/{isic_id}{rec['ext']}" for isic_id, rec in zip(ids, records, strict=True)],
+        **{name: [rec[name] for rec in records] for name in ("width", "height", "sha256", "file_bytes",
+                                                             "exif_orientation")},
+    }
+    del records
+    facts = pd.DataFrame(columns) if ids else pd.DataFrame(
+        [], columns=["isic_id", "source", "image_sources", "image", "width", "height", "sha256", "file_bytes",
+                     "exif_orientation"])
     meta = combined.drop(columns=[c for c in ("source",) if c in combined.columns])
     frame = facts.merge(meta, on="isic_id", how="left")
     meta_sources = frame["sources"] if "sources" in frame else pd.Series("", index=frame.index)

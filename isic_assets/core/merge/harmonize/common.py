@@ -12,7 +12,7 @@ import csv
 import io
 import re
 import zipfile
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -102,6 +102,8 @@ class _Table:
     frame: pd.DataFrame
     lines: np.ndarray
     blank_lines: int
+    # Columns parsed into float64 while reading (``_read_table(numeric_columns=...)``).
+    numeric: Mapping[str, NumericColumn] = field(default_factory=dict)
 
     def line(self, position: int) -> int:
         return int(self.lines[position])
@@ -178,24 +180,135 @@ def _decode(label: str, data: bytes) -> str:
         ) from exc
 
 
+# A line and its ending as io.StringIO(newline="") splits them (\r\n, \r or \n), or a last unended line.
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` for csv.reader, one at a time.
+
+    io.StringIO would copy the whole text into a 4-byte-per-character buffer: 180 MB for the
+    45 MB metadata CSV of 100k ISIC 2024 images, more than the table it becomes.
+    """
+    for match in _LINE.finditer(text):
+        yield match.group()
+
+
+_CHUNK_ROWS = 8192  # rows parsed before they are turned into compact columns
+_SHARED_VALUES = 4096  # distinct values per column shared as one object; beyond that, ids or numbers
+
+
+@dataclass(frozen=True)
+class NumericColumn:
+    """What parsing a documented numeric column left behind besides its float64 values.
+
+    ``bad`` flags the rows whose value is neither a number nor a missing spelling (their raw text is
+    in ``bad_text`` by file line, for the error message); ``any_missing`` and ``any_dot`` decide, as
+    for a column of strings, whether whole numbers stay integers.
+    """
+
+    bad: np.ndarray
+    bad_text: Mapping[int, str]
+    any_missing: bool
+    any_dot: bool
+
+    def take(self, positions: np.ndarray) -> NumericColumn:
+        return NumericColumn(self.bad[positions], self.bad_text, self.any_missing, self.any_dot)
+
+
+class _ColumnBuilder:
+    """Rows in, compact columns out: chunks of parsed rows become one array per column.
+
+    Keeping every row as a list of strings costs about 7 KB per ISIC 2024 row (55 columns); here a
+    repeated value (a sex, a site, a patient id) is one shared object, and the documented numeric
+    columns are parsed chunk by chunk into float64 right away.
+    """
+
+    def __init__(self, header: list[str], numeric_columns: Collection[str]) -> None:
+        self.header = header
+        self.numeric = {name for name in header if name in numeric_columns}
+        self.chunks: dict[str, list[np.ndarray]] = {name: [] for name in header}
+        self.shared: dict[str, dict[str, str] | None] = {name: {} for name in header if name not in self.numeric}
+        self.bad: dict[str, list[np.ndarray]] = {name: [] for name in self.numeric}
+        self.bad_text: dict[str, dict[int, str]] = {name: {} for name in self.numeric}
+        self.any_missing = dict.fromkeys(self.numeric, False)
+        self.any_dot = dict.fromkeys(self.numeric, False)
+
+    def add(self, rows: list[list[str]], lines: list[int]) -> None:
+        if not rows:
+            return
+        for name, values in zip(self.header, zip(*rows, strict=True), strict=True):
+            if name in self.numeric:
+                self._add_numbers(name, values, lines)
+            else:
+                self._add_text(name, values)
+
+    def _add_text(self, name: str, values: tuple[str, ...]) -> None:
+        shared = self.shared[name]
+        array = np.empty(len(values), dtype=object)
+        if shared is None:
+            array[:] = values
+        else:
+            array[:] = [shared.setdefault(value, value) for value in values]
+            if len(shared) > _SHARED_VALUES:
+                self.shared[name] = None  # ids or measurements: nothing to share
+        self.chunks[name].append(array)
+
+    def _add_numbers(self, name: str, values: tuple[str, ...], lines: list[int]) -> None:
+        raw = pd.Series(np.array(values, dtype=object), dtype=object)
+        missing = raw.isin(vocab.MISSING_SPELLINGS)
+        numbers = pd.to_numeric(raw.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.isnan(numbers) & ~missing.to_numpy()
+        for position in np.flatnonzero(bad):
+            self.bad_text[name][lines[position]] = values[position]
+        self.chunks[name].append(numbers)
+        self.bad[name].append(bad)
+        self.any_missing[name] = self.any_missing[name] or bool(missing.any())
+        self.any_dot[name] = self.any_dot[name] or any("." in value for value in values)
+
+    def frame(self) -> tuple[pd.DataFrame, dict[str, NumericColumn]]:
+        data: dict[str, pd.Series] = {}
+        numeric: dict[str, NumericColumn] = {}
+        for name in self.header:
+            chunks = self.chunks.pop(name)
+            if name in self.numeric:
+                data[name] = pd.Series(np.concatenate(chunks) if chunks else np.empty(0), dtype=np.float64)
+                bad = np.concatenate(self.bad[name]) if chunks else np.zeros(0, dtype=bool)
+                numeric[name] = NumericColumn(bad, self.bad_text[name], self.any_missing[name], self.any_dot[name])
+            else:
+                data[name] = pd.Series(np.concatenate(chunks) if chunks else np.empty(0, dtype=object), dtype=object)
+        return pd.DataFrame(data, columns=self.header), numeric
+
+
 def _read_table(
     source: Source,
     role: str,
     *,
     headerless_columns: Sequence[str] | None = None,
+    numeric_columns: Collection[str] = (),
 ) -> _Table:
     """Parse a CSV into strings, keeping the file line of each row.
 
     The csv module is used instead of ``pd.read_csv`` because pandas silently skips blank lines,
     which would make the reported line numbers wrong. CRLF, a missing final newline and a UTF-8 BOM
     are all handled. Every value is a stripped string; nothing is converted to NaN here, so the
-    2020 label ``unknown`` survives (docs/ISIC_SOURCES.md 1.2).
+    2020 label ``unknown`` survives (docs/ISIC_SOURCES.md 1.2). The exception: ``numeric_columns``
+    present in the file are parsed into float64 as they are read (``_Table.numeric`` keeps what
+    the caller needs to judge them), so a 400k-row table of measurements is not held as text.
+    Rows are turned into columns every few thousand, so memory follows the table, not its text.
     """
     label, data = _source_bytes(source, role)
     text = _decode(label, data)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    records: list[list[str]] = []
-    lines: list[int] = []
+    del data  # the text is all that is needed from here on
+    reader = csv.reader(_lines(text))
+    header: list[str] | None = list(headerless_columns) if headerless_columns is not None else None
+    header_line = 0
+    builder = _ColumnBuilder(header, numeric_columns) if header is not None else None
+    rows: list[list[str]] = []
+    row_lines: list[int] = []
+    body_lines: list[int] = []
+    # Found while reading but raised after it, so an unreadable line further down is reported first.
+    wrong_width: tuple[int, list[str]] | None = None
     blank = 0
     previous_end = 0
     try:
@@ -205,51 +318,63 @@ def _read_table(
             if not record:
                 blank += 1
                 continue
-            records.append([value.strip() for value in record])
-            lines.append(start)
+            values = [value.strip() for value in record]
+            if header is None:
+                header, header_line = values, start
+                continue
+            if len(values) != len(header):
+                wrong_width = wrong_width or (start, values)
+                continue
+            if builder is None:
+                builder = _ColumnBuilder(header, numeric_columns) if len(set(header)) == len(header) else None
+            rows.append(values)
+            row_lines.append(start)
+            if len(rows) == _CHUNK_ROWS:
+                if builder is not None:
+                    builder.add(rows, row_lines)
+                body_lines += row_lines
+                rows, row_lines = [], []
     except csv.Error as exc:
         raise HarmonizeError(
             f"{label}: line {reader.line_num}: unreadable CSV ({exc})", file=label, line=reader.line_num
         ) from exc
+    del text
 
-    if headerless_columns is not None:
-        header = list(headerless_columns)
-        body, body_lines = records, lines
-    else:
-        if not records:
-            raise HarmonizeError(
-                f"{label}: line 1: the file is empty; expected a CSV header", file=label, line=1
-            )
-        header, body, body_lines = records[0], records[1:], lines[1:]
+    if header is None:
+        raise HarmonizeError(
+            f"{label}: line 1: the file is empty; expected a CSV header", file=label, line=1
+        )
+    if headerless_columns is None:
         seen: set[str] = set()
         for name in header:
             if name in seen:
                 raise HarmonizeError(
-                    f"{label}: line {lines[0]}: column {name!r} appears twice in the header {header}; "
+                    f"{label}: line {header_line}: column {name!r} appears twice in the header {header}; "
                     "expected unique column names",
                     file=label,
-                    line=lines[0],
+                    line=header_line,
                     column=name,
                 )
             seen.add(name)
     width = len(header)
-    for record, line in zip(body, body_lines, strict=True):
-        if len(record) != width:
-            raise HarmonizeError(
-                f"{label}: line {line}: found {len(record)} fields {record}; expected {width} "
-                f"(header {header})",
-                file=label,
-                line=line,
-                value=",".join(record),
-                expected=f"{width} fields",
-            )
+    if wrong_width is not None:
+        line, record = wrong_width
+        raise HarmonizeError(
+            f"{label}: line {line}: found {len(record)} fields {record}; expected {width} "
+            f"(header {header})",
+            file=label,
+            line=line,
+            value=",".join(record),
+            expected=f"{width} fields",
+        )
+    builder = builder or _ColumnBuilder(header, numeric_columns)
+    builder.add(rows, row_lines)
+    body_lines += row_lines
+    del rows
     # object dtype while validating (building Arrow strings per step is slow); _assemble converts.
-    frame = (
-        pd.DataFrame(body, columns=header, dtype=object)
-        if body
-        else pd.DataFrame({name: pd.Series([], dtype=object) for name in header})
-    )
-    return _Table(label=label, frame=frame, lines=np.asarray(body_lines, dtype=np.int64), blank_lines=blank)
+    frame, numeric = builder.frame()
+    return _Table(label=label, frame=frame, lines=np.asarray(body_lines, dtype=np.int64), blank_lines=blank,
+                  numeric=numeric)
 
 
 def _require_columns(table: _Table, required: Collection[str], what: str) -> None:
@@ -274,8 +399,9 @@ def _value_error(table: _Table, mask: np.ndarray | pd.Series, column: str, expec
         return
     position = int(np.argmax(flags))
     count = int(flags.sum())
-    value = str(table.frame[column].iloc[position])
     line = table.line(position)
+    parsed = table.numeric.get(column)
+    value = parsed.bad_text[line] if parsed is not None else str(table.frame[column].iloc[position])
     more = f" ({count - 1} more such rows)" if count > 1 else ""
     raise HarmonizeError(
         f"{table.label}: line {line}: column {column!r}: found {value!r}, expected {expected}{more}",

@@ -94,7 +94,8 @@ class _Columns:
                 _id_mismatch(label_table, label_ids, table, ids, both_ways=True)
                 positions = pd.Index(ids).get_indexer(label_ids.to_numpy())
                 table = _Table(label=table.label, frame=table.frame.iloc[positions].reset_index(drop=True),
-                               lines=table.lines[positions], blank_lines=table.blank_lines)
+                               lines=table.lines[positions], blank_lines=table.blank_lines,
+                               numeric={name: parsed.take(positions) for name, parsed in table.numeric.items()})
             for name in table.frame.columns:
                 self.owner.setdefault(name, table)
 
@@ -181,6 +182,14 @@ def _typed(table: _Table, name: str) -> pd.Series:
     raw = table.frame[name].reset_index(drop=True)
     if name in TEXT_COLUMNS:
         return _missing_to_empty(raw).astype("str")
+    parsed = table.numeric.get(name)
+    if parsed is not None:
+        # Parsed while reading (NUMERIC_COLUMNS): the same judgement, on the facts kept from the text.
+        _value_error(table, parsed.bad, name, "a number or empty (docs/ISIC_SOURCES.md 1.6)")
+        whole = raw.dropna()
+        if len(whole) and (whole == whole.round()).all() and not parsed.any_missing and not parsed.any_dot:
+            return raw.astype("int64")
+        return raw.astype("float64")
     missing = raw.isin(vocab.MISSING_SPELLINGS)
     numbers = pd.to_numeric(raw.where(~missing), errors="coerce")
     bad = (numbers.isna() & ~missing).to_numpy()
@@ -210,7 +219,8 @@ def harmonize_isic2024(
                          ("embedded_metadata", embedded_metadata)):
         if source is None:
             continue
-        table = _read_table(source, "metadata" if role == "embedded_metadata" else role)
+        table = _read_table(source, "metadata" if role == "embedded_metadata" else role,
+                            numeric_columns=NUMERIC_COLUMNS)
         _require_columns(table, ["isic_id"], f"an ISIC 2024 {role.replace('_', ' ')} CSV")
         ids, names, removed = _ids(table, "isic_id")
         if written is None:
