@@ -13,7 +13,9 @@ machine when there is one (the load seen is reported):
   (cluster start included) and for the processing phase alone (from "running on the cluster" to
   the end, probe and state included);
 - an external cluster: a ``dask scheduler`` and two ``dask worker --nthreads 1`` processes
-  started once before the rounds, as a user's cluster would be.
+  started once before the rounds, as a user's cluster would be;
+- ``dask-local`` with 2 workers spawned (Dask's default start method) instead of forked: what the
+  step did before its workers were forked, for the before/after comparison.
 
 The 64 jobs reuse 8 generated 4000x3000 pictures under distinct ids (bench_transform.py's
 synthetic dermoscopy images), so the sources stay in the page cache and the figures are the
@@ -45,6 +47,7 @@ from isic_assets.core.transform.runner import transform_images
 
 SIZE = (4000, 3000)
 SETTINGS = TransformSettings(size=256, mode="pad")
+SPAWNED = "dask-local-spawned"
 
 
 def _free_port() -> int:
@@ -89,6 +92,10 @@ class ExternalCluster:
 
 def _run(jobs, out: Path, workers: int, compute: str) -> tuple[float, float]:
     """(end-to-end seconds, processing-phase seconds) of one transform run into a fresh folder."""
+    from isic_assets.core.compute import dask_cluster
+
+    dask_cluster.LOCAL_START_METHOD = "spawn" if compute == SPAWNED else "fork"
+    compute = "dask-local" if compute == SPAWNED else compute
     shutil.rmtree(out, ignore_errors=True)
     marks: dict[str, float] = {}
 
@@ -126,6 +133,7 @@ def main() -> None:
             ("dask-local, 1 worker", 1, "dask-local"),
             ("dask-local, 2 workers", 2, "dask-local"),
             ("external scheduler, 2 workers x 1 thread", 2, cluster.address),
+            ("dask-local, 2 workers, spawned (before)", 2, SPAWNED),
         ]
         times: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in engines}
         loads = []

@@ -11,9 +11,10 @@ network pattern, hairs, a dermoscope vignette on half of them, sensor noise; Pil
 
 - 1 core: the process is pinned to one CPU, OpenCV to one thread; naive and fast run interleaved
   round by round and the speedup is the median of per-round ratios (robust to a noisy shared box).
-  "fast" is ``transform_job``: read + sha256 + power-of-two DCT decode + resize + q95 encode +
-  atomic write + pixel sums, i.e. everything a worker does per image. "naive" is
-  ``naive_transform``: cv2.imread + full-size cvtColor + INTER_AREA + cv2.imwrite q95.
+  "fast" is ``one_image.transform_job``: read + sha256 + power-of-two DCT decode + resize + q95
+  encode + atomic write + pixel sums, i.e. everything a worker does per image. "naive" is
+  ``naive_baseline.naive_transform`` (checked first to make the same geometry): cv2.imread +
+  full-size cvtColor + INTER_AREA + cv2.imwrite q95.
 - 2 processes: ``transform_images`` end to end (pool start, state, normalization.json included)
   with 1 and 2 workers, against the naive function on a 2-process fork pool. Each round waits
   for the rest of the machine to be idle (docs/PERFORMANCE.md 7), and reports the load it saw.
@@ -48,7 +49,10 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from isic_assets.core.transform import runner as transform
 
+from naive_baseline import check_same_geometry, naive_transform
+
 from isic_assets.core.transform.image_ops import TransformSettings, pad_to_square, transform_bytes
+from isic_assets.core.transform.one_image import transform_job
 
 SIZES = [(6000, 4000), (4000, 3000), (1024, 768), (600, 450)]
 COUNTS = {(6000, 4000): 3, (4000, 3000): 3, (1024, 768): 8, (600, 450): 8}
@@ -190,7 +194,7 @@ def _naive_all(jobs: list[transform.TransformJob], out: Path, mode: str) -> None
 def _fast_all(jobs: list[transform.TransformJob], out: Path, settings: TransformSettings) -> None:
     fingerprint = settings.fingerprint()
     for job in jobs:
-        transform.transform_job(job, out, settings, fingerprint)
+        transform_job(job, out, settings, fingerprint)
 
 
 def _naive_pool(args: list[tuple[Path, Path, str]], chunk: int) -> None:
@@ -200,7 +204,7 @@ def _naive_pool(args: list[tuple[Path, Path, str]], chunk: int) -> None:
 
 
 def _naive_task(args: tuple[Path, Path, str]) -> None:
-    transform.naive_transform(args[0], args[1], TARGET, mode=args[2])
+    naive_transform(args[0], args[1], TARGET, mode=args[2])
 
 
 def _init_naive_worker() -> None:
@@ -366,6 +370,7 @@ def main() -> None:
     IDLE_WAIT["enabled"] = not args.no_wait
     counts = {size: (1 if args.quick else n) for size, n in COUNTS.items()}
     rounds = 2 if args.quick else 5
+    check_same_geometry()
     cv2.setNumThreads(1)
     all_cpus = os.sched_getaffinity(0)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_transform_"))

@@ -99,7 +99,7 @@ class Misbehave(WorkerPlugin):
     def setup(self, worker=None) -> None:
         import hashlib
 
-        from isic_assets.core.transform import runner
+        from isic_assets.core.transform import one_image as runner
 
         real = getattr(runner, "_real_transform_bytes", runner.transform_bytes)
         runner._real_transform_bytes = real
@@ -126,7 +126,7 @@ class Misbehave(WorkerPlugin):
         runner.transform_bytes = patched
 
     def teardown(self, worker=None) -> None:
-        from isic_assets.core.transform import runner
+        from isic_assets.core.transform import one_image as runner
 
         if hasattr(runner, "_real_transform_bytes"):
             runner.transform_bytes = runner._real_transform_bytes

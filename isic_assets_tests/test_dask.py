@@ -188,6 +188,25 @@ def test_an_image_that_kills_every_worker_is_set_aside_with_the_reason_and_the_r
     assert (again.processed, again.skipped, again.quarantine) == (1, 9, [])
 
 
+def test_an_image_that_hangs_past_the_time_limit_on_a_dask_worker_is_set_aside_and_the_run_goes_on(
+    tmp_path: Path, cluster
+) -> None:
+    """The per-image time limit holds on Dask as on the local pool: the hung worker process is ended
+    by the kernel, and the image is set aside after the bounded number of deaths."""
+    jobs = _make_jobs(tmp_path, 4)
+    stuck = jobs[1]
+    client = _with_plugin(cluster, Misbehave(stuck.src_sha256, "hang", str(tmp_path / "never-created")))
+    try:
+        report = transform_images(jobs, tmp_path / "out", SETTINGS, log=_quiet,
+                                  compute=parse_compute(cluster.address), time_limit_s=2.0)
+    finally:
+        _without_plugin(client, cluster)
+    assert report.processed == 3
+    assert [row.isic_id for row in report.quarantine] == [stuck.isic_id]
+    assert "time limit of 2 s" in report.quarantine[0].reason
+    assert report.worker_restarts >= 1
+
+
 def test_a_lost_scheduler_fails_the_step_and_the_next_run_redoes_only_what_was_unfinished(tmp_path: Path) -> None:
     jobs = _make_jobs(tmp_path, 12)
     hung = jobs[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 from pathlib import Path
 
@@ -245,3 +246,47 @@ def test_missing_source_fails_before_anything_is_written(setup):
     with pytest.raises(FileNotFoundError, match="transformed_images"):
         write_splits(plan, meta, src, out)
     assert not out.exists()
+
+
+def _copy_with_the_real_pipeline(source: Path, destination: Path, seed: int) -> None:
+    from isic_assets.core.transform.augment import augment_file
+
+    augment_file(source, destination, seed)
+
+
+def _kill_on_seed(bad_seed: int, source: Path, destination: Path, seed: int) -> None:
+    if seed == bad_seed:
+        os._exit(70)  # a crash in the augmentation, as a segfault would
+    _copy_with_the_real_pipeline(source, destination, seed)
+
+
+def test_oversampling_copies_made_on_worker_processes_are_the_bytes_made_in_the_step(setup):
+    """The copies are per-image work mapped over the engine: on a fork pool of real processes the
+    folder (copies and their record) is byte-identical to copies made one by one in the step."""
+    from isic_assets.core.compute.engine import open_engine
+    from isic_assets.core.compute.setting import ComputeChoice
+
+    meta, src, out = setup
+    plan = _plan(meta, strategy="oversample", seed=3)
+    assert plan.manifest["is_augmented"].sum() > 4
+    write_splits(plan, meta, src, out, _copy_with_the_real_pipeline)
+    pooled = out.parent / "pooled"
+    opened = []
+
+    def engine():
+        opened.append(True)
+        return open_engine(ComputeChoice("local"), 2, pooled, lambda _m: None)
+
+    report = write_splits(plan, meta, src, pooled, _copy_with_the_real_pipeline, open_engine=engine)
+    assert opened and report.augmented_written == plan.manifest["is_augmented"].sum()
+    assert _snapshot(pooled) == _snapshot(out)
+    opened.clear()
+    again = write_splits(plan, meta, src, pooled, _copy_with_the_real_pipeline, open_engine=engine)
+    assert not opened and again.augmented_unchanged == report.augmented_written  # nothing to make: no pool
+
+    broken = out.parent / "broken"
+    bad_seed = int(plan.manifest.loc[plan.manifest["is_augmented"], "aug_seed"].iloc[2])
+    with pytest.raises(RuntimeError, match="killed its worker process"):
+        write_splits(plan, meta, src, broken, functools.partial(_kill_on_seed, bad_seed),
+                     open_engine=lambda: open_engine(ComputeChoice("local"), 2, broken, lambda _m: None))
+    assert not (broken / split_writer.AUGMENT_STATE_NAME).exists()

@@ -19,7 +19,7 @@ from PIL import Image
 
 from isic_assets.core.merge import image_check
 from isic_assets.core.merge.merge_sources import MergeOptions, SourceArchive, merge_sources
-from isic_assets.core.transform import runner
+from isic_assets.core.transform import one_image
 from isic_assets.core.transform.image_ops import TransformSettings
 from isic_assets.core.transform.runner import TransformJob, transform_images
 
@@ -34,7 +34,7 @@ def _jpeg(seed: int, width: int = 64, height: int = 48) -> bytes:
 
 
 def test_transform_quarantines_an_image_past_the_time_limit_and_goes_on(tmp_path: Path, monkeypatch) -> None:
-    real = runner.transform_bytes
+    real = one_image.transform_bytes
 
     def hangs_on_one(data: bytes, settings, orientation=1):
         with Image.open(io.BytesIO(data)) as image:
@@ -42,7 +42,7 @@ def test_transform_quarantines_an_image_past_the_time_limit_and_goes_on(tmp_path
                 time.sleep(60)  # hangs: only SIGALRM's default action ends it before then
         return real(data, settings, orientation)
 
-    monkeypatch.setattr(runner, "transform_bytes", hangs_on_one)
+    monkeypatch.setattr(one_image, "transform_bytes", hangs_on_one)
     src = tmp_path / "src"
     src.mkdir()
     jobs = []

@@ -20,12 +20,11 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from isic_assets.core.transform import runner as transform
+from isic_assets.core.transform import one_image
 from isic_assets.core.transform.image_ops import TransformSettings, transform_bytes
 from isic_assets.core.transform.runner import (
     NORMALIZATION_FILE,
     TransformJob,
-    naive_transform,
     transform_images,
 )
 
@@ -240,14 +239,14 @@ def test_a_worker_that_dies_on_an_image_loses_nothing_and_the_next_run_does_only
     file, and the next run (crash gone) must process exactly the one image left."""
     jobs = _make_jobs(tmp_path, 24)
     killer = jobs[9].src.read_bytes()
-    real = transform.transform_bytes
+    real = one_image.transform_bytes
 
     def crashing(data: bytes, settings: TransformSettings, exif_orientation: int = 1):
         if data == killer:
             os._exit(70)
         return real(data, settings, exif_orientation)
 
-    monkeypatch.setattr(transform, "transform_bytes", crashing)  # inherited by the forked workers
+    monkeypatch.setattr(one_image, "transform_bytes", crashing)  # inherited by the forked workers
     out = tmp_path / "out"
     report = transform_images(jobs, out, SETTINGS, workers=2, log=_quiet)
     assert report.worker_restarts >= 1
@@ -257,7 +256,7 @@ def test_a_worker_that_dies_on_an_image_loses_nothing_and_the_next_run_does_only
     _assert_clean_outputs(out)
     assert len(list((out / "images").iterdir())) == 23
 
-    monkeypatch.setattr(transform, "transform_bytes", real)
+    monkeypatch.setattr(one_image, "transform_bytes", real)
     resumed = transform_images(jobs, out, SETTINGS, workers=2, log=_quiet)
     assert (resumed.processed, resumed.skipped, resumed.quarantined) == (1, 23, 0)
     _assert_clean_outputs(out)
@@ -270,7 +269,7 @@ def test_a_worker_killed_once_by_the_system_is_retried_and_the_run_completes(
     flight are retried alone and succeed, so nothing is quarantined."""
     jobs = _make_jobs(tmp_path, 16)
     marker = tmp_path / "killed-once"
-    real = transform.transform_bytes
+    real = one_image.transform_bytes
 
     def killed_once(data: bytes, settings: TransformSettings, exif_orientation: int = 1):
         if data == jobs[5].src.read_bytes() and not marker.exists():
@@ -278,7 +277,7 @@ def test_a_worker_killed_once_by_the_system_is_retried_and_the_run_completes(
             os.kill(os.getpid(), signal.SIGKILL)
         return real(data, settings, exif_orientation)
 
-    monkeypatch.setattr(transform, "transform_bytes", killed_once)
+    monkeypatch.setattr(one_image, "transform_bytes", killed_once)
     out = tmp_path / "out"
     report = transform_images(jobs, out, SETTINGS, workers=2, log=_quiet)
     assert marker.exists() and report.worker_restarts >= 1
@@ -290,14 +289,14 @@ _SLOW_RUN = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    from isic_assets.core.transform import runner as transform
+    from isic_assets.core.transform import one_image, runner as transform
     from isic_assets.core.transform.image_ops import TransformSettings
 
-    real = transform.transform_bytes
+    real = one_image.transform_bytes
     def slow(data, settings, exif_orientation=1):
         time.sleep(0.15)
         return real(data, settings, exif_orientation)
-    transform.transform_bytes = slow
+    one_image.transform_bytes = slow
     jobs = [transform.TransformJob(j["isic_id"], Path(j["src"]), j["sha"]) for j in json.loads(sys.argv[1])]
     transform.transform_images(jobs, Path(sys.argv[2]), TransformSettings(size=64), workers=2, log=print)
     """
@@ -416,21 +415,3 @@ def test_a_parent_that_already_used_opencv_threads_can_still_fork_workers(tmp_pa
         process.communicate()
         pytest.fail("transform_images hung in a process that had used OpenCV threads")
     assert process.returncode == 0 and "done" in output, output
-
-
-def test_naive_baseline_writes_the_same_geometry(tmp_path: Path) -> None:
-    """The bench's baseline must produce comparable outputs, or the speed ratio means nothing."""
-    yy, xx = np.mgrid[0:150, 0:240]
-    picture = np.stack([xx, yy, (xx + yy) // 2], axis=2).astype(np.uint8)  # smooth ramps
-    picture[50:100, 100:140] = (20, 30, 200)  # an off-centre block to catch misplaced geometry
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="JPEG", quality=95)
-    src = tmp_path / "src.jpg"
-    src.write_bytes(buffer.getvalue())
-    for mode in ("stretch", "pad", "center_crop"):
-        dst = tmp_path / f"naive-{mode}.jpg"
-        naive_transform(src, dst, 64, mode=mode)
-        naive = simplejpeg.decode_jpeg(dst.read_bytes()).astype(int)
-        fast = transform_bytes(src.read_bytes(), TransformSettings(size=64, mode=mode))[1].astype(int)
-        assert naive.shape == fast.shape == (64, 64, 3)
-        assert np.abs(naive - fast).mean() < 3

@@ -1,5 +1,6 @@
 """balanced_splits: the leakage-free, class-balanced train/validation/test folders users train on."""
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import pandas as pd
 from pydantic import Field
 
 from ..core import layout
+from ..core.compute.engine import open_engine
 from ..core.eda.thumbnails import composition_plot
 from ..core.splits.assign import SPLITS, SplitConfig
 from ..core.splits.dataset_card import write_dataset_card
@@ -78,6 +80,8 @@ class BalancedSplitsConfig(dg.Config):
     augmentations_json: str = Field(
         default="", description="Oversampling augmentations as a JSON list of {name, p, ...}; empty: the default."
     )
+    workers: int = Field(default=2, ge=1, le=64,
+                         description="Worker processes making the oversampling copies (ISIC_COMPUTE picks where).")
 
 
 def split_config(config: BalancedSplitsConfig) -> SplitConfig:
@@ -131,8 +135,10 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
     out_dir = root / layout.SPLITS_DIR
     report = write_splits(
         plan, metadata, transformed, out_dir,
-        make_augmented_copy=lambda src, dst, seed: augment_file(src, dst, seed, spec),
+        make_augmented_copy=functools.partial(augment_file, spec=spec),  # picklable: it runs on workers
         augment_version=spec_version,
+        open_engine=lambda: open_engine(isic.compute_choice(), config.workers, root, context.log.info,
+                                        lambda info: context.log.info(f"augmented copies on the {info.describe()}")),
         summary_extra={"near_duplicates": config.near_duplicates, "near_duplicates_dropped":
                        dropped.to_dict(orient="records")},
     )

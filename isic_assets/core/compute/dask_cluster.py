@@ -1,4 +1,5 @@
-"""A step's connection to Dask: start or reach the cluster, check shared storage, map batches.
+"""The Dask engine of ``BatchEngine`` (core/compute/batches.py): start or reach the cluster, check
+shared storage, map batches.
 
 Dask is imported here only, and only when a Dask value of ISIC_COMPUTE is chosen, so ``local`` runs
 never load it and an install without the ``dask`` extra works until someone asks for a cluster.
@@ -9,7 +10,8 @@ Faults map onto what the stages already know from the local pool:
 
 - a worker dies (SIGKILL, OOM, segfault): Dask reruns its tasks on other workers by itself;
 - a task kills every worker it lands on: Dask gives up after ``allowed-failures`` + 1 deaths
-  (``KilledWorker``); ``map_batches`` yields the batch as lost with that reason, the stage decides;
+  (``KilledWorker``); ``map_batches`` yields the batch as ``LostBatch`` with that reason, the stage
+  decides;
 - the scheduler goes away: ``ComputeLost``, naming the address, so the step fails clearly and the
   stage's journals let the next run resume.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .batches import LostBatch
 from .setting import DASK_LOCAL, ENV_VAR, INSTALL_HINT, ComputeChoice
 
 Log = Callable[[str], None]
@@ -35,6 +38,9 @@ Log = Callable[[str], None]
 # for a step gets the same rule (a task may run on 1 + 1 workers). An external scheduler keeps its
 # own distributed.scheduler.allowed-failures (3 by default).
 LOCAL_ALLOWED_FAILURES = 1
+# How a LocalCluster's nanny starts its workers (see _local_worker_config); bench/bench_dask.py sets
+# "spawn" to measure Dask's default against it.
+LOCAL_START_METHOD = "fork"
 CONNECT_TIMEOUT_SECONDS = 10.0
 WAIT_FOR_WORKERS_SECONDS = 60.0
 PROBE_PREFIX = ".compute-probe-"
@@ -72,13 +78,6 @@ class ClusterInfo:
                 f"dashboard {dashboard}")
 
 
-@dataclass(frozen=True)
-class LostBatch:
-    """A batch Dask gave up on because every worker that ran it died; ``reason`` is Dask's message."""
-
-    reason: str
-
-
 def import_distributed() -> Any:
     """``distributed``, or a clear error saying how to install it."""
     try:
@@ -96,11 +95,20 @@ class DaskSession:
     def __init__(self, choice: ComputeChoice, client: Any, cluster: Any | None) -> None:
         self.choice, self.client, self.cluster = choice, client, cluster
         self.address = client.scheduler.address
+        self._threads = 0
+
+    @property
+    def slots(self) -> int:
+        """Worker threads of the cluster, as seen by the last ``info()`` (at least 1)."""
+        if not self._threads:
+            self.info()
+        return max(1, self._threads)
 
     def info(self) -> ClusterInfo:
         scheduler = self.client.scheduler_info()
         workers = scheduler.get("workers", {})
         threads = sum(int(w.get("nthreads", 1)) for w in workers.values())
+        self._threads = threads
         try:
             served = self.client.run_on_scheduler(_serves_dashboard)
         except Exception:  # noqa: BLE001 - only decides whether a link is shown
@@ -201,10 +209,9 @@ def open_dask(choice: ComputeChoice, workers: int, log: Log) -> Iterator[DaskSes
     """
     distributed = import_distributed()
     cluster = None
-    if choice.kind == DASK_LOCAL:
-        import dask
-
-        with dask.config.set({"distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}):
+    with contextlib.ExitStack() as stack:
+        if choice.kind == DASK_LOCAL:
+            stack.enter_context(_local_worker_config())
             # A free port for the dashboard: several steps (and test runs) on one machine must not fight
             # over 8787. Its workers' shutdown chatter (heartbeats to a closed scheduler) is silenced;
             # task failures still reach the step as exceptions.
@@ -212,9 +219,43 @@ def open_dask(choice: ComputeChoice, workers: int, log: Log) -> Iterator[DaskSes
                 n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                 dashboard_address=":0", silence_logs=logging.CRITICAL,
             )
-        address = cluster.scheduler_address
-    else:
-        address = choice.address
+            address = cluster.scheduler_address
+        else:
+            address = choice.address
+        yield from _connected(distributed, choice, address, cluster)
+
+
+def _local_worker_config() -> contextlib.ExitStack:
+    """What a LocalCluster started for a step runs under, for the whole step (the nanny forks a
+    replacement when a worker dies, so the settings must outlive the start).
+
+    - ``allowed-failures`` = 1: an image that kills two worker processes is given up, the local
+      pool's rule;
+    - workers are forked, like the local pool's, not spawned: a spawned worker imports Python,
+      Dask, NumPy, OpenCV and the pipeline afresh before its first image, which measured 12-20 s
+      for a 2-worker cluster on a loaded 2-core machine (bench/bench_dask.py) against about 6 s
+      for the whole 32-image workload; a forked one inherits them. ``fork_safe_parent`` makes the
+      fork as safe as the local pool's;
+    - no statistical profiler in the workers: it samples the task thread's stack every 10 ms and,
+      with the event loop, added about a third to the CPU time of each image's process (33 ms of
+      image work, 41-44 ms of process CPU, measured with thread and process CPU clocks).
+    """
+    import dask
+
+    from .fork_pool import fork_safe_parent
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(dask.config.set({
+        "distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES,
+        "distributed.worker.multiprocessing-method": LOCAL_START_METHOD,
+        "distributed.worker.profile.enabled": False,
+    }))
+    stack.enter_context(fork_safe_parent())
+    return stack
+
+
+def _connected(distributed: Any, choice: ComputeChoice, address: str, cluster: Any | None
+               ) -> Iterator[DaskSession]:
     try:
         try:
             client = distributed.Client(address, timeout=CONNECT_TIMEOUT_SECONDS, set_as_default=False)

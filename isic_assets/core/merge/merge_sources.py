@@ -454,7 +454,8 @@ def _check_on_cluster(cluster: _Cluster, members: MemberSource, todo: list[ZipEn
     from .check_on_dask import check_members_on_dask
 
     session = cluster.get()
-    for entry, outcome in check_members_on_dask(session, cluster.threads, members, todo, images_dir):
+    for entry, outcome in check_members_on_dask(session, members, todo, images_dir,
+                                                cluster.options.check_time_limit_s):
         yield entry, _Checked(outcome.facts, None, outcome.error, outcome.reason, outcome.staged)
 
 

@@ -35,6 +35,7 @@ import io
 import json
 import os
 import shutil
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -46,11 +47,14 @@ import pyarrow.parquet as pq
 
 from .. import layout
 from ..atomic import TMP_PREFIX, remove_stale_temporaries, write_bytes_if_changed
+from ..compute.batches import BATCHES_IN_FLIGHT_PER_SLOT, BatchEngine, LostBatch, batch_size, batches_of
 from ..operation.disk_space import disk_full_errors
 from .assign import MANIFEST_COLUMNS, SPLITS, SplitPlan
 from .grouping import clean_keys
 
 AugmentFn = Callable[[Path, Path, int], None]
+# Opens the engine (core/compute/engine.py) that makes the augmented copies; None: in this process.
+EngineOpener = Callable[[], contextlib.AbstractContextManager[BatchEngine]]
 
 SOURCE_PATTERN = "images/{isic_id}.jpg"  # transformed_images' layout under data_transformed/
 MANIFEST_NAME = layout.MANIFEST_CSV
@@ -99,6 +103,7 @@ def write_splits(
     source_pattern: str = SOURCE_PATTERN,
     augment_version: str = "",
     summary_extra: dict[str, Any] | None = None,
+    open_engine: EngineOpener | None = None,
 ) -> WriteReport:
     """Write ``plan`` under ``out_dir`` from the images under ``src_root`` (``data_transformed/``).
 
@@ -109,6 +114,10 @@ def write_splits(
     checked before anything is written, so a missing one fails without touching the previous output.
     ``summary_extra`` adds settings decided outside the plan (e.g. the near-duplicate mode) to
     ``splits.json``, where the checks read them back.
+
+    ``open_engine`` makes the augmented copies on the step's engine (the fork pool or Dask, per
+    ISIC_COMPUTE; ``make_augmented_copy`` must then be picklable); it is opened only when some copy
+    is to be made. Without it the copies are made one by one in this process.
     """
     src_root, out_dir = Path(src_root), Path(out_dir)
     manifest = plan.manifest
@@ -128,7 +137,7 @@ def write_splits(
         for row, src in zip(manifest[~manifest["is_augmented"]].itertuples(index=False), sources, strict=True):
             placer.place(src, out_dir / row.image)
         aug_written, aug_unchanged = _write_augmented(
-            augmented, src_root, source_pattern, out_dir, make_augmented_copy, augment_version
+            augmented, src_root, source_pattern, out_dir, make_augmented_copy, augment_version, open_engine
         )
         expected = set(manifest["image"]) | {f"{s}/{SPLIT_METADATA_NAME}" for s in _written_splits(plan)}
         removed = _remove_stale(out_dir, expected, split_dirs)
@@ -253,17 +262,21 @@ def _write_augmented(
     out_dir: Path,
     make_copy: AugmentFn | None,
     version: str,
+    open_engine: EngineOpener | None = None,
 ) -> tuple[int, int]:
     """Make every augmented copy not already made from the same source, seed and pipeline version.
 
     What each copy was made from is recorded in ``.augmented.json`` (source size and mtime, seed,
     pipeline version, hash of the copy); a copy whose record, source file or own bytes changed is
-    made again.
+    made again. Copies are per-image work (read, decode, augment, encode, write: about 10-30 ms
+    each at 256 px, and oversampling a real archive plans tens of thousands), so with an engine
+    they are made on it; the record is written here, from what the workers return.
     """
     state_path = out_dir / AUGMENT_STATE_NAME
     previous = _read_state(state_path)
     state: dict[str, dict[str, Any]] = {}
-    written = unchanged = 0
+    todo: list[tuple[str, Path, Path, int]] = []
+    unchanged = 0
     for row in augmented.itertuples(index=False):
         src = src_root / source_pattern.format(isic_id=row.augmented_from)
         dest = out_dir / row.image
@@ -280,16 +293,57 @@ def _write_augmented(
             state[row.image] = old
             unchanged += 1
             continue
+        state[row.image] = wanted
+        todo.append((row.image, src, dest, int(row.aug_seed)))
+    if todo:
         assert make_copy is not None
-        _make_copy(make_copy, src, dest, int(row.aug_seed))
-        state[row.image] = {**wanted, "sha256": _file_sha256(dest)}
-        written += 1
+        for image, sha256 in _make_copies(todo, make_copy, open_engine):
+            state[image] = {**state[image], "sha256": sha256}
     if state:
         write_bytes_if_changed(state_path, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
     else:
         # No copies planned: no record either, exactly as a fresh write without oversampling.
         state_path.unlink(missing_ok=True)
-    return written, unchanged
+    return len(todo), unchanged
+
+
+def _make_copies(todo: list[tuple[str, Path, Path, int]], make_copy: AugmentFn, open_engine: EngineOpener | None
+                 ) -> list[tuple[str, str]]:
+    """(image, sha256 of the copy) for every copy in ``todo``, made here or on the engine."""
+    if open_engine is None:
+        return copy_batch(todo, make_copy)
+    made: list[tuple[str, str]] = []
+    with open_engine() as engine:
+        queue = batches_of(todo, batch_size(len(todo), engine.slots))
+        suspects = _map_copies(engine, queue, make_copy, BATCHES_IN_FLIGHT_PER_SLOT * engine.slots, made)
+        for item in suspects:  # alone, so no other copy's crash is blamed on it
+            for lost in _map_copies(engine, deque([[item]]), make_copy, 1, made):
+                raise RuntimeError(f"making the augmented copy {lost[0]} from {lost[1]} killed its worker process, "
+                                   "alone too; nothing of this write was recorded")
+    return made
+
+
+def _map_copies(engine: BatchEngine, queue: deque, make_copy: AugmentFn, in_flight: int,
+                made: list[tuple[str, str]]) -> list[tuple[str, Path, Path, int]]:
+    """Run the queue, adding what was made to ``made``; return the copies that were on a dead worker."""
+    suspects = []
+    for batch, result in engine.map_batches(copy_batch, queue, (make_copy,), in_flight):
+        if not isinstance(result, LostBatch):
+            made.extend(result)
+        elif len(batch) > 1:
+            queue.extend([item] for item in batch)  # find the copy that kills its worker
+        else:
+            suspects.append(batch[0])
+    return suspects
+
+
+def copy_batch(items: list[tuple[str, Path, Path, int]], make_copy: AugmentFn) -> list[tuple[str, str]]:
+    """On a worker (or in the step): make each copy atomically; return (image, sha256) pairs."""
+    out = []
+    for image, src, dest, seed in items:
+        _make_copy(make_copy, src, dest, seed)
+        out.append((image, _file_sha256(dest)))
+    return out
 
 
 def _read_state(path: Path) -> dict[str, dict[str, Any]]:

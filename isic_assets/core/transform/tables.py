@@ -16,7 +16,7 @@ from .. import layout
 from ..atomic import atomic_open
 from ..table_schema import column_types, typed_columns
 from .image_ops import TransformSettings
-from .runner import TransformReport
+from .records import TransformReport
 
 # Merged columns that describe the merged file, renamed so the output's own columns can take the names.
 SOURCE_RENAMES = {"image": "merged_image", "width": "source_width", "height": "source_height",

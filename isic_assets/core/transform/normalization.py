@@ -1,0 +1,73 @@
+"""The transform stage's results read back from its state: current outputs and normalization.json.
+
+Both are computed from the state records, not from the files, so they are the same whichever engine
+and however many machines produced the records, in whatever order they came back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from ..scan_state import JsonlLog
+from .image_ops import TRANSFORM_CODE_VERSION, TransformSettings
+from .records import STATUS_OK, TransformedImage, TransformJob, is_current
+
+
+def current_records(jobs: Sequence[TransformJob], state: JsonlLog, fingerprint: str) -> Iterator[dict]:
+    for job in jobs:
+        record = state.get(job.isic_id)
+        if is_current(record, job, fingerprint) and record is not None and record.get("status") == STATUS_OK:
+            yield record
+
+
+def current_outputs(
+    jobs: Sequence[TransformJob], state: JsonlLog, fingerprint: str
+) -> dict[str, TransformedImage]:
+    return {
+        record["isic_id"]: TransformedImage(
+            record["out"], record["width"], record["height"], record["out_bytes"], record["out_sha256"]
+        )
+        for record in current_records(jobs, state, fingerprint)
+    }
+
+
+def normalization(
+    jobs: Sequence[TransformJob], state: JsonlLog, settings: TransformSettings, fingerprint: str
+) -> dict[str, Any]:
+    """Per-channel mean and population std over every current output, from the exact integer sums.
+
+    Variance is (n * sumsq - sum^2) / n^2 in Python integers, exact, then one float division: no
+    catastrophic cancellation however many images. Padding pixels count: they are what the network
+    sees.
+    """
+    channels = 3
+    sums, squares, count, images = [0] * channels, [0] * channels, 0, 0
+    for record in current_records(jobs, state, fingerprint):
+        images += 1
+        count += record["pixels"]
+        for c in range(channels):
+            sums[c] += record["sum"][c]
+            squares[c] += record["sumsq"][c]
+    result: dict[str, Any] = {
+        "channels": ["R", "G", "B"],
+        "image_count": images,
+        "pixel_count": count,
+        "settings": asdict(settings),
+        "fingerprint": fingerprint,
+        "transform_code_version": TRANSFORM_CODE_VERSION,
+        "scope": "every pixel of every stored output (padding included), before JPEG encoding",
+    }
+    if count == 0:
+        return {**result, "mean": None, "std": None, "mean_255": None, "std_255": None}
+    mean_255 = [s / count for s in sums]
+    std_255 = [math.sqrt((count * q - s * s) / (count * count)) for s, q in zip(sums, squares, strict=True)]
+    return {
+        **result,
+        "mean": [m / 255.0 for m in mean_255],
+        "std": [s / 255.0 for s in std_255],
+        "mean_255": mean_255,
+        "std_255": std_255,
+    }

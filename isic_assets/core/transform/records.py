@@ -1,0 +1,151 @@
+"""What ``transformed_images`` remembers: the job and report types, state records, worker journals.
+
+``_state/transform.jsonl`` holds one record per image: inputs (src_sha256, settings fingerprint),
+output facts and its per-channel pixel sums. While a run goes on, every worker process (or Dask
+worker thread) appends to its own journal ``_state/transform.worker-<host>-<pid>-<thread>.jsonl``:
+"started <id>" before an image and its full record after, flushed to the kernel each time, so a
+killed run loses nothing it finished; ``absorb_journals`` folds them into the state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from ..scan_state import JsonlLog, read_jsonl
+
+IMAGES_DIR = "images"
+STATE_DIR = "_state"
+STATE_FILE = "transform.jsonl"
+OUTPUT_SUFFIX = ".jpg"
+JOURNAL_PREFIX = "transform.worker-"
+
+STATUS_OK = "ok"
+STATUS_QUARANTINED = "quarantined"  # undecodable bytes: remembered, not retried until they change
+STATUS_FAILED = "failed"  # unreadable source, unexpected error, crash: reported, retried next run
+STATUS_STARTED = "started"  # journal only
+_OK_FIELDS = ("src_sha256", "fingerprint", "out", "out_bytes", "out_sha256", "width", "height", "sum", "sumsq",
+              "pixels")
+
+
+@dataclass(frozen=True)
+class TransformJob:
+    """One image to transform: its id (output name), source file, source sha256 and EXIF orientation."""
+
+    isic_id: str
+    src: Path
+    src_sha256: str
+    exif_orientation: int = 1
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    """An image left out of ``images/`` and why (for the asset's quarantine table)."""
+
+    isic_id: str
+    src: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TransformedImage:
+    """One output: ``path`` relative to ``out_dir``, its size in pixels, bytes and sha256."""
+
+    path: str
+    width: int
+    height: int
+    file_bytes: int
+    sha256: str
+
+
+@dataclass
+class TransformReport:
+    """What a run did. ``skipped`` counts unchanged images not processed again (remembered
+    quarantines included); ``quarantine`` lists every image currently left out, this run's and
+    remembered ones; ``images`` has every current output, processed now or earlier."""
+
+    fingerprint: str
+    processed: int = 0
+    skipped: int = 0
+    removed: int = 0
+    quarantine: list[QuarantineRow] = field(default_factory=list)
+    seconds: float = 0.0
+    normalization: dict[str, Any] = field(default_factory=dict)
+    images: dict[str, TransformedImage] = field(default_factory=dict)
+    worker_restarts: int = 0
+    backend: str = "local"  # ISIC_COMPUTE kind: local, dask-local or dask
+    compute_workers: int = 0  # worker processes (local) or worker threads of the Dask cluster
+    cluster: str = ""  # the Dask cluster that ran it: scheduler, workers, dashboard
+
+    @property
+    def quarantined(self) -> int:
+        return len(self.quarantine)
+
+
+def output_name(isic_id: str) -> str:
+    """Relative path of an id's output inside ``out_dir``."""
+    return f"{IMAGES_DIR}/{isic_id}{OUTPUT_SUFFIX}"
+
+
+def valid_record(record: dict) -> bool:
+    """A state record the runner can trust: a complete output's facts, or a quarantine with its reason."""
+    status = record.get("status")
+    if status == STATUS_OK:
+        return (all(record.get(k) is not None for k in _OK_FIELDS)
+                and len(record["sum"]) == 3 and len(record["sumsq"]) == 3)
+    if status == STATUS_QUARANTINED:
+        return all(record.get(k) is not None for k in ("src_sha256", "fingerprint", "reason"))
+    return status in (STATUS_FAILED, STATUS_STARTED)
+
+
+def is_current(record: dict | None, job: TransformJob, fingerprint: str) -> bool:
+    return (
+        record is not None
+        and record.get("src_sha256") == job.src_sha256
+        and record.get("fingerprint") == fingerprint
+    )
+
+
+def journal_line(handle: IO[str], record: dict) -> None:
+    handle.write(json.dumps(record, sort_keys=True) + "\n")
+    handle.flush()  # reaches the kernel: survives the death of this process
+
+
+def absorb_journals(state: JsonlLog, state_dir: Path, log: Any = None) -> tuple[dict[str, dict], set[str]]:
+    """Fold worker journals into the state and delete them; only call while no worker runs.
+
+    Returns every finished record found (by id) and the ids a worker had started but not finished
+    (what it was doing when it died). Remembered: ``ok`` and ``quarantined`` records only.
+    """
+    finished: dict[str, dict] = {}
+    in_progress: set[str] = set()
+    journals = sorted(state_dir.glob(f"{JOURNAL_PREFIX}*.jsonl"))
+    for path in journals:
+        current = None
+        records, bad = read_jsonl(path)
+        usable = [r for r in records if isinstance(r.get("isic_id"), str) and valid_record(r)]
+        bad += len(records) - len(usable)
+        if bad and log is not None:
+            log(f"transform: worker journal {path.name} had {bad} damaged line(s) (a worker killed mid-write); "
+                "ignored, those images are transformed again")
+        for record in usable:
+            isic_id = record.get("isic_id")
+            if record.get("status") == STATUS_STARTED:
+                current = isic_id
+                continue
+            finished[isic_id] = record
+            if current == isic_id:
+                current = None
+        if current is not None:
+            in_progress.add(current)
+    for isic_id, record in finished.items():
+        if record.get("status") in (STATUS_OK, STATUS_QUARANTINED) and state.get(isic_id) != record:
+            state.append(record)
+    state.flush()
+    for path in journals:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return finished, in_progress
