@@ -69,7 +69,8 @@ def reusable(mirror: Path, n_images: int, layout: str) -> dict | None:
     return facts if same and all((mirror / name).is_file() for name in facts["files"].values()) else None
 
 
-def bench(n_images: int, work: Path, layout: str, mirror: Path | None = None, again: bool = False) -> list[dict]:
+def bench(n_images: int, work: Path, layout: str, mirror: Path | None = None, again: bool = False,
+          stages: tuple[str, ...] = STAGES, port: int = 0) -> list[dict]:
     mirror = mirror or work / "mirror"
     started = time.perf_counter()
     facts = reusable(mirror, n_images, layout)
@@ -80,14 +81,14 @@ def bench(n_images: int, work: Path, layout: str, mirror: Path | None = None, ag
         label = f"generate ({layout}, reused)"
     generated = time.perf_counter() - started
     rows = [{"stage": label, "seconds": generated, "peak_mib": None, "code": 0}]
-    with serve_folder(mirror) as server:
+    with serve_folder(mirror, port=port) as server:
         catalog = work / "catalog.yaml"
         files = "\n".join(f"      {role}: {server.url}/{name}" for role, name in facts["files"].items())
         catalog.write_text(f"sources:\n  {SOURCE}:\n    format: isic2024\n    files:\n{files}\n", encoding="utf-8")
         env = {**os.environ, "DAGSTER_HOME": str(work / "dagster_home"), "ISIC_DATA_DIR": str(work / "data"),
                "ISIC_CATALOG": str(catalog), "ISIC_SOURCES": SOURCE}
         (work / "dagster_home").mkdir(parents=True, exist_ok=True)
-        for stage, label in [(s, s) for s in STAGES] + ([(s, f"{s} (no change)") for s in STAGES] if again else []):
+        for stage, label in [(s, s) for s in stages] + ([(s, f"{s} (no change)") for s in stages] if again else []):
             proc = subprocess.run([sys.executable, __file__, "--child", stage], env=env, check=False,
                                   capture_output=True,
                                   text=True)
@@ -117,6 +118,16 @@ def _table(n_images: int, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _stages(text: str) -> tuple[str, ...]:
+    """The stages named on the command line; ``merged_images,merged_metadata`` is one stage."""
+    wanted = {name.strip() for name in text.split(",") if name.strip()}
+    chosen = tuple(stage for stage in STAGES if set(stage.split(",")) & wanted)
+    unknown = wanted - {name for stage in STAGES for name in stage.split(",")}
+    if unknown or not chosen:
+        raise SystemExit(f"--stages: unknown stage(s) {sorted(unknown)}; expected names from {', '.join(STAGES)}")
+    return chosen
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100_000)
@@ -127,6 +138,12 @@ def main() -> int:
                         help="mirror folder: reused when generated before with the same --images and --layout")
     parser.add_argument("--again", action="store_true",
                         help="materialize every stage a second time with nothing changed (the re-run cost)")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="comma-separated stages to run, in order (default: all); with --work and --port, a "
+                             "later run can redo one stage on the outputs of an earlier one")
+    parser.add_argument("--port", type=int, default=0,
+                        help="serve the mirror on this port (default: any free one); keep it between runs "
+                             "sharing a --work folder, or the catalog's URLs change and raw_zips downloads again")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -136,10 +153,10 @@ def main() -> int:
         return 0
     if args.work:
         args.work.mkdir(parents=True, exist_ok=True)
-        rows = bench(args.images, args.work, args.layout, args.mirror, args.again)
+        rows = bench(args.images, args.work, args.layout, args.mirror, args.again, _stages(args.stages), args.port)
     else:
         with tempfile.TemporaryDirectory(prefix="bench-isic2024-") as tmp:
-            rows = bench(args.images, Path(tmp), args.layout, args.mirror, args.again)
+            rows = bench(args.images, Path(tmp), args.layout, args.mirror, args.again, _stages(args.stages), args.port)
     print(_table(args.images, rows))
     return 0
 
