@@ -89,6 +89,21 @@ def test_an_unknown_source_name_stops_before_any_step(tmp_path):
     _assert_stopped_early(done, data, "unknown source 'isic2091'", "known names")
 
 
+def test_a_compute_value_that_names_no_engine_stops_before_any_step(tmp_path):
+    done, data = _materialize(tmp_path, env={"ISIC_COMPUTE": "dask"})
+    _assert_stopped_early(done, data, "ISIC_COMPUTE='dask' is not a compute engine", "dask-local")
+
+
+def test_a_dask_value_without_the_extra_is_a_problem_saying_how_to_install_it(monkeypatch):
+    from isic_assets.defs import run_validation
+
+    assert run_validation.compute_problem("dask-local") is None  # the dev extra installs Dask
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as on an install without isic_assets[dask]
+    problem = run_validation.compute_problem("tcp://127.0.0.1:8786")
+    assert problem is not None and "pip install 'isic_assets[dask]'" in problem and "tcp://127.0.0.1:8786" in problem
+    assert run_validation.compute_problem("local") is None
+
+
 def test_a_catalog_typo_stops_before_any_step(tmp_path):
     catalog = tmp_path / "my catalog.yaml"
     catalog.write_text("sources:\n  mine:\n    format: isic2091\n    files: {images: https://host/x.zip}\n")

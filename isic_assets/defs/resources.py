@@ -79,7 +79,7 @@ class IsicSettings(dg.ConfigurableResource):
         One short error listing every problem (defs/run_validation.py), instead of a traceback from
         whichever step meets the first one minutes later.
         """
-        found = run_validation.problems(run_config, self.data_dir, self.selected_sources)
+        found = run_validation.problems(run_config, self.data_dir, self.selected_sources, self.compute)
         if found:
             # Reported in a few lines, without Dagster's stack frames; no retry can fix a setting.
             raise run_validation.RunSettingsError(found)

@@ -27,6 +27,7 @@ from dagster._core.errors import DagsterUserCodeProcessError
 from dagster._utils.error import SerializableErrorInfo
 
 from ..core import layout
+from ..core.compute.setting import INSTALL_HINT, ComputeSettingError, compute_from_env
 from ..core.sources.catalog import CatalogError
 
 # At most this many characters per problem: a pydantic error on a nested field can be long, and a
@@ -127,9 +128,29 @@ def catalog_problem(load_and_select: Callable[[], object], root_ok: bool = True)
     return None
 
 
+def compute_problem(explicit: str | None) -> str | None:
+    """A compute value that is not an engine, or a Dask one on an install without the dask extra.
+
+    Reaching the scheduler is left to the steps that use it (a cluster may come up after launch);
+    they fail before any work when it does not answer.
+    """
+    try:
+        choice = compute_from_env(explicit)
+    except ComputeSettingError as exc:
+        return str(exc)
+    if choice.uses_dask:
+        try:
+            import distributed  # noqa: F401 - the steps import it again; this only asks whether they can
+        except ImportError:
+            return f"compute {choice.label!r} needs Dask, which is not installed here: {INSTALL_HINT}"
+    return None
+
+
 def problems(run_config: Mapping[str, Any] | None, data_dir: str | None,
-             load_and_select: Callable[[], object]) -> list[str]:
-    """Every mistake found, data root first (nothing else matters if outputs cannot be written)."""
+             load_and_select: Callable[[], object], compute: str | None = None) -> list[str]:
+    """Every mistake found, data root first (nothing else matters if outputs cannot be written).
+
+    ``compute`` is the isic resource's field (empty: $ISIC_COMPUTE, then ``local``)."""
     found: list[str] = []
     root = data_root_problem(data_dir)
     if root:
@@ -138,6 +159,9 @@ def problems(run_config: Mapping[str, Any] | None, data_dir: str | None,
     if catalog:
         found.append(catalog)
     found.extend(op_config_problems(run_config, config_classes()))
+    engine = compute_problem(compute)
+    if engine:
+        found.append(engine)
     return [p if len(p) <= _MAX_PROBLEM_CHARS else p[: _MAX_PROBLEM_CHARS - 3] + "..." for p in found]
 
 
