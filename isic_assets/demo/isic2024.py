@@ -3,17 +3,19 @@
 Both write the Kaggle layout (``train-image.hdf5`` with one dataset per ``isic_id`` holding the JPEG
 bytes, ``train-metadata.csv`` with the real 55-column header, docs/ISIC_SOURCES.md 1.6); the
 benchmark can also write the ISIC challenge layout (images zip with its own metadata.csv, ground
-truth ``isic_id,malignant``, supplement). Tiles are small distinct JPEGs made from a handful of
-synthetic skin patches, each stamped with its number so no two are byte-identical (the real set
-has no byte-identical pair). Everything is written streaming, one image at a time: the generator's
+truth ``isic_id,malignant``, supplement). Tiles are small JPEGs, each its own synthetic skin patch
+and lesion: no two are the same picture, let alone the same bytes (the real set has no duplicate
+tile). Everything is written streaming, one image at a time: the generator's
 memory does not grow with the number of images.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
+import multiprocessing
 import os
 import random
 import zipfile
@@ -85,62 +87,90 @@ _BIOPSIED_BENIGN_IDDX = (
 )
 
 _TILE = 112
-_BASES = 16
-_BLOCK = 8
-_DIGIT_BASE = 32
+_SHAPE = 56  # the lesion's shape is drawn at half size and smoothly upsampled: a quarter of the work
+_FIELD = 5  # coarse grid of the skin's own shading, upsampled to the tile
+_NOISE_BANK = 61  # sensor-noise frames shared round-robin (a prime: it never lines up with other cycles)
 
 
 # --------------------------------------------------------------------------------------------------
 # Tiles
 
 
-def _base_tiles(seed: int) -> list[np.ndarray]:
-    """A few skin patches with one lesion each, in the flat light of a total-body photograph."""
-    rng = np.random.default_rng([seed, 2024])
-    yy, xx = np.mgrid[0:_TILE, 0:_TILE].astype(np.float32) / _TILE
-    tiles = []
-    for _ in range(_BASES):
-        skin = np.array(rng.uniform((170, 120, 95), (235, 190, 165)), dtype=np.float32)
-        shade = 1.0 + 0.12 * (xx - 0.5) * rng.uniform(-1, 1) + 0.12 * (yy - 0.5) * rng.uniform(-1, 1)
-        picture = skin[None, None, :] * shade[..., None]
-        cx, cy = rng.uniform(0.35, 0.65, size=2)
-        rx, ry = rng.uniform(0.08, 0.22, size=2)
-        angle = rng.uniform(0, math.pi)
-        dx, dy = xx - cx, yy - cy
-        u = (dx * math.cos(angle) + dy * math.sin(angle)) / rx
-        v = (-dx * math.sin(angle) + dy * math.cos(angle)) / ry
-        blob = np.clip(1.3 - np.sqrt(u * u + v * v), 0, 1)[..., None]
-        lesion = np.array(rng.uniform((70, 40, 25), (150, 100, 80)), dtype=np.float32)
-        picture = picture * (1 - blob) + lesion[None, None, :] * blob
-        picture += rng.normal(0, 6, size=picture.shape).astype(np.float32)
-        tiles.append(np.clip(picture, 0, 255).astype(np.uint8))
-    return tiles
+_GRID = np.mgrid[0:_SHAPE, 0:_SHAPE].astype(np.float32) / _SHAPE
 
 
-def _stamped(base: np.ndarray, number: int) -> np.ndarray:
-    """``base`` with ``number`` written as flat 8x8 blocks along the top edge, one grey per base-32 digit.
+@functools.lru_cache(maxsize=2)
+def _noise_bank(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng([seed, 2024, 1 << 40])  # no tile index reaches it
+    return [rng.normal(0, 5, size=(_TILE, _TILE, 3)).astype(np.float32) for _ in range(_NOISE_BANK)]
 
-    A flat block survives JPEG quantisation, so different numbers give different bytes.
+
+def _tile(rng: np.random.Generator, noise: np.ndarray) -> np.ndarray:
+    """One skin patch with one lesion, in the flat light of a total-body photograph, all its own.
+
+    Every tile draws its own skin tone, uneven shading (a coarse random field, smoothly upsampled)
+    and lesion (position, size, elongation, angle, an irregular border, colour, darker core), so no
+    two tiles are the same picture: near-duplicate search on a mirror of these finds only what is
+    planted, as on the real release (which has no duplicate tile). Sensor noise comes from a small
+    bank of frames, scaled per tile: drawing it afresh was most of the cost of a tile.
     """
-    picture = base.copy()
-    position = 0
-    while True:
-        number, digit = divmod(number, _DIGIT_BASE)
-        x = position * _BLOCK
-        picture[:_BLOCK, x:x + _BLOCK] = 16 + 7 * digit
-        position += 1
-        if number == 0:
-            return picture
+    import cv2
+
+    size = (_TILE, _TILE)
+    yy, xx = _GRID
+    skin = rng.uniform((165, 115, 90), (240, 195, 170)).astype(np.float32)
+    field = rng.normal(0.0, 0.07, size=(_FIELD, _FIELD)).astype(np.float32)
+    shade = 1.0 + cv2.resize(field, size, interpolation=cv2.INTER_CUBIC)
+    # Python floats, not numpy float64 scalars: those would turn the float32 planes into float64.
+    cx, cy = (float(x) for x in rng.uniform(0.25, 0.75, size=2))
+    rx, ry = (float(x) for x in rng.uniform(0.06, 0.24, size=2))
+    angle = float(rng.uniform(0, math.pi))
+    dx, dy = xx - cx, yy - cy
+    u = (dx * math.cos(angle) + dy * math.sin(angle)) / rx
+    v = (-dx * math.sin(angle) + dy * math.cos(angle)) / ry
+    theta = np.arctan2(v, u)
+    lobes = 1.0 + sum(float(rng.uniform(0, 0.18)) * np.cos(k * theta + float(rng.uniform(0, 2 * math.pi)))
+                      for k in (2, 3, 5))
+    radius = np.sqrt(u * u + v * v) / lobes
+    blob = np.clip((1.0 - radius) * float(rng.uniform(2.0, 6.0)), 0, 1)
+    core = np.clip(1.0 - radius / float(rng.uniform(0.3, 0.7)), 0, 1)
+    blob = cv2.resize(blob, size, interpolation=cv2.INTER_LINEAR)[..., None]
+    darker = 1.0 - 0.35 * cv2.resize(core, size, interpolation=cv2.INTER_LINEAR)[..., None]
+    lesion = rng.uniform((60, 35, 20), (160, 110, 90)).astype(np.float32)
+    picture = (skin * shade[..., None]) * (1 - blob) + lesion * blob * darker
+    picture += noise * np.float32(rng.uniform(0.6, 1.6))
+    return np.clip(picture, 0, 255).astype(np.uint8)
 
 
-def tile_jpegs(count: int, seed: int = 0) -> Iterator[bytes]:
-    """``count`` distinct small JPEG tiles (about 3-5 KB each), made one at a time."""
-    bases = _base_tiles(seed)
-    for index in range(count):
-        picture = _stamped(bases[index % _BASES], index // _BASES)
+_CHUNK = 1024  # tiles per task when several processes make them
+
+
+def _tile_chunk(task: tuple[int, int, int]) -> list[bytes]:
+    seed, start, stop = task
+    bank = _noise_bank(seed)
+    out = []
+    for index in range(start, stop):
+        picture = _tile(np.random.default_rng([seed, 2024, index]), bank[index % _NOISE_BANK])
         buffer = io.BytesIO()
         Image.fromarray(picture).save(buffer, format="JPEG", quality=90)
-        yield buffer.getvalue()
+        out.append(buffer.getvalue())
+    return out
+
+
+def tile_jpegs(count: int, seed: int = 0, workers: int = 1) -> Iterator[bytes]:
+    """``count`` distinct small JPEG tiles (about 3-5 KB each), in order, made a chunk at a time.
+
+    Tile ``i`` depends only on ``(seed, i)``, so a mirror of any size begins with the same tiles,
+    whatever ``workers`` (forked processes making chunks in parallel; the order is kept).
+    """
+    tasks = ((seed, start, min(start + _CHUNK, count)) for start in range(0, count, _CHUNK))
+    if workers <= 1 or count <= _CHUNK:
+        for task in tasks:
+            yield from _tile_chunk(task)
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for chunk in pool.imap(_tile_chunk, tasks):
+            yield from chunk
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,7 +288,8 @@ def generate_isic2024_mirror(dest: Path, n_images: int, seed: int = 0, layout: s
     patients, malignant = scaled(n_images)
     files: dict[str, str] = {}
     if layout == "kaggle":
-        write_hdf5(dest / KAGGLE_IMAGES, zip(ids, tile_jpegs(n_images, seed), strict=True))
+        write_hdf5(dest / KAGGLE_IMAGES, zip(ids, tile_jpegs(n_images, seed, workers=os.cpu_count() or 1),
+                                                strict=True))
         with atomic_open(dest / KAGGLE_METADATA, "w") as handle:
             _csv_text(HEADER_2024, metadata_rows(ids, patients, malignant, seed), handle)
         files = {"images": KAGGLE_IMAGES, "metadata": KAGGLE_METADATA}
@@ -285,7 +316,8 @@ def _write_challenge(dest: Path, ids: list[str], patients: int, malignant: int, 
         supplement_writer.writerow(SUPPLEMENT_COLUMNS)
         embedded_writer = csv.writer(embedded_text, lineterminator="\n")
         embedded_writer.writerow([HEADER_2024[i] for i in embedded])
-        for row, data in zip(metadata_rows(ids, patients, malignant, seed), tile_jpegs(len(ids), seed), strict=True):
+        tiles = tile_jpegs(len(ids), seed, workers=os.cpu_count() or 1)
+        for row, data in zip(metadata_rows(ids, patients, malignant, seed), tiles, strict=True):
             truth_writer.writerow([row[0], f"{float(row[target_at]):.1f}"])
             supplement_writer.writerow([row[i] for i in supplement_at])
             embedded_writer.writerow([row[i] for i in embedded])
