@@ -13,7 +13,7 @@ from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stag
 from .resources import WRITE_POOL, IsicSettings
 from .transform import GROUP
 
-EDA_CODE_VERSION = "2"
+EDA_CODE_VERSION = "3"  # 3: report.html gains the near-duplicate review sheet
 # The tables every figure is drawn from; their bytes and the code version are the data version.
 INPUT_TABLES = (layout.METADATA_CSV, layout.DUPLICATES_CSV, layout.QUARANTINE_CSV)
 
