@@ -246,6 +246,17 @@ def test_eda_plots_written_with_figures_in_the_ui(demo_runs):
     assert Path(meta["report"]).is_file()
 
 
+def test_report_shows_the_planted_near_duplicates_side_by_side(demo_runs):
+    data_dir, _, _, _ = demo_runs
+    pairs = pd.read_csv(data_dir / layout.MERGED / layout.NEAR_DUPLICATES_CSV, dtype=str)
+    assert len(pairs) > 0  # the mirror plants near-duplicates
+    report = (data_dir / layout.EDA / "report.html").read_text()
+    section = report[report.index('id="near-duplicates"'):]
+    for a, b in zip(pairs["isic_id_a"], pairs["isic_id_b"], strict=True):
+        assert f"<td>{a}</td><td>{b}</td>" in section
+    assert section.count("data:image/jpeg;base64,") == min(len(pairs), 24)
+
+
 def test_balanced_splits_are_balanced_and_leak_free(demo_runs):
     data_dir, first, _, _ = demo_runs
     out = data_dir / layout.SPLITS_DIR

@@ -4,6 +4,7 @@ import dagster as dg
 
 from ..core import layout
 from ..core.eda.figures import make_eda, markdown_gallery
+from ..core.eda.review_sheet import image_paths
 from ..core.splits.near_duplicates import read_pairs
 from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import data_root_metadata, fingerprint, table_metadata
@@ -12,7 +13,7 @@ from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stag
 from .resources import WRITE_POOL, IsicSettings
 from .transform import GROUP
 
-EDA_CODE_VERSION = "2"
+EDA_CODE_VERSION = "3"  # 3: report.html gains the near-duplicate review sheet
 # The tables every figure is drawn from; their bytes and the code version are the data version.
 INPUT_TABLES = (layout.METADATA_CSV, layout.DUPLICATES_CSV, layout.QUARANTINE_CSV)
 
@@ -42,6 +43,7 @@ def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.Mater
         root / layout.EDA,
         read_pairs(root),
         tuple(s.name for s in isic.selected_sources()),
+        review_images=_transformed_images(root),
     )
     context.log.info(f"wrote {len(result.figures)} figures and {result.report}")
     class_counts = result.tables.get("class_counts")
@@ -66,3 +68,11 @@ def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.Mater
         },
         data_version=dg.DataVersion(version),
     )
+
+
+def _transformed_images(root):
+    """``isic_id`` -> transformed image, for the report's review sheet (empty before transformed_images ran)."""
+    table = root / layout.TRANSFORMED / layout.METADATA_CSV
+    if not table.is_file():
+        return {}
+    return image_paths(layout.read_table(table), root / layout.TRANSFORMED)

@@ -2,17 +2,15 @@
 
 import base64
 import hashlib
-import io
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pandas as pd
-from PIL import Image
 from pydantic import Field
 
 from ..core import layout
 from ..core.atomic import atomic_open
+from ..core.eda.review_sheet import closest, image_paths, pair_jpeg
 from ..core.splits.near_duplicates import (
     DEFAULT_MAX_DISTANCE,
     DEFAULT_MAX_FINE_DISTANCE,
@@ -89,16 +87,11 @@ def review_sheet(pairs: pd.DataFrame, transformed: Path, images: pd.DataFrame, l
     """The closest pairs side by side, as small embedded JPEGs, for a person to judge at a glance."""
     if pairs.empty:
         return "no near-duplicate pairs"
-    where = images.drop_duplicates("isic_id").set_index("isic_id")["image"]
+    paths = image_paths(images, transformed)
+    shown = closest(pairs, limit)
     lines = ["| pair | bits of 256 | similarity | images |", "|---|---:|---:|---|"]
-    for row in pairs.head(limit).itertuples(index=False):
-        tiles = []
-        for isic_id in (row.isic_id_a, row.isic_id_b):
-            with Image.open(transformed / where[isic_id]) as img:
-                tiles.append(np.asarray(img.convert("RGB").resize((REVIEW_TILE, REVIEW_TILE))))
-        buffer = io.BytesIO()
-        Image.fromarray(np.concatenate(tiles, axis=1)).save(buffer, format="JPEG", quality=75)
-        encoded = base64.b64encode(buffer.getvalue()).decode()
+    for row in shown.itertuples(index=False):
+        encoded = base64.b64encode(pair_jpeg(paths[row.isic_id_a], paths[row.isic_id_b], REVIEW_TILE, 75)).decode()
         lines.append(f"| {row.isic_id_a} / {row.isic_id_b} | {row.distance} | {row.similarity} | "
                      f"![pair](data:image/jpeg;base64,{encoded}) |")
-    return "\n".join(lines) + f"\n\n{len(pairs)} pair(s) in total; the {min(limit, len(pairs))} closest shown."
+    return "\n".join(lines) + f"\n\n{len(pairs)} pair(s) in total; the {len(shown)} closest shown."

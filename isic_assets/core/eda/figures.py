@@ -35,6 +35,7 @@ from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter, ScalarForm
 from .. import layout
 from ..atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from .report import ReportFigure, ReportTable, gallery_markdown, png_thumbnail_base64, render_report_html
+from .review_sheet import review_sheet_html
 from .tables import AGE_STEP, UNLABELLED, _class_order, _Columns, _normalize, _summarize, _tables, _valid_dimensions
 
 #: Fixed colours so a class looks the same in every figure (seaborn "deep" blue/red/orange, grey).
@@ -110,11 +111,14 @@ class EdaResult:
 
 def make_eda(metadata: pd.DataFrame, duplicates: pd.DataFrame, quarantine: pd.DataFrame,
              out_dir: Path, near_duplicates: pd.DataFrame | None = None,
-             source_order: tuple[str, ...] = ()) -> EdaResult:
+             source_order: tuple[str, ...] = (),
+             review_images: Mapping[str, Path] | None = None) -> EdaResult:
     """Write every figure and ``report.html`` to ``out_dir`` under stable names; return what was made.
 
     Reads nothing but the three frames (and ``near_duplicates.csv``'s pairs when given, for the
-    source overlap, whose pairs follow ``source_order``). Each file is written atomically (temporary name + rename)
+    source overlap, whose pairs follow ``source_order``). With ``review_images`` (``isic_id`` ->
+    transformed image file) the report also gets the review sheet of the closest pairs
+    (``review_sheet.py``). Each file is written atomically (temporary name + rename)
     so a reader never sees a half-written figure and a re-run simply replaces the files.
     """
     out_dir = Path(out_dir)
@@ -134,6 +138,7 @@ def make_eda(metadata: pd.DataFrame, duplicates: pd.DataFrame, quarantine: pd.Da
         inputs,
         [ReportTable(name, TABLE_TITLES[name], tables[name]) for name in TABLE_TITLES],
         [ReportFigure(name, FIGURE_TITLES[name], pngs[name]) for name in FIGURE_TITLES],
+        review_sheet_html(near_duplicates, review_images) if review_images is not None else None,
     ))
     thumbnails = {name: png_thumbnail_base64(png) for name, png in pngs.items()}
     return EdaResult(figures=paths, thumbnails=thumbnails, tables=tables, report=report, inputs=inputs)

@@ -97,8 +97,12 @@ def render_report_html(
     inputs: Mapping[str, object],
     tables: Sequence[ReportTable],
     figures: Sequence[ReportFigure],
+    review_sheet: str | None = None,
 ) -> str:
     """The whole report as one HTML string: inputs summary, contents, key tables, every figure.
+
+    ``review_sheet``, when given, is a finished section (``review_sheet.review_sheet_html``) placed
+    after the figures.
 
     Deterministic for equal arguments (no clock, no random ids), so an unchanged dataset gives a
     byte-identical report and a re-run is visibly a no-op.
@@ -116,6 +120,7 @@ def render_report_html(
         *(_table_section(table) for table in tables),
         '<h2 id="figures">Figures</h2>',
         *(_figure_section(figure) for figure in figures),
+        *([review_sheet] if review_sheet is not None else []),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
