@@ -36,3 +36,13 @@ def isic_reference() -> Path:
             "beside the checkout); these tests check published counts against the real files"
         )
     return found
+
+
+@pytest.fixture(scope="session")
+def generated_demo_mirror(tmp_path_factory) -> Path:
+    """The demo mirror (seed 0), generated once for the session; copy it, never write into it
+    (demo_support.py says why)."""
+    from .demo_support import shared_demo_mirror
+
+    return shared_demo_mirror(tmp_path_factory)
+
