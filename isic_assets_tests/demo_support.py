@@ -1,8 +1,8 @@
 """One generated demo mirror for the whole session, copied into the data roots of whole-graph tests.
 
-Generating the demo mirror renders a few hundred synthetic pictures up to 4000x3000: about 20 s on a
-quiet machine, a minute with the two cores busy, and every test that ran the graph on a fresh data
-root paid it again. The mirror is deterministic (same seed, same bytes: test_demo_mirror.py checks
+Generating the demo mirror renders a few hundred synthetic pictures up to 4000x3000 (55 s measured
+on the 2-core machine with its load at 10), and every test that ran the graph on a fresh data root
+paid it again. The mirror is deterministic (same seed, same bytes: test_demo_mirror.py checks
 it), so it is generated once per session (once for all xdist workers, under a file lock) and each
 test gets its own copy in ``<data root>/demo_mirror``. raw_zips then takes the generator's fast path
 (a complete mirror described by MIRROR.json is left as is), which is what every run after a user's
