@@ -53,8 +53,9 @@ def generated_demo_mirror(tmp_path_factory) -> Path:
 # loadfile hands whole files to the two workers in queue order. pytest-xdist's default queue puts the
 # files with the most tests first, so the whole-graph and real-process files (one to a few tests
 # each, a minute or more apiece) came last and one of them ran alone at the end while the other
-# worker idled. Longest first instead (the classic rule for two machines), from the suite's measured
-# durations; every file not listed follows in its usual order.
+# worker idled. Longest first instead (the classic rule for two machines); the first four were timed
+# file by file, the rest are the other files that start real Dagster processes or whole-graph runs
+# (`--durations` shows where a new one belongs). Every file not listed follows in its usual order.
 LONGEST_FILES_FIRST = (
     "test_pipeline_demo.py",
     "test_e2e_ui.py",
