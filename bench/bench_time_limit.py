@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench_core import time_runs  # the same timing loop as the other core benches
 
 from isic_assets.core.merge.image_check import DEFAULT_CHECK_TIME_LIMIT_S, inspect_image
 from isic_assets.core.transform.image_ops import TransformSettings, transform_bytes
@@ -37,12 +38,7 @@ def _big_jpeg(quality: int) -> bytes:
 
 
 def _worst(fn, repeats: int = 3) -> float:
-    worst = 0.0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        worst = max(worst, time.perf_counter() - started)
-    return worst
+    return max(time_runs(repeats, fn))
 
 
 def main() -> None:

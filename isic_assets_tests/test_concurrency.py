@@ -26,12 +26,11 @@ import pytest
 from isic_assets.core import layout
 from isic_assets.core.operation import data_lock
 from isic_assets.core.sources.download import read_manifest
-from isic_assets_tests.fault_server import Delay, FaultServer, Hold
+from isic_assets_tests.fault_server import FaultServer, Hold
 from isic_assets_tests.test_dropzone import CSV_NAME, ZIP_NAME, write_tiny_isic2016
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-DELAY_S = 15.0  # the first run's download is held this long, so the second surely overlaps it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,11 +113,6 @@ def _events(instance: dg.DagsterInstance, run_id: str, kind: str, step: str | No
             and (step is None or r.step_key == step)]
 
 
-def _slow_first_download(server: FaultServer) -> None:
-    """Hold the first GET of the zip for DELAY_S; later requests are answered at once."""
-    server.add_fault(f"tiny/{ZIP_NAME}", Delay(DELAY_S))
-
-
 def _wait_for_first_get(server: FaultServer, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while not server.records(f"tiny/{ZIP_NAME}", "GET"):
@@ -189,7 +183,10 @@ def test_queued_runs_wait_for_the_pool_one_at_a_time(env, server, source, tmp_pa
     """
     subprocess.run([str(BIN / "dagster"), "instance", "concurrency", "set", "isic_data", "1"], cwd=REPO, env=env,
                    check=True, capture_output=True, timeout=120)
-    _slow_first_download(server)
+    # The first run's download is held until the daemon has said the second run waits for the pool:
+    # the overlap is seen, not guessed with a fixed delay.
+    release = threading.Event()
+    server.add_fault(f"tiny/{ZIP_NAME}", Hold(release))
     daemon_log = tmp_path / "daemon.log"
     with daemon_log.open("w") as log:
         daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", "isic_assets"], cwd=REPO, env=env,
@@ -201,7 +198,11 @@ def test_queued_runs_wait_for_the_pool_one_at_a_time(env, server, source, tmp_pa
         for launched in launches:
             err = launched.communicate(timeout=300)[1]
             assert launched.returncode == 0, err[-3000:]
-        _wait_for_first_get(server)
+        try:
+            _wait_for_first_get(server)
+            _wait_for_text(daemon_log, BLOCKED, timeout_s=240)
+        finally:
+            release.set()
         with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
             records = _wait_for_finished_runs(instance, 2, timeout_s=240)
             assert [r.dagster_run.status for r in records] == [dg.DagsterRunStatus.SUCCESS] * 2, \
@@ -220,8 +221,19 @@ def test_queued_runs_wait_for_the_pool_one_at_a_time(env, server, source, tmp_pa
             os.killpg(daemon.pid, signal.SIGKILL)
             daemon.wait(timeout=30)
     text = daemon_log.read_text()
-    assert "blocked by global concurrency limits" in text and '"isic_data"' in text
+    assert BLOCKED in text and '"isic_data"' in text
     _assert_downloads_intact(tmp_path / "data", source)
+
+
+BLOCKED = "blocked by global concurrency limits"
+
+
+def _wait_for_text(log: Path, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} not in the daemon log within {timeout_s} s:\n" \
+                                            f"{log.read_text(errors='replace')[-3000:]}"
+        time.sleep(0.2)
 
 
 def _wait_for_finished_runs(instance: dg.DagsterInstance, count: int, timeout_s: float) -> list:

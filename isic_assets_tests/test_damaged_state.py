@@ -9,37 +9,16 @@ undamaged run.
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from isic_assets.core.merge.merge_sources import SourceArchive, merge_sources
+from isic_assets.core.merge.merge_sources import merge_sources
 from isic_assets.core.scan_state import JsonlLog
 from isic_assets.core.transform.image_ops import TransformSettings
 from isic_assets.core.transform.runner import STATE_DIR, STATE_FILE, TransformJob, transform_images
 
-
-def _jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def _source(folder: Path, count: int = 6) -> SourceArchive:
-    folder.mkdir(parents=True, exist_ok=True)
-    archive = folder / "a.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for i in range(count):
-            zf.writestr(f"a/ISIC_{i:07d}.jpg", _jpeg(i))
-    gt = folder / "a.csv"
-    gt.write_text("".join(f"ISIC_{i:07d},benign\r\n" for i in range(count)))
-    return SourceArchive(name="a", format="isic2016", order=0, files={"images": archive, "ground_truth": gt})
+from .source_support import isic2016_source, noise_jpeg
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -67,7 +46,7 @@ DAMAGE = {"torn": _tear_last_line, "garbage": _garble, "deleted": Path.unlink}
 @pytest.mark.parametrize("state_file", ["a.members.jsonl", "written.jsonl"])
 def test_merge_rebuilds_damaged_state_and_restores_missing_outputs(tmp_path: Path, damage: str,
                                                                    state_file: str) -> None:
-    source = _source(tmp_path / "src")
+    source = isic2016_source(tmp_path / "src", 6)
     out = tmp_path / "merged"
     merge_sources([source], out, log=lambda _m: None)
     reference = _snapshot(out)
@@ -91,7 +70,7 @@ def _jobs(folder: Path, count: int = 6) -> list[TransformJob]:
     folder.mkdir(parents=True, exist_ok=True)
     jobs = []
     for i in range(count):
-        data = _jpeg(i, (120, 90))
+        data = noise_jpeg(i, (120, 90))
         (folder / f"ISIC_{i:07d}.jpg").write_bytes(data)
         jobs.append(TransformJob(f"ISIC_{i:07d}", folder / f"ISIC_{i:07d}.jpg", hashlib.sha256(data).hexdigest()))
     return jobs

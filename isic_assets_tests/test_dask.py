@@ -24,6 +24,7 @@ from isic_assets.core.compute.dask_cluster import ComputeLost, ComputeUnavailabl
 from isic_assets.core.compute.setting import ComputeSettingError, parse_compute
 from isic_assets.core.transform.runner import STATE_DIR, transform_images
 from isic_assets_tests.dask_support import Cluster, Misbehave
+from isic_assets_tests.demo_support import copy_demo_mirror
 from isic_assets_tests.e2e_support import free_port
 from isic_assets_tests.test_transform import SETTINGS, _make_jobs
 
@@ -285,7 +286,9 @@ def _graph_outputs(data_dir: Path) -> dict[str, bytes]:
     return found
 
 
-def test_the_demo_graph_writes_the_same_bytes_on_every_engine_and_names_the_cluster(tmp_path: Path, cluster) -> None:
+def test_the_demo_graph_writes_the_same_bytes_on_every_engine_and_names_the_cluster(
+    tmp_path: Path, cluster, generated_demo_mirror: Path
+) -> None:
     """The demo graph once per engine (from merge to splits; raw_zips once, its downloads copied;
     eda_plots has no per-image work); every user-facing output must be identical."""
     import shutil
@@ -296,6 +299,7 @@ def test_the_demo_graph_writes_the_same_bytes_on_every_engine_and_names_the_clus
     from isic_assets.defs.resources import IsicSettings
 
     work = ["merged_images", "merged_metadata", "transformed_images", "balanced_splits"]
+    copy_demo_mirror(generated_demo_mirror, tmp_path / "local")
     outputs, metadata, messages = {}, {}, {}
     with dg.instance_for_test() as instance:
         for engine in ("local", "dask-local", cluster.address):

@@ -41,9 +41,9 @@ GT_2018 = "ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTru
 
 
 @pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    dest = tmp_path_factory.mktemp("demo_mirror")
-    return dest, generate_demo_mirror(dest, seed=0)
+def demo(generated_demo_mirror: Path) -> tuple[Path, dict]:
+    """The session's mirror (generated from scratch once, conftest.py); read here, never written."""
+    return generated_demo_mirror, generate_demo_mirror(generated_demo_mirror, seed=0)
 
 
 @pytest.fixture(scope="session")

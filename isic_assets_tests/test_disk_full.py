@@ -11,15 +11,11 @@ byte-identical to a run that never failed.
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from isic_assets.core.merge.merge_sources import SourceArchive, merge_sources
+from isic_assets.core.merge.merge_sources import merge_sources
 from isic_assets.core.operation.disk_space import DiskFullError, NotEnoughSpaceError
 from isic_assets.core.sources.download import DownloadJob, DownloadPolicy, download_all
 from isic_assets.core.splits.assign import SplitConfig, assign_splits
@@ -29,6 +25,7 @@ from isic_assets.core.transform.image_ops import TransformSettings
 from isic_assets.core.transform.runner import TransformJob, transform_images
 
 from .fault_server import FaultServer, write_random_file
+from .source_support import isic2016_source, noise_jpeg
 from .tmpfs_support import Ballast, mounted_tmpfs
 
 MB = 1024 * 1024
@@ -37,13 +34,6 @@ MB = 1024 * 1024
 @pytest.fixture(autouse=True)
 def _no_margin(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ISIC_MIN_FREE_MB", "0")  # the tmpfs is a few MB: measure the estimate alone
-
-
-def _noise_jpeg(seed: int, side: int = 300) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -56,19 +46,8 @@ def _no_temporaries(folder: Path) -> None:
     assert [p for p in folder.rglob("*") if p.name.startswith(".tmp-")] == []
 
 
-def _source(folder: Path, count: int) -> SourceArchive:
-    folder.mkdir(parents=True, exist_ok=True)
-    archive = folder / "a.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for i in range(count):
-            zf.writestr(f"a/ISIC_{i:07d}.jpg", _noise_jpeg(i))
-    gt = folder / "a.csv"
-    gt.write_text("".join(f"ISIC_{i:07d},benign\r\n" for i in range(count)))
-    return SourceArchive(name="a", format="isic2016", order=0, files={"images": archive, "ground_truth": gt})
-
-
 def test_merge_refuses_to_start_when_the_new_members_cannot_fit(tmp_path: Path) -> None:
-    source = _source(tmp_path / "src", 40)  # about 3.3 MB of members
+    source = isic2016_source(tmp_path / "src", 40, (300, 300))  # about 3.3 MB of members
     with mounted_tmpfs(tmp_path / "disk", 2) as disk:
         with pytest.raises(NotEnoughSpaceError) as caught:
             merge_sources([source], disk / "merged_data", log=lambda _m: None)
@@ -79,7 +58,7 @@ def test_merge_refuses_to_start_when_the_new_members_cannot_fit(tmp_path: Path) 
 
 
 def test_merge_that_fills_the_disk_fails_clearly_and_completes_after_space_is_freed(tmp_path: Path) -> None:
-    source = _source(tmp_path / "src", 40)
+    source = isic2016_source(tmp_path / "src", 40, (300, 300))
     merge_sources([source], tmp_path / "reference", log=lambda _m: None)
     reference = _snapshot(tmp_path / "reference")
     with mounted_tmpfs(tmp_path / "disk", 16) as disk:
@@ -110,7 +89,7 @@ def _transform_jobs(folder: Path, count: int) -> list[TransformJob]:
     folder.mkdir(parents=True, exist_ok=True)
     jobs = []
     for i in range(count):
-        data = _noise_jpeg(i, 400)
+        data = noise_jpeg(i, (400, 400))
         (folder / f"ISIC_{i:07d}.jpg").write_bytes(data)
         jobs.append(TransformJob(f"ISIC_{i:07d}", folder / f"ISIC_{i:07d}.jpg", hashlib.sha256(data).hexdigest()))
     return jobs
@@ -199,7 +178,7 @@ def test_splits_that_fill_the_disk_fail_clearly_and_complete_after_space_is_free
     src = tmp_path / "data_transformed"
     (src / "images").mkdir(parents=True)
     for i in range(60):
-        (src / "images" / f"ISIC_{i:07d}.jpg").write_bytes(_noise_jpeg(i, 200))
+        (src / "images" / f"ISIC_{i:07d}.jpg").write_bytes(noise_jpeg(i, (200, 200)))
     plan = assign_splits(meta, build_groups(meta, None), SplitConfig(strategy="none"))
     write_splits(plan, meta, src, tmp_path / "reference")
     reference = _snapshot(tmp_path / "reference")

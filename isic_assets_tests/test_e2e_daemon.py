@@ -23,6 +23,7 @@ import pytest
 
 from isic_assets.core import layout
 from isic_assets.demo import __main__ as demo_cli
+from isic_assets_tests.demo_support import copy_demo_mirror
 from isic_assets_tests.fault_server import rewrite_with_new_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,13 +45,14 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str, log: 
 
 
 @pytest.fixture
-def daemon_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+def daemon_env(tmp_path: Path, generated_demo_mirror: Path) -> Iterator[dict[str, str]]:
     """Two demo sources on a loopback mirror, a project-like instance, a fast sensor interval.
 
     The mirror is generated and served by `python -m isic_assets.demo serve` (its function, on a
-    thread), exactly what the README tells a user to run.
+    thread), exactly what the README tells a user to run; it starts from a copy of the session's
+    mirror (demo_support.py), so serving takes the generator's fast path.
     """
-    mirror = tmp_path / "mirror"
+    mirror = copy_demo_mirror(generated_demo_mirror, tmp_path)
     urls: queue.Queue[str] = queue.Queue()
     stop = threading.Event()
     server = threading.Thread(target=demo_cli.serve, args=(mirror, "127.0.0.1", 0, 0),

@@ -28,6 +28,7 @@ import pytest
 
 from isic_assets.definitions import defs
 
+from .demo_support import copy_demo_mirror
 from .e2e_support import CHROMIUM, CHROMIUM_ARGS, REPO, DagsterDev, dagster_dev, make_dagster_home
 
 pytestmark = [
@@ -250,7 +251,7 @@ def check_readme_images(target: Path = README_IMAGES) -> None:
         assert f"docs/images/{name}" in readme, f"README.md does not show docs/images/{name}"
 
 
-def test_materialize_all_from_the_ui(tmp_path: Path):
+def test_materialize_all_from_the_ui(tmp_path: Path, generated_demo_mirror: Path):
     ARTIFACTS.mkdir(exist_ok=True)
     for stale in ARTIFACTS.glob("ui_*"):  # this test's files from an earlier run
         stale.unlink(missing_ok=True)
@@ -260,6 +261,7 @@ def test_materialize_all_from_the_ui(tmp_path: Path):
         "ISIC_DATA_DIR": str(tmp_path / "data"),
         "ISIC_SOURCES": "demo",  # the whole demo mirror: about 25 s for the graph, both classes for splits
     }
+    copy_demo_mirror(generated_demo_mirror, tmp_path / "data")  # raw_zips takes the generator's fast path
     log_path = ARTIFACTS / "ui_dagster_dev.log"
     with dagster_dev(env, log_path, ready_timeout=SERVER_READY_S) as server, \
             sync_api.sync_playwright() as playwright:

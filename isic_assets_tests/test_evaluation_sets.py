@@ -23,6 +23,7 @@ from isic_assets.core.splits.assign import MANIFEST_COLUMNS
 from isic_assets.core.splits.evaluation import OVERLAP_COLUMNS, evaluation_leakage, hold_out
 from isic_assets.definitions import defs
 from isic_assets.defs.resources import IsicSettings
+from isic_assets_tests.demo_support import copy_demo_mirror
 
 SOURCES = "demo,demo_evaluation"
 EVAL_SOURCES = ("demo_isic2016_test", "demo_isic2017_validation")
@@ -125,8 +126,9 @@ def _materialize(data_dir: Path, instance, selection, extra_assets=(), run_confi
 
 
 @pytest.fixture(scope="module")
-def eval_run(tmp_path_factory):
+def eval_run(tmp_path_factory, generated_demo_mirror):
     data_dir = tmp_path_factory.mktemp("isic_eval")
+    copy_demo_mirror(generated_demo_mirror, data_dir)
     with dg.instance_for_test() as instance:
         result = _materialize(data_dir, instance, "*balanced_splits")
     expected = json.loads((data_dir / layout.DEMO_MIRROR / "MIRROR.json").read_text())["expected"]

@@ -40,6 +40,7 @@ from isic_assets.demo.isic2024 import (
     tile_jpegs,
     write_hdf5,
 )
+from isic_assets_tests.demo_support import copy_demo_mirror
 
 N = 40
 
@@ -228,7 +229,8 @@ def test_image_types_keep_tiles_out_or_alone():
 # the demo source through the whole graph
 
 
-def test_demo_isic2024_through_the_whole_graph(tmp_path):
+def test_demo_isic2024_through_the_whole_graph(tmp_path, generated_demo_mirror):
+    copy_demo_mirror(generated_demo_mirror, tmp_path)
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks], instance=instance,

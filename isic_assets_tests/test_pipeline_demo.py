@@ -7,12 +7,15 @@ the generator, not against numbers copied from a previous run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -22,6 +25,8 @@ import pytest
 from isic_assets.core import layout
 from isic_assets.definitions import defs
 from isic_assets.defs.resources import IsicSettings
+
+from .demo_support import copy_demo_mirror
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -190,10 +195,11 @@ def test_missing_data_blocks_downstream_when_labels_are_missing(own_data_dir):
     assert evaluations["missing_data"].metadata["label_threshold_pct"].value == 0.0
 
 
-def test_cli_materialize_uses_the_project_instance(tmp_path):
+def test_cli_materialize_uses_the_project_instance(tmp_path, generated_demo_mirror):
     """The README's `dagster asset materialize -m isic_assets --select '*'` path, for real."""
     home = tmp_path / "dagster_home"
     home.mkdir()
+    copy_demo_mirror(generated_demo_mirror, tmp_path / "data")
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {**os.environ, "DAGSTER_HOME": str(home), "ISIC_DATA_DIR": str(tmp_path / "data"),
            "ISIC_SOURCES": "demo_isic2016,demo_isic2018"}
@@ -404,36 +410,65 @@ def _warnings(instance: dg.DagsterInstance, result: dg.ExecuteInJobResult) -> li
             if e.level == logging.WARNING and e.user_message]
 
 
-def test_a_data_root_with_spaces_and_non_ascii_characters_gives_the_same_outputs(demo_runs, tmp_path, monkeypatch):
-    """ISIC_DATA_DIR with spaces and accents, as a user's home folder may have: every stage, same bytes."""
-    baseline = _outputs(demo_runs[0])
-    root = tmp_path / "données patients" / "ü 1"
-    monkeypatch.setenv(layout.DATA_DIR_ENV, str(root))
-    with dg.instance_for_test() as instance:
+@dataclass
+class OddRootRun:
+    root: Path
+    result: dg.ExecuteInJobResult
+    warnings: list[str]
+    not_exfat: str | None  # why the root is a plain folder (exFAT could not be mounted here), else None
+
+
+@pytest.fixture(scope="module")
+def odd_root_run(demo_runs, tmp_path_factory, generated_demo_mirror) -> Iterator[OddRootRun]:
+    """One whole-graph run on the data root a user's USB disk gives: an exFAT volume (no hard links)
+    mounted at a path with spaces and accents, named through ISIC_DATA_DIR.
+
+    The two odd-root tests below read this one run; each was a whole-graph run of its own. Where
+    exFAT cannot be mounted (not root, no driver) the root is a plain folder of the same name, so the
+    path's part is still proven and the exFAT test skips with the reason.
+    """
+    from .tmpfs_support import mounted_exfat
+
+    root = tmp_path_factory.mktemp("odd_root") / "données patients" / "ü 1"
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(mounted_exfat(root, 1024))
+            not_exfat = None
+        except pytest.skip.Exception as why:
+            not_exfat = str(why)
+            root.mkdir(parents=True)
+        copy_demo_mirror(generated_demo_mirror, root)  # the generator's fast path (demo_support.py)
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        patch.setenv(layout.DATA_DIR_ENV, str(root))
+        instance = stack.enter_context(dg.instance_for_test())
         result = dg.materialize(
             [*defs.assets, *defs.asset_checks], instance=instance,
             resources={"isic": IsicSettings(sources="demo")}, selection="*", raise_on_error=False,
         )
-    assert result.success
-    assert root.is_dir() and (root / layout.SPLITS_DIR / layout.MANIFEST_CSV).is_file()
-    assert _outputs(root) == baseline
-    assert _metadata(result, "merged_images")["path"].startswith(str(root))
+        yield OddRootRun(root, result, _warnings(instance, result), not_exfat)
 
 
-def test_a_data_root_without_hard_links_copies_the_splits_and_says_so(demo_runs, tmp_path):
+def test_a_data_root_with_spaces_and_non_ascii_characters_gives_the_same_outputs(demo_runs, odd_root_run):
+    """ISIC_DATA_DIR with spaces and accents, as a user's home folder may have: every stage, same bytes."""
+    run = odd_root_run
+    assert run.result.success
+    assert run.root.is_dir() and (run.root / layout.SPLITS_DIR / layout.MANIFEST_CSV).is_file()
+    assert _outputs(run.root) == _outputs(demo_runs[0])
+    assert _metadata(run.result, "merged_images")["path"].startswith(str(run.root))
+
+
+def test_a_data_root_without_hard_links_copies_the_splits_and_says_so(demo_runs, odd_root_run):
     """An exFAT data root (a USB disk, an SD card): link() fails with EPERM, so the splits are copies,
     the run warns once, and every output is byte-identical to a run on a filesystem with links."""
-    from .tmpfs_support import mounted_exfat
-
+    run = odd_root_run
+    if run.not_exfat:
+        pytest.skip(run.not_exfat)
     baseline_root = demo_runs[0]
-    baseline = _outputs(baseline_root)
     linked = next((baseline_root / layout.SPLITS_DIR / "train").rglob("*.jpg"))
     assert linked.stat().st_nlink > 1, "the baseline's splits are hard links on this filesystem"
-    with mounted_exfat(tmp_path / "usb disk", 1024) as root, dg.instance_for_test() as instance:
-        result = _materialize(root, instance)
-        assert result.success
-        assert _outputs(root) == baseline
-        split_files = list((root / layout.SPLITS_DIR).glob("*/*/*.jpg"))
-        assert split_files and all(p.stat().st_nlink == 1 for p in split_files)
-        said = [w for w in _warnings(instance, result) if "refused a hard link" in w]
-        assert len(said) == 1 and "EPERM" in said[0] and "copied instead" in said[0], _warnings(instance, result)
+    assert run.result.success
+    assert _outputs(run.root) == _outputs(baseline_root)
+    split_files = list((run.root / layout.SPLITS_DIR).glob("*/*/*.jpg"))
+    assert split_files and all(p.stat().st_nlink == 1 for p in split_files)
+    said = [w for w in run.warnings if "refused a hard link" in w]
+    assert len(said) == 1 and "EPERM" in said[0] and "copied instead" in said[0], run.warnings

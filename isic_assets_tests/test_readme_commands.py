@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from isic_assets_tests.demo_support import copy_demo_mirror
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 _BLOCK = re.compile(r"(?P<marker><!-- readme-runner: (?P<verdict>[^>]*?) -->\n)?(?P<indent>[ \t]*)```bash\n"
@@ -49,8 +51,9 @@ def test_every_bash_block_is_run_or_says_why_not():
 
 
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory) -> Path:
+def sandbox(tmp_path_factory, generated_demo_mirror) -> Path:
     root = tmp_path_factory.mktemp("readme")
+    copy_demo_mirror(generated_demo_mirror, root / "data")  # raw_zips takes the generator's fast path
     for name in LINKED:
         (root / name).symlink_to(REPO / name)
     (root / ".dagster_home").mkdir()
