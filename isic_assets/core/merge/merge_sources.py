@@ -469,15 +469,21 @@ def _open_scan(source: SourceArchive, state: MergeState, options: MergeOptions, 
     from ..ids import isic_id_from_member
 
     members = source.members(options.limits)
-    entries = members.entries()
-    stats.members = len(entries)
-    stats.other_members = sum(1 for e in entries if e.kind not in ("image", "dir"))
-    stats.suspicious_names = [e.name for e in entries if is_suspicious_member_name(e.name)]
-    images = (e for e in entries if e.kind == "image")
-    state.add_listing(source.name, ((e.name, e.crc, e.file_size, e.compress_size, e.header_offset,
-                                     isic_id_from_member(e.name)) for e in images))
+    counts = {"all": 0, "other": 0}
+    stats.suspicious_names = []
+
+    def images() -> Iterator[tuple[str, int, int, int, int, str | None]]:
+        for e in members.iter_entries():  # streamed: the listing goes to the state, not to memory
+            counts["all"] += 1
+            counts["other"] += e.kind not in ("image", "dir")
+            if is_suspicious_member_name(e.name):
+                stats.suspicious_names.append(e.name)
+            if e.kind == "image":
+                yield e.name, e.crc, e.file_size, e.compress_size, e.header_offset, isic_id_from_member(e.name)
+
+    state.add_listing(source.name, images())
+    stats.members, stats.other_members = counts["all"], counts["other"]
     stats.image_members = state.count_listed(source.name)
-    del entries
     state.commit()
     return members
 
