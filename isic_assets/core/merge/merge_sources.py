@@ -362,6 +362,7 @@ def scan_source(
     done = 0
     try:
         while todo_count and (page := _unseen_page(state, source.name)):
+            before = done
             checked = _check_members(members, page, options) if cluster is None \
                 else _check_on_cluster(cluster, members, page, images_dir)
             for entry, outcome in checked:
@@ -381,6 +382,9 @@ def scan_source(
                     state.commit()
                     log(f"{source.name}: {done}/{todo_count} new members checked")
             state.commit()
+            if done == before:  # every member handed over is recorded, so this cannot loop; say so if it would
+                raise RuntimeError(f"{source.name}: the checker returned nothing for {page[0].name} and the "
+                                   f"{len(page) - 1} members after it")
     finally:
         state.commit()
     state.forget_unlisted(source.name)
