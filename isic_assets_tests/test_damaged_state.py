@@ -1,4 +1,5 @@
-"""Damaged state files under _state/: a torn last line, garbage lines, a deleted file.
+"""Damaged state files under _state/: a torn last line, garbage lines, a truncated or overwritten
+SQLite file, a deleted file.
 
 Each case runs the real merge or transform on real zips and JPEGs, damages the state the way a power
 loss or a disk would, and checks the next run: it says so once, redoes only what it cannot trust,
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from isic_assets.core.merge.merge_sources import merge_sources
+from isic_assets.core.merge.state_store import STATE_FILE as MERGE_STATE_FILE
 from isic_assets.core.scan_state import JsonlLog
 from isic_assets.core.transform.image_ops import TransformSettings
 from isic_assets.core.transform.runner import STATE_DIR, STATE_FILE, TransformJob, transform_images
@@ -42,15 +44,29 @@ def _garble(path: Path) -> None:
 DAMAGE = {"torn": _tear_last_line, "garbage": _garble, "deleted": Path.unlink}
 
 
-@pytest.mark.parametrize("damage", sorted(DAMAGE))
-@pytest.mark.parametrize("state_file", ["a.members.jsonl", "written.jsonl"])
-def test_merge_rebuilds_damaged_state_and_restores_missing_outputs(tmp_path: Path, damage: str,
-                                                                   state_file: str) -> None:
+def _truncate_database(path: Path) -> None:
+    """Cut the file short, as a full disk or a copy stopped midway would."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 + 100])
+
+
+def _overwrite_header(path: Path) -> None:
+    """Garbage over the start: no longer an SQLite file at all."""
+    data = path.read_bytes()
+    path.write_bytes(b"\x00\x00garbage from a bad sector" + data[29:])
+
+
+DATABASE_DAMAGE = {"truncated": _truncate_database, "garbage": _overwrite_header, "deleted": Path.unlink}
+
+
+@pytest.mark.parametrize("damage", sorted(DATABASE_DAMAGE))
+def test_merge_rebuilds_damaged_state_and_restores_missing_outputs(tmp_path: Path, damage: str) -> None:
+    state_file = MERGE_STATE_FILE
     source = isic2016_source(tmp_path / "src", 6)
     out = tmp_path / "merged"
     merge_sources([source], out, log=lambda _m: None)
     reference = _snapshot(out)
-    DAMAGE[damage](out / "_state" / state_file)
+    DATABASE_DAMAGE[damage](out / "_state" / state_file)
     (out / "images" / "ISIC_0000001.jpg").unlink()  # an output whose record may survive
     messages: list[str] = []
     merge_sources([source], out, log=messages.append)
@@ -58,6 +74,7 @@ def test_merge_rebuilds_damaged_state_and_restores_missing_outputs(tmp_path: Pat
     told = [m for m in messages if state_file in m]
     assert len(told) == 1, messages
     assert ("missing" in told[0]) == (damage == "deleted")
+    assert (out / "_state" / f"{state_file}.damaged").exists() == (damage != "deleted")
     # The state was rewritten: a third run says nothing about it and writes nothing.
     messages.clear()
     report = merge_sources([source], out, log=messages.append)

@@ -39,6 +39,8 @@ class MemberSource(Protocol):
 
     def entries(self) -> list[ZipEntry]: ...
 
+    def iter_entries(self) -> Iterator[ZipEntry]: ...
+
     def iter_bytes(self, entries: Iterable[ZipEntry]) -> Iterator[MemberRead]: ...
 
     def read(self, name: str) -> bytes: ...
@@ -57,6 +59,9 @@ class ZipMembers:
 
     def entries(self) -> list[ZipEntry]:
         return scan_zip(self.path, self.limits)
+
+    def iter_entries(self) -> Iterator[ZipEntry]:
+        return iter(self.entries())
 
     def iter_bytes(self, entries: Iterable[ZipEntry]) -> Iterator[MemberRead]:
         return iter_member_bytes(self.path, list(entries), self.limits)
@@ -93,6 +98,9 @@ class FolderMembers:
                                   crc=stat.st_mtime_ns, is_dir=False, kind=member_kind(name),
                                   header_offset=offset))
         return found
+
+    def iter_entries(self) -> Iterator[ZipEntry]:
+        return iter(self.entries())
 
     def iter_bytes(self, entries: Iterable[ZipEntry]) -> Iterator[MemberRead]:
         for entry in entries:
@@ -180,7 +188,6 @@ class Hdf5Members:
         self.path = Path(path)
         self.limits = limits
         self._refused: list[RefusedMember] = []
-        self._keys: dict[str, str] = {}
 
     @property
     def label(self) -> str:
@@ -198,19 +205,22 @@ class Hdf5Members:
             ) from exc
 
     def entries(self) -> list[ZipEntry]:
+        return list(self.iter_entries())
+
+    def iter_entries(self) -> Iterator[ZipEntry]:
+        """The datasets one at a time, so a caller can store the listing without holding it (401,059
+        entries for ISIC 2024); the total size limit is checked when the last one has been listed."""
         import h5py
 
         mtime = self.path.stat().st_mtime_ns
-        found: list[ZipEntry] = []
         refused: list[RefusedMember] = []
-        keys: dict[str, str] = {}
         total = 0
+        position = 0
         with self._open() as handle:
-            names = list(handle.keys())
-            if len(names) > self.limits.max_members:
-                raise ZipRefused(f"{self.path.name}: {len(names)} datasets exceed max_members "
+            if len(handle) > self.limits.max_members:
+                raise ZipRefused(f"{self.path.name}: {len(handle)} datasets exceed max_members "
                                  f"{self.limits.max_members}")
-            for key in names:
+            for key in handle:
                 if not ISIC_ID_RE.match(key):
                     refused.append(RefusedMember(key, "not_an_isic_id",
                                                  f"HDF5 key {key!r} is not ISIC_ + 7 digits"))
@@ -232,16 +242,16 @@ class Hdf5Members:
                 stored = int(item.id.get_storage_size())
                 total += declared
                 offset = item.id.get_offset() or 0
+                # Named <key>.jpg: every key listed is an ISIC id, so the name gives the key back.
                 name = f"{key}.jpg"
-                keys[name] = key
-                found.append(ZipEntry(name=name, file_size=declared, compress_size=stored,
-                                      crc=zlib.crc32(f"{mtime}:{offset}:{stored}".encode()),
-                                      is_dir=False, kind=member_kind(name), header_offset=len(found)))
+                yield ZipEntry(name=name, file_size=declared, compress_size=stored,
+                               crc=zlib.crc32(f"{mtime}:{offset}:{stored}".encode()),
+                               is_dir=False, kind=member_kind(name), header_offset=position)
+                position += 1
         if total > self.limits.max_total_bytes:
             raise ZipRefused(f"{self.path.name}: datasets declare {total} bytes in all, over max_total_bytes "
                              f"{self.limits.max_total_bytes}")
-        self._refused, self._keys = refused, keys
-        return found
+        self._refused = refused
 
     def refused(self) -> list[RefusedMember]:
         """Objects :meth:`entries` left out, with the reason (valid after ``entries``)."""
@@ -256,7 +266,7 @@ class Hdf5Members:
         return None
 
     def _dataset_bytes(self, handle: Any, name: str) -> bytes:
-        dataset = handle[self._keys.get(name, name.removesuffix(".jpg"))]
+        dataset = handle[name.removesuffix(".jpg")]
         problem = _byte_layout_problem(dataset)
         if problem:
             raise ValueError(problem)
