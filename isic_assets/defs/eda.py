@@ -4,6 +4,7 @@ import dagster as dg
 
 from ..core import layout
 from ..core.eda.figures import make_eda, markdown_gallery
+from ..core.eda.tables import EDA_COLUMNS, MetadataFacts
 from ..core.splits.near_duplicates import read_pairs
 from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import data_root_metadata, fingerprint, table_metadata
@@ -35,13 +36,15 @@ INPUT_TABLES = (layout.METADATA_CSV, layout.DUPLICATES_CSV, layout.QUARANTINE_CS
 def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
     merged_dir = root / layout.MERGED
+    metadata_csv = merged_dir / layout.METADATA_CSV
     result = make_eda(
-        layout.read_table(merged_dir / layout.METADATA_CSV),
+        layout.read_table(metadata_csv, columns=EDA_COLUMNS),
         layout.read_table(merged_dir / layout.DUPLICATES_CSV),
         layout.read_table(merged_dir / layout.QUARANTINE_CSV),
         root / layout.EDA,
         read_pairs(root),
         tuple(s.name for s in isic.selected_sources()),
+        MetadataFacts.from_chunks(layout.read_table_chunks(metadata_csv), layout.table_columns(metadata_csv)),
     )
     context.log.info(f"wrote {len(result.figures)} figures and {result.report}")
     class_counts = result.tables.get("class_counts")

@@ -25,10 +25,16 @@ import pandas as pd
 
 from .assign import IMAGE_EXT, MANIFEST_COLUMNS, map_labels
 from .checks import original_ids
-from .grouping import build_groups, clean_keys, link_keys
+from .grouping import LINK_COLUMNS, build_groups, clean_keys, link_keys
 
 EVALUATION_SPLIT = "evaluation"
 OVERLAP_COLUMNS = ["isic_id", "source", "evaluation_isic_id", "evaluation_source", "reason", "group_id"]
+
+
+def evaluation_columns(label_column: str) -> tuple[str, ...]:
+    """The metadata columns the hold-out and the evaluation leakage check read (ids, sources, label,
+    link keys); the evaluation folders' per-image metadata is read for their rows only."""
+    return ("isic_id", label_column, "source", "sources", *LINK_COLUMNS)
 # Most direct first: the reason reported for a training image linked to an evaluation image in several ways.
 # ``unlabelled_evaluation``: an evaluation image whose label maps to no class; not written, still held out.
 REASONS = ("same_id", "identical_content", "listed_duplicate", "near_duplicate", "same_lesion", "same_patient",
