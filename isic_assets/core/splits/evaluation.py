@@ -17,10 +17,12 @@ counts every kind (the cross-set table of docs/ISIC_SOURCES.md 5.2).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .assign import IMAGE_EXT, MANIFEST_COLUMNS, map_labels
@@ -66,12 +68,19 @@ class Holdout:
         }
 
 
-def source_lists(metadata: pd.DataFrame) -> pd.Series:
-    """The ``;``-joined ``sources`` cell of each row as a list (the row's ``source`` when absent)."""
+def source_cells(metadata: pd.DataFrame) -> pd.Series:
+    """The ``;``-joined ``sources`` cell of each row (the row's ``source`` when absent), as text.
+
+    Kept as text and split only for the rows that need it: a list per row is about 100 bytes an
+    image, twice over, at 400,000 images (docs/PERFORMANCE.md "ISIC 2024 at archive scale")."""
     column = "sources" if "sources" in metadata.columns else "source"
     if column not in metadata.columns:
-        return pd.Series([[] for _ in range(len(metadata))], index=metadata.index, dtype=object)
-    return clean_keys(metadata[column]).map(lambda cell: [s for s in cell.split(";") if s])
+        return pd.Series("", index=metadata.index, dtype=object)
+    return clean_keys(metadata[column])
+
+
+def _names_in(cell: str, keep: Callable[[str], bool]) -> list[str]:
+    return [s for s in cell.split(";") if s and keep(s)]
 
 
 def evaluation_members(
@@ -84,7 +93,12 @@ def evaluation_members(
     """
     names = set(evaluation_sources)
     ids = clean_keys(metadata["isic_id"])
-    listed = pd.Series(source_lists(metadata).map(lambda s: [n for n in s if n in names]).to_numpy(), index=ids)
+    cells = source_cells(metadata)
+    # Only a cell naming an evaluation source somewhere can list one; split just those.
+    maybe = (cells.str.contains("|".join(re.escape(n) for n in sorted(names)), regex=True).to_numpy() if names
+             else np.zeros(len(cells), dtype=bool))
+    listed = pd.Series([_names_in(cell, names.__contains__) for cell in cells[maybe]], index=ids[maybe].to_numpy(),
+                       dtype=object)
     stand_ins: set[str] = set()
     if duplicates is not None and len(duplicates) and "source" in duplicates.columns:
         dropped_eval = clean_keys(duplicates["source"]).isin(names)
@@ -115,9 +129,11 @@ def hold_out(
         return Holdout(_empty_manifest(), pd.DataFrame(columns=OVERLAP_COLUMNS), frozenset())
     groups = build_groups(metadata, duplicates, near_duplicates)
     eval_groups = set(groups.reindex(sorted(eval_ids)))
-    sources_of = pd.Series(source_lists(metadata).to_numpy(), index=ids)
-    training_sources = sources_of.map(lambda s: [n for n in s if n not in names])
     leaving = sorted(i for i, g in groups.items() if g in eval_groups and i not in eval_ids)
+    # The training sources of the only rows the overlap names: evaluation images and those leaving.
+    needed = ids.isin(set(listed.index) | set(leaving)).to_numpy()
+    training_sources = {i: _names_in(cell, lambda n: n not in names)
+                        for i, cell in zip(ids[needed], source_cells(metadata)[needed], strict=True)}
     overlap = _overlap_rows(metadata, ids, duplicates, near_duplicates, groups, eval_ids, leaving,
                             training_sources, listed, names)
     manifest, unlabelled = _evaluation_manifest(metadata, ids, listed, stand_ins, groups, names,
