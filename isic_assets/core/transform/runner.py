@@ -97,14 +97,14 @@ def transform_images(
     started = time.perf_counter()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    _check_jobs(jobs)
+    wanted = _check_jobs(jobs)
     out_dir = Path(out_dir)
     images_dir, state_dir = out_dir / IMAGES_DIR, out_dir / STATE_DIR
     images_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_run(state_dir / LOCK_FILE) as lock_fd, disk_full_errors(STAGE, out_dir):
         return _transform_locked(jobs, out_dir, settings, workers, log, started, lock_fd,
-                                 compute or ComputeChoice(LOCAL), time_limit_s)
+                                 compute or ComputeChoice(LOCAL), time_limit_s, wanted)
 
 
 @contextlib.contextmanager
@@ -133,6 +133,7 @@ def _transform_locked(
     lock_fd: int,
     compute: ComputeChoice,
     time_limit_s: float = DEFAULT_IMAGE_TIME_LIMIT_S,
+    wanted: set[str] | None = None,
 ) -> TransformReport:
     images_dir, state_dir = out_dir / IMAGES_DIR, out_dir / STATE_DIR
     for folder in (out_dir, images_dir, state_dir):
@@ -148,7 +149,7 @@ def _transform_locked(
         if state_missing and next(iter(state.values()), None) is None and any(images_dir.iterdir()):
             log(f"transform: state file {state_dir / STATE_FILE} is missing although {images_dir} holds "
                 "outputs; every image is transformed again (the outputs come out identical)")
-        wanted = {job.isic_id for job in jobs}
+        wanted = wanted if wanted is not None else {job.isic_id for job in jobs}
         report.removed = _remove_unwanted_outputs(images_dir, wanted)
         todo = _plan(jobs, state, images_dir, fingerprint, report)
         if todo:
@@ -192,7 +193,8 @@ def _run(todo: list[TransformJob], compute: ComputeChoice, workers: int, lock_fd
         TransformDispatch(engine, settings, out_dir, state, report, log, len(todo), time_limit_s).run(todo)
 
 
-def _check_jobs(jobs: Sequence[TransformJob]) -> None:
+def _check_jobs(jobs: Sequence[TransformJob]) -> set[str]:
+    """Refuse malformed jobs; return the set of their ids (the outputs to keep)."""
     seen: set[str] = set()
     for job in jobs:
         if not isinstance(job.isic_id, str) or not _SAFE_ID.match(job.isic_id):
@@ -204,6 +206,7 @@ def _check_jobs(jobs: Sequence[TransformJob]) -> None:
                 f"job {job.isic_id}: src_sha256 must be 64 lower-case hex digits, got {job.src_sha256!r}"
             )
         seen.add(job.isic_id)
+    return seen
 
 
 def _remove_unwanted_outputs(images_dir: Path, wanted: set[str]) -> int:
