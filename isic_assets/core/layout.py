@@ -56,8 +56,10 @@ def data_root(explicit: str | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
-# Rows per chunk of ``read_table_chunks``: about 30 MB of text for a 61-column ISIC 2024 table.
-CHUNK_ROWS = 50_000
+# Rows per chunk of ``read_table_chunks``. A chunk's Python strings, not its text, are the cost: chunks
+# of 10,000 rows of the 83 transformed columns of a 2024 source raised the transform stage's table
+# side by about 40 MB over chunks of 2,000 rows (docs/PERFORMANCE.md "ISIC 2024 at archive scale").
+CHUNK_ROWS = 4096
 
 
 def read_table(path: Path, columns: Iterable[str] | None = None) -> pd.DataFrame:
