@@ -369,3 +369,23 @@ def test_real_2020_ground_truth_counts(isic_reference: Path, tmp_path: Path) -> 
     assert counts == {"benign": 32542, "malignant": 584, "indeterminate": 0, "unlabelled": 0}
     assert {p.name for p in tmp_path.iterdir()} == EXPECTED_FILES
     assert "32,542" in result.report.read_text(encoding="utf-8")
+
+
+def test_column_subset_with_chunked_facts_writes_the_same_report(tmp_path: Path) -> None:
+    """The asset reads EDA_COLUMNS only and sums the missing shares and the fingerprint chunk by chunk
+    (chunks of 7 rows here): the report must be byte-identical to one made from the whole table."""
+    from isic_assets.core import layout
+
+    csv = tmp_path / "metadata.csv"
+    _metadata().assign(extra=lambda f: np.where(np.arange(len(f)) % 3 == 0, "", "x")).to_csv(csv, index=False)
+    whole = make_eda(layout.read_table(csv), _duplicates(), _quarantine(), tmp_path / "whole")
+    facts = eda_tables.MetadataFacts.from_chunks(layout.read_table_chunks(csv, rows=7), layout.table_columns(csv))
+    narrow = layout.read_table(csv, columns=eda_tables.EDA_COLUMNS)
+    assert "extra" not in narrow.columns and len(narrow.columns) < len(layout.table_columns(csv))
+    subset = make_eda(narrow, _duplicates(), _quarantine(), tmp_path / "subset", facts=facts)
+    assert subset.inputs == whole.inputs
+    for name, table in whole.tables.items():
+        pd.testing.assert_frame_equal(subset.tables[name], table, obj=name)
+    assert (tmp_path / "subset" / REPORT_NAME).read_bytes() == (tmp_path / "whole" / REPORT_NAME).read_bytes()
+    assert subset.tables["missing_values"].set_index("column")["missing_percent"]["extra"] == pytest.approx(
+        100 * 120 / 360, abs=0.001)

@@ -415,3 +415,38 @@ def test_a_parent_that_already_used_opencv_threads_can_still_fork_workers(tmp_pa
         process.communicate()
         pytest.fail("transform_images hung in a process that had used OpenCV threads")
     assert process.returncode == 0 and "done" in output, output
+
+
+def test_jobs_as_columns_and_tables_written_in_chunks_match_the_whole_table(tmp_path: Path) -> None:
+    """The asset hands the runner a JobTable (four columns, jobs made on demand) and writes metadata.csv
+    from chunks of the merged table: the same outputs, report and bytes as a list of jobs and the whole
+    table, whatever the chunk size; ids the merged table lists without an output are left out."""
+    import pandas as pd
+
+    from isic_assets.core import layout
+    from isic_assets.core.transform.records import JobTable
+    from isic_assets.core.transform.tables import transformed_column_types, write_transform_tables
+
+    jobs = _make_jobs(tmp_path, 7)
+    merged = tmp_path / "merged"
+    table = JobTable(merged, [j.isic_id for j in jobs], [f"images/{j.isic_id}.jpg" for j in jobs],
+                     [j.src_sha256 for j in jobs], ["", "1", "1", "", "1", "1", "1"])
+    assert list(table) == jobs and table[2:4] == jobs[2:4] and len(table) == 7
+    report = transform_images(table, tmp_path / "out", SETTINGS, workers=2, log=_quiet)
+    assert report.processed == 7 and list(report.images) == sorted(j.isic_id for j in jobs)
+    assert "ISIC_9999999" not in report.images and jobs[3].isic_id in report.images
+    csv = tmp_path / "merged.csv"
+    pd.DataFrame({"isic_id": [*(j.isic_id for j in reversed(jobs)), "ISIC_9999999"], "image": "x.jpg",
+                  "width": "10", "height": "20", "sha256": "ab", "note": ["", "a,b", "\"q\"", "", "é", "", "", "z"]}
+                 ).to_csv(csv, index=False)
+    whole_dir, chunked_dir = tmp_path / "whole", tmp_path / "chunked"
+    whole_dir.mkdir()
+    chunked_dir.mkdir()
+    whole = write_transform_tables(layout.read_table(csv), report, SETTINGS, whole_dir)
+    chunked = write_transform_tables(layout.read_table_chunks(csv, rows=3), report, SETTINGS, chunked_dir)
+    assert (chunked_dir / "metadata.csv").read_bytes() == (whole_dir / "metadata.csv").read_bytes()
+    assert whole == chunked and whole.rows == 7 and whole.own_types["width"] == "int"
+    written = layout.read_table(whole_dir / "metadata.csv")
+    assert written["isic_id"].tolist() == [j.isic_id for j in reversed(jobs)]
+    assert written["sha256"].tolist() == [report.images[i].sha256 for i in written["isic_id"]]
+    assert transformed_column_types(chunked, {"width": "int"})["source_width"] == "int"

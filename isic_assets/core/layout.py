@@ -4,6 +4,7 @@ pipeline table is read back. No stage guesses another's paths."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -55,11 +56,54 @@ def data_root(explicit: str | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """A table the pipeline wrote: every column as text, missing values as empty strings."""
+# Rows per chunk of ``read_table_chunks``. A chunk's Python strings, not its text, are the cost: chunks
+# of 10,000 rows of the 83 transformed columns of a 2024 source raised the transform stage's table
+# side by about 40 MB over chunks of 2,000 rows (docs/PERFORMANCE.md "ISIC 2024 at archive scale").
+CHUNK_ROWS = 4096
+
+
+def read_table(path: Path, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """A table the pipeline wrote: every column as text, missing values as empty strings.
+
+    ``columns`` reads only those columns (in the file's order; a name the file lacks is left out, so
+    ``"x" in frame.columns`` still tells): a stage that needs five of the 61 columns of an ISIC 2024
+    table then holds a tenth of the strings (docs/PERFORMANCE.md "ISIC 2024 at archive scale").
+    """
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} does not exist; materialize the upstream asset first")
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.read_csv(path, dtype=str, keep_default_na=False, usecols=_wanted(columns))
+
+
+def read_table_chunks(path: Path, columns: Iterable[str] | None = None,
+                      rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """:func:`read_table` a chunk of ``rows`` rows at a time (the same text, row order and index)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist; materialize the upstream asset first")
+    with pd.read_csv(path, dtype=str, keep_default_na=False, usecols=_wanted(columns), chunksize=rows) as reader:
+        yield from reader
+
+
+def read_rows_of(path: Path, isic_ids: Iterable[str], column: str = "isic_id") -> pd.DataFrame:
+    """Every column of the rows of ``path`` whose ``column`` is one of ``isic_ids``, in file order:
+    the same frame as ``read_table(path)`` filtered to those rows (index renumbered), read a chunk at
+    a time so the other rows are never all held."""
+    wanted = set(isic_ids)
+    parts = [chunk[chunk[column].isin(wanted)] for chunk in read_table_chunks(path)]
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+
+
+def table_columns(path: Path) -> list[str]:
+    """The header of a table the pipeline wrote, without reading its rows."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist; materialize the upstream asset first")
+    return list(pd.read_csv(path, dtype=str, keep_default_na=False, nrows=0).columns)
+
+
+def _wanted(columns: Iterable[str] | None) -> Callable[[str], bool] | None:
+    if columns is None:
+        return None
+    wanted = frozenset(columns)
+    return wanted.__contains__
 
 
 def download_path(root: Path, source: Source, role: str) -> Path:

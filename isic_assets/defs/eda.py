@@ -5,6 +5,7 @@ import dagster as dg
 from ..core import layout
 from ..core.eda.figures import make_eda, markdown_gallery
 from ..core.eda.review_sheet import image_paths
+from ..core.eda.tables import EDA_COLUMNS, MetadataFacts
 from ..core.splits.near_duplicates import read_pairs
 from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import data_root_metadata, fingerprint, table_metadata
@@ -36,14 +37,17 @@ INPUT_TABLES = (layout.METADATA_CSV, layout.DUPLICATES_CSV, layout.QUARANTINE_CS
 def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
     merged_dir = root / layout.MERGED
+    metadata_csv = merged_dir / layout.METADATA_CSV
+    pairs = read_pairs(root)
     result = make_eda(
-        layout.read_table(merged_dir / layout.METADATA_CSV),
+        layout.read_table(metadata_csv, columns=EDA_COLUMNS),
         layout.read_table(merged_dir / layout.DUPLICATES_CSV),
         layout.read_table(merged_dir / layout.QUARANTINE_CSV),
         root / layout.EDA,
-        read_pairs(root),
+        pairs,
         tuple(s.name for s in isic.selected_sources()),
-        review_images=_transformed_images(root),
+        MetadataFacts.from_chunks(layout.read_table_chunks(metadata_csv), layout.table_columns(metadata_csv)),
+        review_images=_transformed_images(root, pairs),
     )
     context.log.info(f"wrote {len(result.figures)} figures and {result.report}")
     class_counts = result.tables.get("class_counts")
@@ -70,9 +74,12 @@ def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.Mater
     )
 
 
-def _transformed_images(root):
-    """``isic_id`` -> transformed image, for the report's review sheet (empty before transformed_images ran)."""
+def _transformed_images(root, pairs):
+    """``isic_id`` -> transformed image of the ids in ``pairs``, for the report's review sheet (empty
+    before transformed_images ran); two columns read, and only the paired ids kept."""
     table = root / layout.TRANSFORMED / layout.METADATA_CSV
-    if not table.is_file():
+    if not table.is_file() or pairs is None or pairs.empty:
         return {}
-    return image_paths(layout.read_table(table), root / layout.TRANSFORMED)
+    images = layout.read_table(table, columns=["isic_id", "image"])
+    paired = images["isic_id"].isin(set(pairs["isic_id_a"]) | set(pairs["isic_id_b"]))
+    return image_paths(images[paired], root / layout.TRANSFORMED)

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from ..core import layout
 from ..core.splits.assign import SplitConfig
-from ..core.splits.evaluation import EVALUATION_SPLIT, OVERLAP_COLUMNS, Holdout, hold_out
+from ..core.splits.evaluation import EVALUATION_SPLIT, OVERLAP_COLUMNS, Holdout, evaluation_columns, hold_out
 from ..core.splits.near_duplicates import read_pairs
 from ..core.splits.writer import write_evaluation
 from .metadata import data_root_metadata, table_metadata
@@ -44,7 +44,7 @@ def compute_holdout(isic: IsicSettings, label_column: str, class_map: dict[str, 
     root = isic.root()
     settings = SplitConfig(label_column=label_column, class_map=dict(class_map))
     return hold_out(
-        layout.read_table(root / layout.TRANSFORMED / layout.METADATA_CSV),
+        layout.read_table(root / layout.TRANSFORMED / layout.METADATA_CSV, columns=evaluation_columns(label_column)),
         layout.read_table(root / layout.MERGED / layout.DUPLICATES_CSV),
         read_pairs(root) if use_pairs else None,
         evaluation_source_names(isic),
@@ -71,7 +71,8 @@ def evaluation_sets(context: dg.AssetExecutionContext, config: EvaluationSetsCon
     holdout = compute_holdout(isic, config.label_column, config.class_map, config.near_duplicates == "group")
     classes = SplitConfig(label_column=config.label_column, class_map=dict(config.class_map)).classes
     out_dir = root / layout.EVALUATION_DIR
-    metadata = layout.read_table(root / layout.TRANSFORMED / layout.METADATA_CSV)
+    # Every column, for the evaluation images only: their imagefolder metadata carries them all.
+    metadata = layout.read_rows_of(root / layout.TRANSFORMED / layout.METADATA_CSV, holdout.manifest["isic_id"])
     report = write_evaluation(holdout.manifest, holdout.overlap, metadata, classes, root / layout.TRANSFORMED,
                               out_dir)
     if holdout.unlabelled:
@@ -114,7 +115,8 @@ def read_held_out(isic: IsicSettings) -> tuple[set[str], dict]:
             raise FileNotFoundError(f"{manifest_path} does not exist but evaluation sources are selected; "
                                     "materialize evaluation_sets first")
         return set(), {}
-    manifest, overlap = layout.read_table(manifest_path), layout.read_table(overlap_path)
+    manifest = layout.read_table(manifest_path, columns=("isic_id", "source"))
+    overlap = layout.read_table(overlap_path)
     missing = [c for c in OVERLAP_COLUMNS if c not in overlap.columns]
     if missing:
         raise ValueError(f"{overlap_path} lacks the column(s) {missing}; expected {OVERLAP_COLUMNS}")

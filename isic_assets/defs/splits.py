@@ -14,11 +14,12 @@ from ..core import layout
 from ..core.compute.engine import open_engine
 from ..core.eda.thumbnails import composition_plot
 from ..core.splits.assign import SPLITS, SplitConfig
+from ..core.splits.checks import original_ids
 from ..core.splits.dataset_card import write_dataset_card
 from ..core.splits.facts import licence_counts, source_facts
 from ..core.splits.folds import fold_class_counts
 from ..core.splits.near_duplicates import read_pairs
-from ..core.splits.planning import plan_splits
+from ..core.splits.planning import plan_columns, plan_splits
 from ..core.splits.writer import write_splits
 from ..core.table_schema import column_types, typed_columns
 from ..core.transform.augment import DEFAULT_AUGMENTATIONS, augment_file
@@ -112,7 +113,8 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
     settings = split_config(config)
     # Official evaluation images and everything sharing a leakage group with them stay out of the pool.
     held_out, evaluation = read_held_out(isic)
-    pool = layout.read_table(transformed / layout.METADATA_CSV)
+    metadata_csv = transformed / layout.METADATA_CSV
+    pool = layout.read_table(metadata_csv, columns=plan_columns(settings.label_column))
     pool = pool[~pool["isic_id"].isin(held_out)].reset_index(drop=True)
     if held_out:
         context.log.info(f"held out {len(held_out)} image(s) for the evaluation sets: {evaluation}")
@@ -133,8 +135,10 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
     spec = json.loads(config.augmentations_json) if config.augmentations_json else DEFAULT_AUGMENTATIONS
     spec_version = hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:12]
     out_dir = root / layout.SPLITS_DIR
+    # Every column, for the planned images only: the per-split imagefolder metadata carries them all.
+    planned_rows = layout.read_rows_of(metadata_csv, original_ids(plan.manifest))
     report = write_splits(
-        plan, metadata, transformed, out_dir,
+        plan, planned_rows, transformed, out_dir,
         make_augmented_copy=functools.partial(augment_file, spec=spec),  # picklable: it runs on workers
         augment_version=spec_version,
         open_engine=lambda: open_engine(isic.compute_choice(), config.workers, root, context.log.info,
@@ -150,7 +154,7 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
                               source_facts(isic.selected_sources(), metadata), evaluation)
     summary = plan.summary()
     manifest_path = out_dir / layout.MANIFEST_CSV
-    manifest_columns = layout.read_table(manifest_path).columns
+    manifest_columns = layout.table_columns(manifest_path)
     return dg.MaterializeResult(
         metadata={
             **data_root_metadata(root),

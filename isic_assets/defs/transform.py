@@ -13,7 +13,8 @@ from ..core.eda.thumbnails import contact_sheet
 from ..core.operation.disk_space import disk_full_errors
 from ..core.table_schema import parquet_column_types
 from ..core.transform.image_ops import TRANSFORM_CODE_VERSION, TransformSettings
-from ..core.transform.runner import DEFAULT_IMAGE_TIME_LIMIT_S, STAGE, TransformJob, transform_images
+from ..core.transform.records import JobTable
+from ..core.transform.runner import DEFAULT_IMAGE_TIME_LIMIT_S, STAGE, transform_images
 from ..core.transform.tables import transformed_column_types, write_transform_tables
 from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import column_schema, data_root_metadata
@@ -21,6 +22,8 @@ from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stag
 from .resources import WRITE_POOL, IsicSettings
 
 GROUP = "prepare"
+# The merged columns a transform job is made of.
+JOB_COLUMNS = ("isic_id", "image", "sha256", "exif_orientation")
 
 
 class TransformConfig(dg.Config):
@@ -57,28 +60,32 @@ def transformed_images(context: dg.AssetExecutionContext, config: TransformConfi
                        isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
     merged_dir = root / layout.MERGED
-    metadata = layout.read_table(merged_dir / layout.METADATA_CSV)
+    metadata_csv = merged_dir / layout.METADATA_CSV
+    # The jobs need four of the merged columns; the rest are only carried into metadata.csv, a chunk
+    # of rows at a time, after the images are done.
+    inputs = layout.read_table(metadata_csv, columns=JOB_COLUMNS)
+    missing = [c for c in JOB_COLUMNS if c not in inputs.columns]
+    if missing:
+        raise ValueError(f"{metadata_csv} lacks the column(s) {missing}; re-run merge_sources")
     settings = TransformSettings(size=config.size, mode=config.mode, jpeg_quality=config.jpeg_quality,
                                  color_constancy=config.color_constancy, hair_removal=config.hair_removal)
-    jobs = [
-        TransformJob(isic_id=row.isic_id, src=merged_dir / row.image, src_sha256=row.sha256,
-                     exif_orientation=int(row.exif_orientation or 1))
-        for row in metadata.itertuples(index=False)
-    ]
+    jobs = JobTable(merged_dir, inputs["isic_id"], inputs["image"], inputs["sha256"], inputs["exif_orientation"])
+    del inputs
     out_dir = root / layout.TRANSFORMED
     report = transform_images(jobs, out_dir, settings, workers=config.workers, log=context.log.info,
                               compute=isic.compute_choice(), time_limit_s=config.image_time_limit_s)
+    del jobs
     with disk_full_errors(STAGE, out_dir):
-        table = write_transform_tables(metadata, report, settings, out_dir)
+        table = write_transform_tables(layout.read_table_chunks(metadata_csv), report, settings, out_dir)
     digest = hashlib.sha256(report.fingerprint.encode())
-    for isic_id in sorted(report.images):
-        digest.update(f"{isic_id}:{report.images[isic_id].sha256}".encode())
+    for isic_id, sha256 in zip(report.images.ids, report.images.sha256, strict=True):  # sorted by id
+        digest.update(f"{isic_id}:{sha256}".encode())
     rate = report.processed / report.seconds if report.seconds and report.processed else 0.0
     return dg.MaterializeResult(
         metadata={
             **data_root_metadata(root),
-            "images": len(table),
-            "dagster/row_count": len(table),
+            "images": table.rows,
+            "dagster/row_count": table.rows,
             "processed_this_run": report.processed,
             "skipped_unchanged": report.skipped,
             "removed": report.removed,
@@ -92,7 +99,7 @@ def transformed_images(context: dg.AssetExecutionContext, config: TransformConfi
             "normalization": dg.MetadataValue.json(
                 {k: report.normalization.get(k) for k in ("mean", "std", "mean_255", "std_255", "image_count")}
             ),
-            "samples": dg.MetadataValue.md(contact_sheet(out_dir / "images", sorted(report.images)[:8])),
+            "samples": dg.MetadataValue.md(contact_sheet(out_dir / "images", list(report.images.ids[:8]))),
             "path": dg.MetadataValue.path(str(out_dir / "images")),
             "metadata_csv": dg.MetadataValue.path(str(out_dir / layout.METADATA_CSV)),
             "normalization_json": dg.MetadataValue.path(str(out_dir / layout.NORMALIZATION_JSON)),

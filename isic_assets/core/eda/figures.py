@@ -36,7 +36,17 @@ from .. import layout
 from ..atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from .report import ReportFigure, ReportTable, gallery_markdown, png_thumbnail_base64, render_report_html
 from .review_sheet import review_sheet_html
-from .tables import AGE_STEP, UNLABELLED, _class_order, _Columns, _normalize, _summarize, _tables, _valid_dimensions
+from .tables import (
+    AGE_STEP,
+    UNLABELLED,
+    MetadataFacts,
+    _class_order,
+    _Columns,
+    _normalize,
+    _summarize,
+    _tables,
+    _valid_dimensions,
+)
 
 #: Fixed colours so a class looks the same in every figure (seaborn "deep" blue/red/orange, grey).
 CLASS_COLOURS: dict[str, str] = {
@@ -111,22 +121,24 @@ class EdaResult:
 
 def make_eda(metadata: pd.DataFrame, duplicates: pd.DataFrame, quarantine: pd.DataFrame,
              out_dir: Path, near_duplicates: pd.DataFrame | None = None,
-             source_order: tuple[str, ...] = (),
+             source_order: tuple[str, ...] = (), facts: MetadataFacts | None = None,
              review_images: Mapping[str, Path] | None = None) -> EdaResult:
     """Write every figure and ``report.html`` to ``out_dir`` under stable names; return what was made.
 
     Reads nothing but the three frames (and ``near_duplicates.csv``'s pairs when given, for the
-    source overlap, whose pairs follow ``source_order``). With ``review_images`` (``isic_id`` ->
-    transformed image file) the report also gets the review sheet of the closest pairs
-    (``review_sheet.py``). Each file is written atomically (temporary name + rename)
-    so a reader never sees a half-written figure and a re-run simply replaces the files.
+    source overlap, whose pairs follow ``source_order``). ``metadata`` may hold only ``EDA_COLUMNS``
+    when ``facts`` are those of the whole table (``MetadataFacts.from_chunks``). With
+    ``review_images`` (``isic_id`` -> transformed image file) the report also gets the review sheet
+    of the closest pairs (``review_sheet.py``). Each file is written atomically (temporary name +
+    rename) so a reader never sees a half-written figure and a re-run simply replaces the files.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     cols = _normalize(metadata)
-    tables = _tables(cols, metadata, duplicates, quarantine, near_duplicates, source_order)
-    inputs = _summarize(cols, metadata, duplicates, quarantine)
+    facts = facts if facts is not None else MetadataFacts.of(metadata)
+    tables = _tables(cols, metadata, duplicates, quarantine, near_duplicates, source_order, facts)
+    inputs = _summarize(cols, metadata, duplicates, quarantine, facts)
     pngs = {name: render_png(figure) for name, figure in _figures(cols, tables).items()}
     paths: dict[str, Path] = {}
     for name, png in pngs.items():

@@ -5,12 +5,12 @@ summaries, missing values and the reasons images were dropped; the figures are d
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..merge.quality import missing_percentages
 from .overlap import source_overlap
 
 LABEL_COLUMN = "benign_malignant"
@@ -20,6 +20,47 @@ UNKNOWN_SOURCE = "(no source)"
 #: Classes in the order every figure and table shows them; unexpected labels follow, sorted.
 CLASS_ORDER: tuple[str, ...] = ("benign", "malignant", "indeterminate", UNLABELLED)
 AGE_STEP = 5  # ISIC publishes age_approx in 5-year steps
+#: The metadata columns the figures and tables read row by row (the missing values and the
+#: fingerprint cover every column, but need only one chunk of rows at a time: ``MetadataFacts``).
+EDA_COLUMNS = ("isic_id", LABEL_COLUMN, "source", "sources", "sex", "anatom_site_general", "age_approx", "width",
+               "height", "image_type")
+
+
+@dataclass(frozen=True)
+class MetadataFacts:
+    """What the report says about the whole metadata table: its size, the missing share of every
+    column (the checks' rule) and a fingerprint of every cell. Summed chunk by chunk (``from_chunks``),
+    so the EDA can hold only ``EDA_COLUMNS`` of a 61-column table and still report every column."""
+
+    rows: int
+    columns: tuple[str, ...]
+    missing_percent: dict[str, float]
+    fingerprint: str
+
+    @classmethod
+    def of(cls, metadata: pd.DataFrame) -> MetadataFacts:
+        return cls.from_chunks([metadata], list(metadata.columns))
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[pd.DataFrame], columns: list[str], fingerprint: bool = True
+                    ) -> MetadataFacts:
+        """The same numbers as on the whole table: per-row hashes and missing counts do not depend on
+        how the rows are cut. ``columns``: the columns to count (and hash); ``fingerprint=False``
+        leaves the fingerprint empty (the missing_data check needs none)."""
+        digest = hashlib.sha256("\x1f".join(map(str, columns)).encode())
+        missing = dict.fromkeys(columns, 0)
+        rows = 0
+        for chunk in chunks:
+            rows += len(chunk)
+            if fingerprint:
+                cells = pd.util.hash_pandas_object(chunk[columns].astype("string").fillna(""), index=False)
+                digest.update(cells.to_numpy().tobytes())
+            for column in columns:
+                values = chunk[column]
+                missing[column] += int((values.isna() | (values.astype(str).str.strip() == "")).sum())
+        # missing_percentages' own arithmetic: round(100 * mean, 3), the mean being count / rows.
+        percent = {c: round(100.0 * (n / rows), 3) if rows else 0.0 for c, n in missing.items()}
+        return cls(rows, tuple(columns), percent, digest.hexdigest()[:16] if fingerprint else "")
 
 
 @dataclass(frozen=True)
@@ -38,7 +79,8 @@ class _Columns:
 
 def _tables(cols: _Columns, metadata: pd.DataFrame, duplicates: pd.DataFrame,
             quarantine: pd.DataFrame, near_duplicates: pd.DataFrame | None = None,
-            source_order: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
+            source_order: tuple[str, ...] = (), facts: MetadataFacts | None = None) -> dict[str, pd.DataFrame]:
+    facts = facts if facts is not None else MetadataFacts.of(metadata)
     classes = _class_order(cols.label)
     return {
         "class_counts": _class_counts(cols.label, classes),
@@ -49,7 +91,7 @@ def _tables(cols: _Columns, metadata: pd.DataFrame, duplicates: pd.DataFrame,
                                                classes, "image_type"),
         "age_summary": _age_summary(cols, classes),
         "dimensions_by_source": _dimensions_by_source(cols),
-        "missing_values": _missing_table(metadata),
+        "missing_values": _missing_table(facts),
         "duplicates_by_reason": _reason_counts(duplicates),
         "quarantine_by_reason": _reason_counts(quarantine),
         "source_overlap": source_overlap(metadata, duplicates, near_duplicates, source_order),
@@ -57,15 +99,16 @@ def _tables(cols: _Columns, metadata: pd.DataFrame, duplicates: pd.DataFrame,
 
 
 def _summarize(cols: _Columns, metadata: pd.DataFrame, duplicates: pd.DataFrame,
-               quarantine: pd.DataFrame) -> dict[str, object]:
+               quarantine: pd.DataFrame, facts: MetadataFacts | None = None) -> dict[str, object]:
+    facts = facts if facts is not None else MetadataFacts.of(metadata)
     per_source = cols.source.value_counts().sort_index()
     return {
-        "metadata rows": len(metadata),
-        "metadata columns": int(metadata.shape[1]),
+        "metadata rows": facts.rows,
+        "metadata columns": len(facts.columns),
         "sources": ", ".join(f"{name} ({count:,})" for name, count in per_source.items()) or "none",
         "duplicates rows": len(duplicates),
         "quarantine rows": len(quarantine),
-        "metadata fingerprint": _fingerprint(metadata),
+        "metadata fingerprint": facts.fingerprint,
     }
 
 
@@ -168,9 +211,9 @@ def _dimensions_by_source(cols: _Columns) -> pd.DataFrame:
     return table.reset_index()[columns]
 
 
-def _missing_table(metadata: pd.DataFrame) -> pd.DataFrame:
+def _missing_table(facts: MetadataFacts) -> pd.DataFrame:
     """Missing percentage per column, using the checks' own rule (quality.missing_percentages)."""
-    percentages = missing_percentages(metadata)
+    percentages = facts.missing_percent
     return pd.DataFrame({"column": list(percentages), "missing_percent": list(percentages.values())})
 
 
@@ -179,10 +222,3 @@ def _reason_counts(frame: pd.DataFrame) -> pd.DataFrame:
     counts = reasons.value_counts()
     table = pd.DataFrame({"reason": counts.index.astype(str), "count": counts.to_numpy().astype("int64")})
     return table.sort_values(["count", "reason"], ascending=[False, True], kind="stable").reset_index(drop=True)
-
-
-def _fingerprint(metadata: pd.DataFrame) -> str:
-    cells = pd.util.hash_pandas_object(metadata.astype("string").fillna(""), index=False)
-    digest = hashlib.sha256("\x1f".join(map(str, metadata.columns)).encode())
-    digest.update(cells.to_numpy().tobytes())
-    return digest.hexdigest()[:16]

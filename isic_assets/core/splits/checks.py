@@ -80,7 +80,7 @@ def leakage(
         {"isic_id": original_ids(manifest).to_numpy(), "split": clean_keys(manifest["split"]).to_numpy()}
     ).drop_duplicates()
     meta_ids = clean_keys(metadata["isic_id"])
-    unknown = sorted(set(placed["isic_id"]) - set(meta_ids))
+    unknown = sorted(set(placed.loc[~placed["isic_id"].isin(meta_ids), "isic_id"]))
     occurrences = pd.concat(
         [
             _id_occurrences(placed),

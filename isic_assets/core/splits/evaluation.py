@@ -17,18 +17,26 @@ counts every kind (the cross-set table of docs/ISIC_SOURCES.md 5.2).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .assign import IMAGE_EXT, MANIFEST_COLUMNS, map_labels
 from .checks import original_ids
-from .grouping import build_groups, clean_keys, link_keys
+from .grouping import LINK_COLUMNS, build_groups, clean_keys, link_keys
 
 EVALUATION_SPLIT = "evaluation"
 OVERLAP_COLUMNS = ["isic_id", "source", "evaluation_isic_id", "evaluation_source", "reason", "group_id"]
+
+
+def evaluation_columns(label_column: str) -> tuple[str, ...]:
+    """The metadata columns the hold-out and the evaluation leakage check read (ids, sources, label,
+    link keys); the evaluation folders' per-image metadata is read for their rows only."""
+    return ("isic_id", label_column, "source", "sources", *LINK_COLUMNS)
 # Most direct first: the reason reported for a training image linked to an evaluation image in several ways.
 # ``unlabelled_evaluation``: an evaluation image whose label maps to no class; not written, still held out.
 REASONS = ("same_id", "identical_content", "listed_duplicate", "near_duplicate", "same_lesion", "same_patient",
@@ -60,12 +68,19 @@ class Holdout:
         }
 
 
-def source_lists(metadata: pd.DataFrame) -> pd.Series:
-    """The ``;``-joined ``sources`` cell of each row as a list (the row's ``source`` when absent)."""
+def source_cells(metadata: pd.DataFrame) -> pd.Series:
+    """The ``;``-joined ``sources`` cell of each row (the row's ``source`` when absent), as text.
+
+    Kept as text and split only for the rows that need it: a list per row is about 100 bytes an
+    image, twice over, at 400,000 images (docs/PERFORMANCE.md "ISIC 2024 at archive scale")."""
     column = "sources" if "sources" in metadata.columns else "source"
     if column not in metadata.columns:
-        return pd.Series([[] for _ in range(len(metadata))], index=metadata.index, dtype=object)
-    return clean_keys(metadata[column]).map(lambda cell: [s for s in cell.split(";") if s])
+        return pd.Series("", index=metadata.index, dtype=object)
+    return clean_keys(metadata[column])
+
+
+def _names_in(cell: str, keep: Callable[[str], bool]) -> list[str]:
+    return [s for s in cell.split(";") if s and keep(s)]
 
 
 def evaluation_members(
@@ -78,7 +93,12 @@ def evaluation_members(
     """
     names = set(evaluation_sources)
     ids = clean_keys(metadata["isic_id"])
-    listed = pd.Series(source_lists(metadata).map(lambda s: [n for n in s if n in names]).to_numpy(), index=ids)
+    cells = source_cells(metadata)
+    # Only a cell naming an evaluation source somewhere can list one; split just those.
+    maybe = (cells.str.contains("|".join(re.escape(n) for n in sorted(names)), regex=True).to_numpy() if names
+             else np.zeros(len(cells), dtype=bool))
+    listed = pd.Series([_names_in(cell, names.__contains__) for cell in cells[maybe]], index=ids[maybe].to_numpy(),
+                       dtype=object)
     stand_ins: set[str] = set()
     if duplicates is not None and len(duplicates) and "source" in duplicates.columns:
         dropped_eval = clean_keys(duplicates["source"]).isin(names)
@@ -109,9 +129,11 @@ def hold_out(
         return Holdout(_empty_manifest(), pd.DataFrame(columns=OVERLAP_COLUMNS), frozenset())
     groups = build_groups(metadata, duplicates, near_duplicates)
     eval_groups = set(groups.reindex(sorted(eval_ids)))
-    sources_of = pd.Series(source_lists(metadata).to_numpy(), index=ids)
-    training_sources = sources_of.map(lambda s: [n for n in s if n not in names])
     leaving = sorted(i for i, g in groups.items() if g in eval_groups and i not in eval_ids)
+    # The training sources of the only rows the overlap names: evaluation images and those leaving.
+    needed = ids.isin(set(listed.index) | set(leaving)).to_numpy()
+    training_sources = {i: _names_in(cell, lambda n: n not in names)
+                        for i, cell in zip(ids[needed], source_cells(metadata)[needed], strict=True)}
     overlap = _overlap_rows(metadata, ids, duplicates, near_duplicates, groups, eval_ids, leaving,
                             training_sources, listed, names)
     manifest, unlabelled = _evaluation_manifest(metadata, ids, listed, stand_ins, groups, names,

@@ -24,7 +24,8 @@ def licence_counts(manifest: pd.DataFrame, metadata: pd.DataFrame) -> dict[str, 
 
 def source_facts(sources: Iterable[Source], metadata: pd.DataFrame) -> list[dict[str, Any]]:
     """What the dataset card says about each selected source that contributed images."""
-    used = {name for cell in metadata.get("sources", pd.Series(dtype=str)) for name in str(cell).split(";") if name}
+    cells = pd.unique(metadata.get("sources", pd.Series(dtype=str)))  # a few distinct cells, not one per image
+    used = {name for cell in cells for name in str(cell).split(";") if name}
     facts = []
     for source in sources:
         if source.name not in used:

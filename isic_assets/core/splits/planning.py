@@ -13,8 +13,16 @@ import pandas as pd
 
 from .assign import SplitConfig, SplitPlan, assign_splits
 from .folds import assign_folds
-from .grouping import build_groups
+from .grouping import LINK_COLUMNS, build_groups
 from .near_duplicates import to_drop
+
+
+def plan_columns(label_column: str) -> tuple[str, ...]:
+    """The metadata columns planning, the dataset card and the licence counts read: a transformed
+    ISIC 2024 table has 61, of which the plan needs these (docs/PERFORMANCE.md "ISIC 2024 at archive
+    scale"). The splits' per-image metadata files carry every column, read for the planned rows only."""
+    return ("isic_id", label_column, "source", "sources", "image_type", "label_conflict", *LINK_COLUMNS,
+            "copyright_license", "attribution")
 
 
 @dataclass(frozen=True)

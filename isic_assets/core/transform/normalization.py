@@ -13,7 +13,7 @@ from typing import Any
 
 from ..scan_state import JsonlLog
 from .image_ops import TRANSFORM_CODE_VERSION, TransformSettings
-from .records import STATUS_OK, TransformedImage, TransformJob, is_current
+from .records import STATUS_OK, TransformedOutputs, TransformJob, is_current
 
 
 def current_records(jobs: Sequence[TransformJob], state: JsonlLog, fingerprint: str) -> Iterator[dict]:
@@ -23,15 +23,8 @@ def current_records(jobs: Sequence[TransformJob], state: JsonlLog, fingerprint: 
             yield record
 
 
-def current_outputs(
-    jobs: Sequence[TransformJob], state: JsonlLog, fingerprint: str
-) -> dict[str, TransformedImage]:
-    return {
-        record["isic_id"]: TransformedImage(
-            record["out"], record["width"], record["height"], record["out_bytes"], record["out_sha256"]
-        )
-        for record in current_records(jobs, state, fingerprint)
-    }
+def current_outputs(jobs: Sequence[TransformJob], state: JsonlLog, fingerprint: str) -> TransformedOutputs:
+    return TransformedOutputs(current_records(jobs, state, fingerprint))
 
 
 def normalization(

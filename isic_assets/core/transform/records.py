@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 from ..scan_state import JsonlLog, read_jsonl
 
@@ -41,6 +44,38 @@ class TransformJob:
     exif_orientation: int = 1
 
 
+class JobTable(Sequence[TransformJob]):
+    """The jobs of a whole archive as four columns, each ``TransformJob`` made when it is asked for.
+
+    A list of 400,000 jobs, each with its own ``Path``, costs about 250 MB; the columns cost what
+    their strings cost (docs/PERFORMANCE.md "ISIC 2024 at archive scale").
+    """
+
+    def __init__(self, base: Path, isic_ids: Sequence[str], images: Sequence[str], sha256: Sequence[str],
+                 exif_orientation: Sequence[str | int]) -> None:
+        self.base = Path(base)
+        self.isic_ids = np.asarray(isic_ids, dtype=object)
+        self.images = np.asarray(images, dtype=object)
+        self.sha256 = np.asarray(sha256, dtype=object)
+        # ``or 1``: an empty cell means no EXIF orientation, as upright.
+        self.exif = np.asarray([int(v or 1) for v in exif_orientation], dtype=np.int64)
+        if not len(self.isic_ids) == len(self.images) == len(self.sha256) == len(self.exif):
+            raise ValueError("every column of a JobTable needs one value per job")
+
+    def __len__(self) -> int:
+        return len(self.isic_ids)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return TransformJob(self.isic_ids[index], self.base / self.images[index], self.sha256[index],
+                            int(self.exif[index]))
+
+    def __iter__(self) -> Iterator[TransformJob]:
+        for i in range(len(self)):
+            yield self[i]
+
+
 @dataclass(frozen=True)
 class QuarantineRow:
     """An image left out of ``images/`` and why (for the asset's quarantine table)."""
@@ -61,6 +96,56 @@ class TransformedImage:
     sha256: str
 
 
+class TransformedOutputs(Mapping[str, TransformedImage]):
+    """Every current output by id, as sorted columns (about 100 bytes an image, not 500 as a dict of
+    ``TransformedImage``); iterates in id order. ``positions`` looks many ids up at once."""
+
+    def __init__(self, records: Iterator[dict] | Sequence[dict] = ()) -> None:
+        ids, width, height, size, digest = [], [], [], [], []
+        for record in records:
+            ids.append(record["isic_id"])
+            width.append(record["width"])
+            height.append(record["height"])
+            size.append(record["out_bytes"])
+            digest.append(record["out_sha256"])
+        order = np.argsort(np.asarray(ids, dtype=object), kind="stable") if ids else np.empty(0, dtype=np.int64)
+        self.ids = np.asarray(ids, dtype=object)[order]
+        self.width = np.asarray(width, dtype=np.int64)[order]
+        self.height = np.asarray(height, dtype=np.int64)[order]
+        self.file_bytes = np.asarray(size, dtype=np.int64)[order]
+        self.sha256 = np.asarray(digest, dtype=object)[order]
+        if len(self.ids) > 1 and (self.ids[1:] == self.ids[:-1]).any():
+            raise ValueError("an id has two outputs")
+
+    def positions(self, isic_ids: Sequence[str]) -> np.ndarray:
+        """Index of each id's output in the columns, -1 where it has none."""
+        wanted = np.asarray(isic_ids, dtype=object)
+        if not len(self.ids) or not len(wanted):
+            return np.full(len(wanted), -1, dtype=np.int64)
+        at = np.searchsorted(self.ids, wanted)
+        found = (at < len(self.ids)) & (self.ids[np.minimum(at, len(self.ids) - 1)] == wanted)
+        return np.where(found, at, -1).astype(np.int64)
+
+    def at(self, position: int) -> TransformedImage:
+        return TransformedImage(output_name(self.ids[position]), int(self.width[position]),
+                                int(self.height[position]), int(self.file_bytes[position]), self.sha256[position])
+
+    def __getitem__(self, isic_id: str) -> TransformedImage:
+        position = int(self.positions([isic_id])[0])
+        if position < 0:
+            raise KeyError(isic_id)
+        return self.at(position)
+
+    def __contains__(self, isic_id: object) -> bool:
+        return isinstance(isic_id, str) and int(self.positions([isic_id])[0]) >= 0
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids.tolist())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 @dataclass
 class TransformReport:
     """What a run did. ``skipped`` counts unchanged images not processed again (remembered
@@ -74,7 +159,7 @@ class TransformReport:
     quarantine: list[QuarantineRow] = field(default_factory=list)
     seconds: float = 0.0
     normalization: dict[str, Any] = field(default_factory=dict)
-    images: dict[str, TransformedImage] = field(default_factory=dict)
+    images: TransformedOutputs = field(default_factory=TransformedOutputs)
     worker_restarts: int = 0
     backend: str = "local"  # ISIC_COMPUTE kind: local, dask-local or dask
     compute_workers: int = 0  # worker processes (local) or worker threads of the Dask cluster

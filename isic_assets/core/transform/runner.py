@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -96,14 +97,14 @@ def transform_images(
     started = time.perf_counter()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    _check_jobs(jobs)
+    wanted = _check_jobs(jobs)
     out_dir = Path(out_dir)
     images_dir, state_dir = out_dir / IMAGES_DIR, out_dir / STATE_DIR
     images_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_run(state_dir / LOCK_FILE) as lock_fd, disk_full_errors(STAGE, out_dir):
         return _transform_locked(jobs, out_dir, settings, workers, log, started, lock_fd,
-                                 compute or ComputeChoice(LOCAL), time_limit_s)
+                                 compute or ComputeChoice(LOCAL), time_limit_s, wanted)
 
 
 @contextlib.contextmanager
@@ -132,6 +133,7 @@ def _transform_locked(
     lock_fd: int,
     compute: ComputeChoice,
     time_limit_s: float = DEFAULT_IMAGE_TIME_LIMIT_S,
+    wanted: set[str] | None = None,
 ) -> TransformReport:
     images_dir, state_dir = out_dir / IMAGES_DIR, out_dir / STATE_DIR
     for folder in (out_dir, images_dir, state_dir):
@@ -144,10 +146,10 @@ def _transform_locked(
         log(f"transform: {state.damage}")
     try:
         absorb_journals(state, state_dir, log)  # what a killed run finished
-        if state_missing and not state.records and any(images_dir.iterdir()):
+        if state_missing and next(iter(state.values()), None) is None and any(images_dir.iterdir()):
             log(f"transform: state file {state_dir / STATE_FILE} is missing although {images_dir} holds "
                 "outputs; every image is transformed again (the outputs come out identical)")
-        wanted = {job.isic_id for job in jobs}
+        wanted = wanted if wanted is not None else {job.isic_id for job in jobs}
         report.removed = _remove_unwanted_outputs(images_dir, wanted)
         todo = _plan(jobs, state, images_dir, fingerprint, report)
         if todo:
@@ -166,7 +168,7 @@ def _transform_locked(
         state.close()
         remove_stale_temporaries(images_dir)  # pools are down: a killed writer's leftovers only
     if report.removed or state.needs_compaction:
-        state.compact(keep=[(job.isic_id,) for job in jobs])
+        state.compact(keep=((job.isic_id,) for job in jobs))
     report.images = current_outputs(jobs, state, fingerprint)
     report.quarantine.sort(key=lambda row: row.isic_id)
     report.normalization = normalization(jobs, state, settings, fingerprint)
@@ -191,7 +193,8 @@ def _run(todo: list[TransformJob], compute: ComputeChoice, workers: int, lock_fd
         TransformDispatch(engine, settings, out_dir, state, report, log, len(todo), time_limit_s).run(todo)
 
 
-def _check_jobs(jobs: Sequence[TransformJob]) -> None:
+def _check_jobs(jobs: Sequence[TransformJob]) -> set[str]:
+    """Refuse malformed jobs; return the set of their ids (the outputs to keep)."""
     seen: set[str] = set()
     for job in jobs:
         if not isinstance(job.isic_id, str) or not _SAFE_ID.match(job.isic_id):
@@ -203,6 +206,7 @@ def _check_jobs(jobs: Sequence[TransformJob]) -> None:
                 f"job {job.isic_id}: src_sha256 must be 64 lower-case hex digits, got {job.src_sha256!r}"
             )
         seen.add(job.isic_id)
+    return seen
 
 
 def _remove_unwanted_outputs(images_dir: Path, wanted: set[str]) -> int:
@@ -226,39 +230,42 @@ def _bytes_per_output(state: JsonlLog, settings: TransformSettings) -> int:
     pure noise takes more, and then the full-disk error covers it), plus a page for journal and
     filesystem slack."""
     fingerprint = settings.fingerprint()
-    sizes = [r["out_bytes"] for r in state.values()
-             if r.get("status") == STATUS_OK and r.get("fingerprint") == fingerprint]
-    largest = max(sizes) * 5 // 4 if sizes else settings.size * settings.size * 3 // 4
+    largest = max((r["out_bytes"] for r in state.values()
+                   if r.get("status") == STATUS_OK and r.get("fingerprint") == fingerprint), default=None)
+    largest = largest * 5 // 4 if largest is not None else settings.size * settings.size * 3 // 4
     return largest + 4096
 
 
-def _size_is(entry: os.DirEntry, size: int) -> bool:
-    """An output of another size than recorded is stale (or cut short): it is made again."""
+def _size_is(path: Path, size: int) -> bool:
+    """An output of another size than recorded is stale (or cut short): it is made again; a missing
+    one (or a symlink, never written by a worker) is made too."""
     try:
-        return entry.stat(follow_symlinks=False).st_size == size
+        facts = os.lstat(path)
     except OSError:
         return False
+    return stat.S_ISREG(facts.st_mode) and facts.st_size == size
 
 
 def _plan(
     jobs: Sequence[TransformJob], state: JsonlLog, images_dir: Path, fingerprint: str, report: TransformReport
 ) -> list[TransformJob]:
-    """The jobs to run now; unchanged ones are counted as skipped (remembered quarantines re-reported)."""
-    with os.scandir(images_dir) as entries:
-        present = {entry.name: entry for entry in entries}
+    """The jobs to run now; unchanged ones are counted as skipped (remembered quarantines re-reported).
+
+    Each output is looked at by its own path, not through a listing of ``images/`` held in memory
+    (a dict of 400,000 directory entries is about 100 MB)."""
     todo = []
     for job in jobs:
         record = state.get(job.isic_id)
-        name = job.isic_id + OUTPUT_SUFFIX
+        path = images_dir / (job.isic_id + OUTPUT_SUFFIX)
         if record is not None and is_current(record, job, fingerprint):
-            if record.get("status") == STATUS_OK and name in present and _size_is(present[name], record["out_bytes"]):
+            if record.get("status") == STATUS_OK and _size_is(path, record["out_bytes"]):
                 report.skipped += 1
                 continue
             if record.get("status") == STATUS_QUARANTINED:
                 report.skipped += 1
                 report.quarantine.append(QuarantineRow(job.isic_id, str(job.src), record["reason"]))
-                if name in present:
-                    (images_dir / name).unlink()
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
                 continue
         todo.append(job)
     return todo
