@@ -55,7 +55,7 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
                     isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
     transformed = root / layout.TRANSFORMED
-    images = layout.read_table(transformed / layout.METADATA_CSV)
+    images = layout.read_table(transformed / layout.METADATA_CSV, columns=["isic_id", "image", "sha256"])
     report = find_near_duplicates(
         images, transformed, root / layout.MERGED / layout.STATE_DIR,
         max_distance=config.max_distance, max_fine_distance=config.max_fine_distance,
@@ -87,7 +87,8 @@ def review_sheet(pairs: pd.DataFrame, transformed: Path, images: pd.DataFrame, l
     """The closest pairs side by side, as small embedded JPEGs, for a person to judge at a glance."""
     if pairs.empty:
         return "no near-duplicate pairs"
-    paths = image_paths(images, transformed)
+    paired = images["isic_id"].isin(set(pairs["isic_id_a"]) | set(pairs["isic_id_b"]))
+    paths = image_paths(images[paired], transformed)  # only the paired ids, not a path per image
     shown = closest(pairs, limit)
     lines = ["| pair | bits of 256 | similarity | images |", "|---|---:|---:|---|"]
     for row in shown.itertuples(index=False):
