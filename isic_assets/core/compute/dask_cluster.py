@@ -52,6 +52,15 @@ QUIET_HOUSEKEEPING = {
     "distributed.worker.memory.monitor-interval": "1s",
     "distributed.scheduler.work-stealing-interval": "1s",
 }
+
+
+def tuned_environment() -> dict[str, str]:
+    """``QUIET_HOUSEKEEPING`` and the profiler off, as the environment variables of a ``dask
+    scheduler`` / ``dask worker`` a user starts (README "Running on a cluster")."""
+    settings = {**QUIET_HOUSEKEEPING, "distributed.worker.profile.enabled": "False"}
+    return {"DASK_" + key.replace(".", "__").replace("-", "_").upper(): value for key, value in settings.items()}
+
+
 CONNECT_TIMEOUT_SECONDS = 10.0
 WAIT_FOR_WORKERS_SECONDS = 60.0
 PROBE_PREFIX = ".compute-probe-"

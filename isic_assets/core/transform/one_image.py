@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from ..atomic import atomic_write_bytes
+from ..compute.allocator import keep_large_buffers
 from ..compute.batches import item_time_limit
 from .image_ops import ImageDecodeError, TransformSettings, transform_bytes
 from .records import (
@@ -39,6 +40,7 @@ def transform_batch(jobs: list[TransformJob], out_dir: Path, state_dir: Path, se
     """One batch on a worker: journal, transform (within the time limit), journal; return the records."""
     if not getattr(_CV2_READY, "done", False):
         cv2.setNumThreads(1)  # docs/PERFORMANCE.md 7: its threads add nothing here and oversubscribe the cores
+        keep_large_buffers()  # a freshly started worker would map and unmap every picture's buffers
         _CV2_READY.done = True
     name = f"{JOURNAL_PREFIX}{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.jsonl"
     records = []
