@@ -295,6 +295,25 @@ def test_cap_per_class_shares_the_cap_by_ratio(crafted):
     assert plan.manifest.groupby("group_id")["split"].nunique().max() == 1
 
 
+def test_undersample_keeps_single_images_when_every_patient_is_larger_than_the_minority():
+    """ISIC 2024's shape: hundreds of benign tiles per patient, a few malignant per split. Whole
+    patients would keep no benign image at all (train 0 benign to 72 malignant, measured at 100k)."""
+    rows = []
+    for p in range(30):
+        rows += [{"isic_id": f"ISIC_{p * 100 + i:07d}", "patient_id": f"IP_{p:07d}",
+                  "benign_malignant": "malignant" if i < 2 else "benign"} for i in range(60)]
+    meta = pd.DataFrame(rows)
+    groups = build_groups(meta, None)
+    plan = assign_splits(meta, groups, SplitConfig(strategy="undersample"))
+    counts = plan.counts
+    for s in SPLITS:
+        assert counts.loc[s, "malignant"] > 0 and counts.loc[s, "benign"] == counts.loc[s, "malignant"], counts
+    assert class_balance(plan.manifest, "undersample", 0.0).passed
+    assert leakage(plan.manifest, meta).passed
+    again = assign_splits(meta, groups, SplitConfig(strategy="undersample"))
+    assert again.manifest["isic_id"].tolist() == plan.manifest["isic_id"].tolist()  # seeded
+
+
 def test_cap_with_undersample_is_balanced_and_capped(crafted):
     """Capping then undersampling gives equal classes no larger than the cap."""
     plan = _plan(crafted, strategy="undersample", cap_per_class=20)

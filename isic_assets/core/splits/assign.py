@@ -397,7 +397,9 @@ def _undersample(frame: pd.DataFrame, classes: tuple[str, ...], config: SplitCon
     """Bring every class of each split down to that split's minority count, choosing whole groups.
 
     The minority class keeps all its images; a majority class keeps whole groups' worth of its
-    images (all of a patient's benign images or none), so the kept set still reflects real patients.
+    images (all of a patient's benign images or none), so the kept set still reflects real patients;
+    only where whole groups cannot come within ``WHOLE_GROUP_SLACK`` of the minority (groups larger
+    than it) are single images kept or dropped to reach it (``_top_up``).
     """
     dropped = 0
     for s, split in enumerate(SPLITS):
@@ -409,8 +411,42 @@ def _undersample(frame: pd.DataFrame, classes: tuple[str, ...], config: SplitCon
             continue
         target = min(sizes)
         for c, label in enumerate(classes):
-            dropped += _reduce_class(frame, split, label, target, [config.seed, _STAGE_UNDERSAMPLE, s, c])
+            before = frame["kept"] & (frame["split"] == split) & (frame["label"] == label)
+            seed = [config.seed, _STAGE_UNDERSAMPLE, s, c]
+            dropped += _reduce_class(frame, split, label, target, seed)
+            dropped -= _top_up(frame, before, target, seed)  # whole groups missed by far: single images
     return dropped
+
+
+# How far below the minority whole groups may leave a majority class before single images top it
+# up: the class_balance check's default tolerance (core/splits/checks.py), so a plan whole groups
+# cannot balance is never handed to a check that would block it.
+WHOLE_GROUP_SLACK = 0.1
+
+
+def _top_up(frame: pd.DataFrame, before: pd.Series, target: int, seed: list[int]) -> int:
+    """Bring ``before``'s kept rows to ``target`` with single images when whole groups missed it by
+    more than ``WHOLE_GROUP_SLACK``; return how many rows were kept again (negative: dropped more).
+
+    When every group of a class is larger than the target (ISIC 2024: about 385 tiles a patient, a
+    few dozen malignant tiles per split), whole groups keep none of the class, or one group far
+    over. Splits are already assigned by group, so keeping part of a group leaks nothing; the
+    sample is seeded.
+    """
+    now = before & frame["kept"]
+    kept = int(now.sum())
+    rng = np.random.default_rng([*seed, 1])
+    if kept * (1.0 + WHOLE_GROUP_SLACK) < target:
+        pool = frame.index[before & ~frame["kept"]].to_numpy()
+        take = rng.choice(pool, size=min(target - kept, len(pool)), replace=False)
+        frame.loc[np.sort(take), "kept"] = True
+        return len(take)
+    if kept > target * (1.0 + WHOLE_GROUP_SLACK):
+        pool = frame.index[now].to_numpy()
+        drop = rng.choice(pool, size=kept - target, replace=False)
+        frame.loc[np.sort(drop), "kept"] = False
+        return -len(drop)
+    return 0
 
 
 def _reduce_class(frame: pd.DataFrame, split: str, label: str, target: int, seed: list[int]) -> int:
