@@ -71,7 +71,7 @@ def resolve_duplicates(state: MergeState, records: Iterable[dict[str, Any]], ord
             by_hash[digest] = isic_id
     involved = sorted({i for pair in links for i in pair})
     best = _rows_of(state, involved)
-    labelled = _labelled(state, list(best))
+    labelled = labelled_among(state, list(best))
     for members in connected_sets(list(best), links):
         if len(members) < 2:
             continue
@@ -127,7 +127,8 @@ def _rows_of(state: MergeState, ids: Sequence[str]) -> dict[str, dict[str, Any]]
     return found
 
 
-def _labelled(state: MergeState, ids: Sequence[str]) -> set[str]:
+def labelled_among(state: MergeState, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` have a label in the merged metadata (asked 500 ids at a time)."""
     found: set[str] = set()
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]

@@ -34,6 +34,7 @@ from .combine import combine_sources
 from .duplicates import (
     DUPLICATE_COLUMNS,
     QUARANTINE_COLUMNS,
+    labelled_among,
     preference,
     presumed_listed_drops,
     quarantine,
@@ -196,7 +197,7 @@ def _merge(ordered: list[SourceArchive], order: dict[str, int], harmonized: Mapp
            images_dir: Path, options: MergeOptions, log: Log) -> MergeReport:
     _fill_metadata_tables(state, ordered, order, harmonized, combined.frame)
     pair_ids = sorted({i for pair in pairs for i in pair})
-    skip_writes = presumed_listed_drops(pairs, _labelled_among(state, pair_ids))
+    skip_writes = presumed_listed_drops(pairs, labelled_among(state, pair_ids))
     stats: dict[str, SourceStats] = {}
     scans = {s.name: _open_scan(s, state, options, stats.setdefault(s.name, SourceStats())) for s in ordered}
     needed = state.bytes_unseen(skip_writes)
@@ -256,15 +257,6 @@ def _fill_metadata_tables(state: MergeState, ordered: Sequence[SourceArchive], o
             # A 2024 image with no row in its own metadata has no label: quarantined, not kept unlabelled.
             state.fill("listed", ((source.name, i) for i in harmonized[source.name].frame["isic_id"].tolist()))
     state.commit()
-
-
-def _labelled_among(state: MergeState, ids: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
-        found.update(row[0] for row in state.db.execute(
-            f"SELECT isic_id FROM labelled WHERE isic_id IN ({', '.join('?' for _ in chunk)})", chunk))
-    return found
 
 
 def _all_records(ordered: Sequence[SourceArchive], scans: Mapping[str, MemberSource], state: MergeState,
