@@ -17,6 +17,7 @@ from .defs import (
     splits,
     transform,
 )
+from .defs.checked_executor import checked_multiprocess_executor
 from .defs.resources import IsicSettings
 
 # Two BetaWarnings a user can do nothing about, printed on every terminal run: the yaml-defined run-log
@@ -35,7 +36,7 @@ warnings.filterwarnings("ignore", message=r"Parameter `include_sources` of funct
 materialize_all_multiprocess = dg.define_asset_job(
     "materialize_all_multiprocess",
     selection=dg.AssetSelection.all(),
-    executor_def=dg.multiprocess_executor,
+    executor_def=checked_multiprocess_executor,
     config={"execution": {"config": {"max_concurrent": 2}}},
     description="The whole graph with one process per step, at most 2 at once (see definitions.py).",
 )

@@ -29,8 +29,13 @@ MAX_OUTPUT_LINES = 15
 HEADER = "this run's settings are not usable"
 
 
+ASSET_MATERIALIZE = ["asset", "materialize", "-m", "isic_assets", "--select", "*"]
+MULTIPROCESS_JOB = ["job", "execute", "-m", "isic_assets", "-j", "materialize_all_multiprocess"]
+
+
 def _materialize(tmp_path: Path, *, env: dict[str, str] | None = None, config: dict | None = None,
-                 data_dir: str | None = None) -> tuple[subprocess.CompletedProcess, Path]:
+                 data_dir: str | None = None, cli: list[str] = ASSET_MATERIALIZE
+                 ) -> tuple[subprocess.CompletedProcess, Path]:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home / "dagster.yaml")
@@ -40,8 +45,11 @@ def _materialize(tmp_path: Path, *, env: dict[str, str] | None = None, config: d
     for name in ("ISIC_CATALOG", "ISIC_DROPZONE", "ISIC_DEMO_MIRROR_URL"):
         if name not in (env or {}):
             run_env.pop(name, None)
-    command = [str(DAGSTER), "asset", "materialize", "-m", "isic_assets", "--select", "*"]
-    if config is not None:
+    command = [str(DAGSTER), *cli]
+    if config is not None and cli[0] == "job":  # `dagster job execute` takes a config file (JSON is YAML)
+        (tmp_path / "run.yaml").write_text(json.dumps(config))
+        command += ["-c", str(tmp_path / "run.yaml")]
+    elif config is not None:
         command += ["--config-json", json.dumps(config)]
     done = subprocess.run(command, cwd=REPO, env=run_env, capture_output=True, text=True, timeout=300)
     return done, Path(data)
@@ -82,6 +90,15 @@ def _assert_stopped_early(done: subprocess.CompletedProcess, data: Path, *expect
 def test_a_value_out_of_range_stops_before_any_step(tmp_path):
     done, data = _materialize(tmp_path, config={"ops": {"transformed_images": {"config": {"size": 5}}}})
     _assert_stopped_early(done, data, "ops.transformed_images.config.size = 5", "must be >= 16")
+
+
+def test_the_multiprocess_job_checks_the_settings_before_launching_any_step_process(tmp_path):
+    """On the multiprocess executor each step starts the resources in its own process: the check used
+    to fail inside raw_zips' process, relayed with every other step "not executed" (about 140 lines)."""
+    done, data = _materialize(tmp_path, cli=MULTIPROCESS_JOB,
+                              config={"ops": {"transformed_images": {"config": {"size": 5}}}})
+    output = _assert_stopped_early(done, data, "ops.transformed_images.config.size = 5", "must be >= 16")
+    assert "STEP_WORKER_STARTING" not in output and "were not executed" not in output, output
 
 
 def test_an_unknown_source_name_stops_before_any_step(tmp_path):

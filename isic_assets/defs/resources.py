@@ -87,7 +87,10 @@ class IsicSettings(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """In a run, hold the data root's lock: a run that bypasses the queue (CLI) waits here instead
         of writing next to another run (core/data_lock.py). Sensors and schedules only read: no lock."""
-        if context.dagster_run is None:
+        if context.dagster_run is None or context.dagster_run.is_finished:
+            # No run, or one that has ended: `dagster job execute` starts the resources again in its
+            # own process after the run to read its results. Nothing is written then, and a run that
+            # failed on its settings would otherwise fail a second time with a long traceback.
             return
         self.validate_run(context.dagster_run.run_config)
         self._data_lock = data_lock.acquire(self.root(), context.dagster_run.run_id, on_wait=context.log.info)
