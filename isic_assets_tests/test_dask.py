@@ -7,12 +7,14 @@ worker that cannot see the data root.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -137,18 +139,30 @@ def test_dask_local_and_an_external_cluster_write_the_bytes_of_a_local_run(tmp_p
                                                                                      "transform.lock"]
 
 
-def _with_plugin(cluster: Cluster, plugin: Misbehave):
+def _install(cluster: Cluster, plugin: Misbehave) -> Client:
+    """Registers ``plugin`` on every worker of ``cluster`` (and on workers that join later)."""
     client = Client(cluster.address, timeout=30, set_as_default=False)
-    client.register_plugin(plugin, name=Misbehave.name)
+    try:
+        client.register_plugin(plugin, name=Misbehave.name)
+    except BaseException:
+        client.close()
+        raise
     return client
 
 
-def _without_plugin(client: Client, cluster: Cluster) -> None:
+@contextlib.contextmanager
+def _misbehaving(cluster: Cluster, plugin: Misbehave) -> Iterator[None]:
+    """Every worker of ``cluster`` runs ``plugin`` inside the block; afterwards it is removed and the
+    block waits for two healthy workers again, so the next test starts on a whole cluster."""
+    client = _install(cluster, plugin)
     try:
-        client.unregister_worker_plugin(Misbehave.name)
-        client.wait_for_workers(2, timeout=120)
+        yield
     finally:
-        client.close()
+        try:
+            client.unregister_worker_plugin(Misbehave.name)
+            client.wait_for_workers(2, timeout=120)
+        finally:
+            client.close()
 
 
 def test_a_worker_killed_mid_transform_has_its_images_done_elsewhere_with_identical_bytes(
@@ -157,12 +171,9 @@ def test_a_worker_killed_mid_transform_has_its_images_done_elsewhere_with_identi
     jobs = _make_jobs(tmp_path, 16)
     transform_images(jobs, tmp_path / "local", SETTINGS, log=_quiet)
     marker = tmp_path / "killed-once"
-    client = _with_plugin(cluster, Misbehave(jobs[5].src_sha256, "kill_once", str(marker)))
-    try:
+    with _misbehaving(cluster, Misbehave(jobs[5].src_sha256, "kill_once", str(marker))):
         report = transform_images(jobs, tmp_path / "external", SETTINGS, log=_quiet,
                                   compute=parse_compute(cluster.address))
-    finally:
-        _without_plugin(client, cluster)
     assert marker.exists(), "no worker was killed: the test proved nothing"
     assert report.processed == 16 and report.quarantine == []
     assert _outputs(tmp_path / "external") == _outputs(tmp_path / "local")
@@ -173,12 +184,9 @@ def test_an_image_that_kills_every_worker_is_set_aside_with_the_reason_and_the_r
 ) -> None:
     jobs = _make_jobs(tmp_path, 10)
     killer = jobs[3]
-    client = _with_plugin(cluster, Misbehave(killer.src_sha256, "exit", str(tmp_path / "unused")))
-    try:
+    with _misbehaving(cluster, Misbehave(killer.src_sha256, "exit", str(tmp_path / "unused"))):
         report = transform_images(jobs, tmp_path / "out", SETTINGS, log=_quiet,
                                   compute=parse_compute(cluster.address))
-    finally:
-        _without_plugin(client, cluster)
     assert report.processed == 9
     assert [row.isic_id for row in report.quarantine] == [killer.isic_id]
     assert "died while transforming this image" in report.quarantine[0].reason
@@ -196,12 +204,9 @@ def test_an_image_that_hangs_past_the_time_limit_on_a_dask_worker_is_set_aside_a
     by the kernel, and the image is set aside after the bounded number of deaths."""
     jobs = _make_jobs(tmp_path, 4)
     stuck = jobs[1]
-    client = _with_plugin(cluster, Misbehave(stuck.src_sha256, "hang", str(tmp_path / "never-created")))
-    try:
+    with _misbehaving(cluster, Misbehave(stuck.src_sha256, "hang", str(tmp_path / "never-created"))):
         report = transform_images(jobs, tmp_path / "out", SETTINGS, log=_quiet,
                                   compute=parse_compute(cluster.address), time_limit_s=2.0)
-    finally:
-        _without_plugin(client, cluster)
     assert report.processed == 3
     assert [row.isic_id for row in report.quarantine] == [stuck.isic_id]
     assert "time limit of 2 s" in report.quarantine[0].reason
@@ -217,8 +222,7 @@ def test_a_lost_scheduler_fails_the_step_and_the_next_run_redoes_only_what_was_u
         doomed.add_worker("d1")
         doomed.add_worker("d2")
         doomed.wait_for_workers(2)
-        client = _with_plugin(doomed, Misbehave(hung.src_sha256, "hang", str(release)))
-        client.close()
+        _install(doomed, Misbehave(hung.src_sha256, "hang", str(release))).close()
         out_dir = tmp_path / "out"
         outcome: dict[str, BaseException] = {}
 
