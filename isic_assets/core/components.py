@@ -12,12 +12,13 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 
 def component_labels(n_nodes: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """A component label per node 0..n_nodes-1, given links left[i] -- right[i] (only equality matters)."""
+    from scipy.sparse import coo_matrix  # scipy is imported when groups are made
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n_nodes, n_nodes))
     _, labels = connected_components(graph, directed=False)
     return labels.astype(np.int64)

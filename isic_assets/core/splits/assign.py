@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.utils.class_weight import compute_class_weight
 
 from .grouping import clean_keys
 
@@ -557,6 +556,10 @@ def _class_weights(manifest: pd.DataFrame, classes: tuple[str, ...], warnings: l
             warnings.append(f"no class weight for {label!r}: train has none of it")
     if not present:
         return {}
+    # scikit-learn costs 2-4 s of imports: paid by the step that splits, not by every process that
+    # loads the code location (the CLI, the daemon, each step of the multiprocess job).
+    from sklearn.utils.class_weight import compute_class_weight
+
     values = compute_class_weight("balanced", classes=np.array(present, dtype=object), y=labels)
     return {label: round(float(value), 6) for label, value in zip(present, values, strict=True)}
 

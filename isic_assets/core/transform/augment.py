@@ -28,17 +28,19 @@ import os
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # albumentations 2.0.x asks PyPI for a newer version on import (2 s timeout) unless this is set;
 # a pipeline should not phone home, and offline it only adds import latency.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import albumentations as A
 import numpy as np
 
 from ..atomic import atomic_write_bytes
 from .image_ops import ImageDecodeError, decode_image, encode_jpeg
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 AugmentationSpec = Sequence[Mapping[str, Any]]
 
@@ -79,6 +81,8 @@ def build_augmentation(spec: AugmentationSpec | None = None, seed: int = 0) -> A
         raise AugmentationSpecError(
             f"augmentation spec must be a list of dicts, got {type(entries).__name__}"
         )
+    import albumentations as A  # 1-2 s of imports, paid only by runs that augment
+
     transforms = [_build_transform(index, entry) for index, entry in enumerate(entries)]
     compose = A.Compose(transforms, seed=seed)
     # One generator pair shared by all transforms, not one identical copy each (module docstring).
@@ -118,6 +122,8 @@ def _build_transform(index: int, entry: Mapping[str, Any]) -> A.BasicTransform:
         raise AugmentationSpecError(
             f"augmentation entry {index}: expected a dict with a 'name', got {entry!r}"
         )
+    import albumentations as A  # see build_augmentation
+
     name = entry["name"]
     label = f"augmentation entry {index} ({name})"
     cls = getattr(A, name, None)
