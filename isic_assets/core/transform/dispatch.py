@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..compute.batches import BATCHES_IN_FLIGHT_PER_SLOT, BatchEngine, LostBatch, batch_size, batches_of
-from ..scan_state import JsonlLog
+from ..scan_state import SqliteLog
 from .image_ops import TransformSettings
 from .one_image import transform_batch
 from .records import (
@@ -54,7 +54,7 @@ _MAX_FRUITLESS_RESTARTS = 3
 class TransformDispatch:
     """Runs the jobs on ``engine`` and records every result into ``state`` and ``report``."""
 
-    def __init__(self, engine: BatchEngine, settings: TransformSettings, out_dir: Path, state: JsonlLog,
+    def __init__(self, engine: BatchEngine, settings: TransformSettings, out_dir: Path, state: SqliteLog,
                  report: TransformReport, log: Log, total: int, time_limit_s: float) -> None:
         self.engine, self.settings, self.out_dir = engine, settings, Path(out_dir)
         self.state_dir = self.out_dir / STATE_DIR
@@ -94,8 +94,9 @@ class TransformDispatch:
                 continue
             for record in result:
                 self._record(record)
+            # No commit per batch: the state commits a batch of records at a time, and until then the
+            # worker journals hold them (a killed run folds them in on the next start).
             self.fruitful = True
-            self.state.flush()
         return suspects
 
     def _lost(self, batch: list[TransformJob], lost: LostBatch, queue: deque[list[TransformJob]], size: int,
@@ -158,7 +159,7 @@ class TransformDispatch:
         job = self.jobs_by_id[record["isic_id"]]
         status = record.get("status")
         if status in (STATUS_OK, STATUS_QUARANTINED) and self.state.get(job.isic_id) != record:
-            self.state.append(record)  # flushed per batch; the worker journals already hold it
+            self.state.append(record)  # the worker journals hold it until the state commits it
         if status == STATUS_OK:
             self.report.processed += 1
         else:

@@ -1,7 +1,8 @@
 """What ``transformed_images`` remembers: the job and report types, state records, worker journals.
 
-``_state/transform.jsonl`` holds one record per image: inputs (src_sha256, settings fingerprint),
-output facts and its per-channel pixel sums. While a run goes on, every worker process (or Dask
+``_state/transform.sqlite`` holds one record per image (``scan_state.SqliteLog``): inputs
+(src_sha256, settings fingerprint), output facts and its per-channel pixel sums. The earlier
+``_state/transform.jsonl`` is imported into it once and deleted. While a run goes on, every worker process (or Dask
 worker thread) appends to its own journal ``_state/transform.worker-<host>-<pid>-<thread>.jsonl``:
 "started <id>" before an image and its full record after, flushed to the kernel each time, so a
 killed run loses nothing it finished; ``absorb_journals`` folds them into the state.
@@ -18,11 +19,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from ..scan_state import JsonlLog, read_jsonl
+from ..scan_state import SqliteLog, iter_jsonl
 
 IMAGES_DIR = "images"
 STATE_DIR = "_state"
-STATE_FILE = "transform.jsonl"
+STATE_FILE = "transform.sqlite"
+LEGACY_STATE_FILE = "transform.jsonl"  # the state before it moved to SQLite: imported once
 OUTPUT_SUFFIX = ".jpg"
 JOURNAL_PREFIX = "transform.worker-"
 
@@ -199,37 +201,41 @@ def journal_line(handle: IO[str], record: dict) -> None:
     handle.flush()  # reaches the kernel: survives the death of this process
 
 
-def absorb_journals(state: JsonlLog, state_dir: Path, log: Any = None) -> tuple[dict[str, dict], set[str]]:
+def absorb_journals(state: SqliteLog, state_dir: Path, log: Any = None) -> tuple[dict[str, dict], set[str]]:
     """Fold worker journals into the state and delete them; only call while no worker runs.
 
-    Returns every finished record found (by id) and the ids a worker had started but not finished
-    (what it was doing when it died). Remembered: ``ok`` and ``quarantined`` records only.
+    Returns the finished records the state did not hold yet (by id: the results of batches whose
+    worker died, and failures) and the ids a worker had started but not finished (what it was doing
+    when it died). Remembered: ``ok`` and ``quarantined`` records only. Journals are read a line at
+    a time: at the end of a run they hold a record of every image the run did, already recorded.
     """
     finished: dict[str, dict] = {}
     in_progress: set[str] = set()
     journals = sorted(state_dir.glob(f"{JOURNAL_PREFIX}*.jsonl"))
     for path in journals:
-        current = None
-        records, bad = read_jsonl(path)
-        usable = [r for r in records if isinstance(r.get("isic_id"), str) and valid_record(r)]
-        bad += len(records) - len(usable)
+        current, bad = None, 0
+        for record in iter_jsonl(path):
+            if record is None or not isinstance(record.get("isic_id"), str) or not valid_record(record):
+                bad += 1
+                continue
+            isic_id, status = record["isic_id"], record.get("status")
+            if status == STATUS_STARTED:
+                current = isic_id
+                continue
+            if current == isic_id:
+                current = None
+            if status in (STATUS_OK, STATUS_QUARANTINED):
+                if state.get(isic_id) == record:
+                    finished.pop(isic_id, None)  # recorded already: a later line of the same id wins
+                    continue
+                state.append(record)
+            finished[isic_id] = record
         if bad and log is not None:
             log(f"transform: worker journal {path.name} had {bad} damaged line(s) (a worker killed mid-write); "
                 "ignored, those images are transformed again")
-        for record in usable:
-            isic_id = record.get("isic_id")
-            if record.get("status") == STATUS_STARTED:
-                current = isic_id
-                continue
-            finished[isic_id] = record
-            if current == isic_id:
-                current = None
         if current is not None:
             in_progress.add(current)
-    for isic_id, record in finished.items():
-        if record.get("status") in (STATUS_OK, STATUS_QUARANTINED) and state.get(isic_id) != record:
-            state.append(record)
-    state.flush()
+    state.flush()  # committed before the journals that hold the same records go
     for path in journals:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

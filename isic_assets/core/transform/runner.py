@@ -4,7 +4,7 @@ Layout under ``out_dir`` (``data_transformed/``)::
 
     images/<isic_id>.jpg            one output per image, written atomically by the worker
     normalization.json              per-channel mean/std over every output, for training code
-    _state/transform.jsonl          one record per image (records.py)
+    _state/transform.sqlite         one record per image (records.py), on disk, committed in batches
     _state/transform.worker-*.jsonl each worker's journal while a run is going on
 
 Incremental: an image whose ``src_sha256`` and settings fingerprint match its record and whose
@@ -39,12 +39,13 @@ from ..compute.dask_cluster import ClusterInfo
 from ..compute.engine import open_engine
 from ..compute.setting import LOCAL, ComputeChoice
 from ..operation.disk_space import disk_full_errors, ensure_free_space, format_bytes
-from ..scan_state import JsonlLog
+from ..scan_state import SqliteLog
 from .dispatch import TransformDispatch
 from .image_ops import TransformSettings
 from .normalization import current_outputs, normalization
 from .records import (
     IMAGES_DIR,
+    LEGACY_STATE_FILE,
     OUTPUT_SUFFIX,
     STATE_DIR,
     STATE_FILE,
@@ -140,10 +141,13 @@ def _transform_locked(
         remove_stale_temporaries(folder)
     fingerprint = settings.fingerprint()
     report = TransformReport(fingerprint=fingerprint, backend=compute.kind, compute_workers=workers)
-    state_missing = not (state_dir / STATE_FILE).exists()
-    state = JsonlLog(state_dir / STATE_FILE, ("isic_id",), valid_record)
+    state_missing = not (state_dir / STATE_FILE).exists() and not (state_dir / LEGACY_STATE_FILE).exists()
+    state = SqliteLog(state_dir / STATE_FILE, ("isic_id",), valid_record, legacy=state_dir / LEGACY_STATE_FILE)
     if state.damage:
         log(f"transform: {state.damage}")
+    if state.imported:
+        log(f"transform: {state.imported} record(s) of the earlier state file {LEGACY_STATE_FILE} moved into "
+            f"{STATE_FILE}; their images are not transformed again")
     try:
         absorb_journals(state, state_dir, log)  # what a killed run finished
         if state_missing and next(iter(state.values()), None) is None and any(images_dir.iterdir()):
@@ -167,8 +171,8 @@ def _transform_locked(
     finally:
         state.close()
         remove_stale_temporaries(images_dir)  # pools are down: a killed writer's leftovers only
-    if report.removed or state.needs_compaction:
-        state.compact(keep=((job.isic_id,) for job in jobs))
+    if report.removed or len(state) > len(jobs):  # records of ids no longer asked for: dropped
+        state.compact(keep=((isic_id,) for isic_id in _job_ids(jobs)))
     report.images = current_outputs(jobs, state, fingerprint)
     report.quarantine.sort(key=lambda row: row.isic_id)
     report.normalization = normalization(jobs, state, settings, fingerprint)
@@ -182,7 +186,7 @@ def _transform_locked(
 
 
 def _run(todo: list[TransformJob], compute: ComputeChoice, workers: int, lock_fd: int, settings: TransformSettings,
-         out_dir: Path, state: JsonlLog, report: TransformReport, log: Log, time_limit_s: float) -> None:
+         out_dir: Path, state: SqliteLog, report: TransformReport, log: Log, time_limit_s: float) -> None:
     """Open the engine ISIC_COMPUTE asks for and dispatch ``todo`` on it."""
     def on_cluster(info: ClusterInfo) -> None:
         report.compute_workers, report.cluster = info.workers, info.describe()
@@ -209,6 +213,12 @@ def _check_jobs(jobs: Sequence[TransformJob]) -> set[str]:
     return seen
 
 
+def _job_ids(jobs: Sequence[TransformJob]) -> Iterator[str]:
+    """The jobs' ids, from a JobTable's column when there is one (no ``TransformJob`` made)."""
+    column = getattr(jobs, "isic_ids", None)
+    return iter(column) if column is not None else (job.isic_id for job in jobs)
+
+
 def _remove_unwanted_outputs(images_dir: Path, wanted: set[str]) -> int:
     """Delete every file in ``images/`` that is not the output of a wanted id; return how many."""
     removed = 0
@@ -224,14 +234,12 @@ def _remove_unwanted_outputs(images_dir: Path, wanted: set[str]) -> int:
     return removed
 
 
-def _bytes_per_output(state: JsonlLog, settings: TransformSettings) -> int:
+def _bytes_per_output(state: SqliteLog, settings: TransformSettings) -> int:
     """What one output will take: the largest recorded output of these settings (plus a quarter),
     else 0.75 bytes per pixel of a ``size`` x ``size`` JPEG (smooth dermoscopy takes less at q95;
     pure noise takes more, and then the full-disk error covers it), plus a page for journal and
     filesystem slack."""
-    fingerprint = settings.fingerprint()
-    largest = max((r["out_bytes"] for r in state.values()
-                   if r.get("status") == STATUS_OK and r.get("fingerprint") == fingerprint), default=None)
+    largest = state.largest("out_bytes", status=STATUS_OK, fingerprint=settings.fingerprint())
     largest = largest * 5 // 4 if largest is not None else settings.size * settings.size * 3 // 4
     return largest + 4096
 
@@ -247,7 +255,7 @@ def _size_is(path: Path, size: int) -> bool:
 
 
 def _plan(
-    jobs: Sequence[TransformJob], state: JsonlLog, images_dir: Path, fingerprint: str, report: TransformReport
+    jobs: Sequence[TransformJob], state: SqliteLog, images_dir: Path, fingerprint: str, report: TransformReport
 ) -> list[TransformJob]:
     """The jobs to run now; unchanged ones are counted as skipped (remembered quarantines re-reported).
 
