@@ -30,8 +30,11 @@ import os
 import re
 import stat
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from .. import layout
 from ..atomic import atomic_write_json, remove_stale_temporaries
@@ -156,7 +159,7 @@ def _transform_locked(
         wanted = wanted if wanted is not None else {job.isic_id for job in jobs}
         report.removed = _remove_unwanted_outputs(images_dir, wanted)
         todo = _plan(jobs, state, images_dir, fingerprint, report)
-        if todo:
+        if len(todo):
             per_image = _bytes_per_output(state, settings)
             free = ensure_free_space(STAGE, out_dir, len(todo) * per_image,
                                      detail=f"{len(todo)} images at about {format_bytes(per_image)} each; ")
@@ -166,8 +169,8 @@ def _transform_locked(
             f"transform: {len(todo)} to process, {report.skipped} unchanged, {report.removed} removed "
             f"(settings {fingerprint}, {workers} workers)"
         )
-        if todo:
-            _run(todo, compute, workers, lock_fd, settings, out_dir, state, report, log, time_limit_s)
+        if len(todo):
+            _run(jobs, todo, compute, workers, lock_fd, settings, out_dir, state, report, log, time_limit_s)
     finally:
         state.close()
         remove_stale_temporaries(images_dir)  # pools are down: a killed writer's leftovers only
@@ -185,8 +188,9 @@ def _transform_locked(
     return report
 
 
-def _run(todo: list[TransformJob], compute: ComputeChoice, workers: int, lock_fd: int, settings: TransformSettings,
-         out_dir: Path, state: SqliteLog, report: TransformReport, log: Log, time_limit_s: float) -> None:
+def _run(jobs: Sequence[TransformJob], todo: np.ndarray, compute: ComputeChoice, workers: int, lock_fd: int,
+         settings: TransformSettings, out_dir: Path, state: SqliteLog, report: TransformReport, log: Log,
+         time_limit_s: float) -> None:
     """Open the engine ISIC_COMPUTE asks for and dispatch ``todo`` on it."""
     def on_cluster(info: ClusterInfo) -> None:
         report.compute_workers, report.cluster = info.workers, info.describe()
@@ -194,7 +198,7 @@ def _run(todo: list[TransformJob], compute: ComputeChoice, workers: int, lock_fd
 
     # The run lock belongs to this process alone: no forked worker keeps it.
     with open_engine(compute, workers, out_dir, log, on_cluster, close_fds=(lock_fd,)) as engine:
-        TransformDispatch(engine, settings, out_dir, state, report, log, len(todo), time_limit_s).run(todo)
+        TransformDispatch(engine, settings, out_dir, state, report, log, len(todo), time_limit_s).run(jobs, todo)
 
 
 def _check_jobs(jobs: Sequence[TransformJob]) -> set[str]:
@@ -256,13 +260,16 @@ def _size_is(path: Path, size: int) -> bool:
 
 def _plan(
     jobs: Sequence[TransformJob], state: SqliteLog, images_dir: Path, fingerprint: str, report: TransformReport
-) -> list[TransformJob]:
-    """The jobs to run now; unchanged ones are counted as skipped (remembered quarantines re-reported).
+) -> np.ndarray:
+    """The positions in ``jobs`` of the jobs to run now; unchanged ones are counted as skipped
+    (remembered quarantines re-reported).
 
-    Each output is looked at by its own path, not through a listing of ``images/`` held in memory
-    (a dict of 400,000 directory entries is about 100 MB)."""
-    todo = []
-    for job in jobs:
+    Positions, not a list of ``TransformJob`` (about 415 bytes each with its ``Path``): the jobs are
+    made a batch at a time as they are dispatched. Each output is looked at by its own path, not
+    through a listing of ``images/`` held in memory (a dict of 400,000 directory entries is about
+    100 MB)."""
+    todo = array("q")
+    for position, job in enumerate(jobs):
         record = state.get(job.isic_id)
         path = images_dir / (job.isic_id + OUTPUT_SUFFIX)
         if record is not None and is_current(record, job, fingerprint):
@@ -275,7 +282,7 @@ def _plan(
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                 continue
-        todo.append(job)
-    return todo
+        todo.append(position)
+    return np.frombuffer(todo, dtype=np.int64) if todo else np.empty(0, dtype=np.int64)
 
 
