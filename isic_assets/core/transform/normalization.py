@@ -48,44 +48,56 @@ def _job_columns(jobs: Sequence[TransformJob]) -> tuple[np.ndarray, Callable[[in
     return np.asarray([job.isic_id for job in jobs], dtype=object), digests.__getitem__
 
 
-def current_outputs(jobs: Sequence[TransformJob], state: SqliteLog, fingerprint: str) -> TransformedOutputs:
-    return TransformedOutputs(current_records(jobs, state, fingerprint))
+def outputs_and_normalization(jobs: Sequence[TransformJob], state: SqliteLog, settings: TransformSettings,
+                              fingerprint: str) -> tuple[TransformedOutputs, dict[str, Any]]:
+    """The current outputs and ``normalization.json``'s content (per-channel mean and population std
+    over every current output, from the exact integer sums), from one pass over the state: each
+    pass parses every record, seconds at 400,000 images."""
+    sums = _Sums()
+    outputs = TransformedOutputs(sums.add(record) for record in current_records(jobs, state, fingerprint))
+    return outputs, sums.normalization(settings, fingerprint)
 
 
-def normalization(
-    jobs: Sequence[TransformJob], state: SqliteLog, settings: TransformSettings, fingerprint: str
-) -> dict[str, Any]:
-    """Per-channel mean and population std over every current output, from the exact integer sums.
+class _Sums:
+    """Exact integer sums over the records added.
 
     Variance is (n * sumsq - sum^2) / n^2 in Python integers, exact, then one float division: no
     catastrophic cancellation however many images. Padding pixels count: they are what the network
     sees.
     """
+
     channels = 3
-    sums, squares, count, images = [0] * channels, [0] * channels, 0, 0
-    for record in current_records(jobs, state, fingerprint):
-        images += 1
-        count += record["pixels"]
-        for c in range(channels):
-            sums[c] += record["sum"][c]
-            squares[c] += record["sumsq"][c]
-    result: dict[str, Any] = {
-        "channels": ["R", "G", "B"],
-        "image_count": images,
-        "pixel_count": count,
-        "settings": asdict(settings),
-        "fingerprint": fingerprint,
-        "transform_code_version": TRANSFORM_CODE_VERSION,
-        "scope": "every pixel of every stored output (padding included), before JPEG encoding",
-    }
-    if count == 0:
-        return {**result, "mean": None, "std": None, "mean_255": None, "std_255": None}
-    mean_255 = [s / count for s in sums]
-    std_255 = [math.sqrt((count * q - s * s) / (count * count)) for s, q in zip(sums, squares, strict=True)]
-    return {
-        **result,
-        "mean": [m / 255.0 for m in mean_255],
-        "std": [s / 255.0 for s in std_255],
-        "mean_255": mean_255,
-        "std_255": std_255,
-    }
+
+    def __init__(self) -> None:
+        self.sums, self.squares, self.count, self.images = [0] * self.channels, [0] * self.channels, 0, 0
+
+    def add(self, record: dict) -> dict:
+        self.images += 1
+        self.count += record["pixels"]
+        for c in range(self.channels):
+            self.sums[c] += record["sum"][c]
+            self.squares[c] += record["sumsq"][c]
+        return record
+
+    def normalization(self, settings: TransformSettings, fingerprint: str) -> dict[str, Any]:
+        sums, squares, count, images = self.sums, self.squares, self.count, self.images
+        result: dict[str, Any] = {
+            "channels": ["R", "G", "B"],
+            "image_count": images,
+            "pixel_count": count,
+            "settings": asdict(settings),
+            "fingerprint": fingerprint,
+            "transform_code_version": TRANSFORM_CODE_VERSION,
+            "scope": "every pixel of every stored output (padding included), before JPEG encoding",
+        }
+        if count == 0:
+            return {**result, "mean": None, "std": None, "mean_255": None, "std_255": None}
+        mean_255 = [s / count for s in sums]
+        std_255 = [math.sqrt((count * q - s * s) / (count * count)) for s, q in zip(sums, squares, strict=True)]
+        return {
+            **result,
+            "mean": [m / 255.0 for m in mean_255],
+            "std": [s / 255.0 for s in std_255],
+            "mean_255": mean_255,
+            "std_255": std_255,
+        }

@@ -45,7 +45,7 @@ from ..operation.disk_space import disk_full_errors, ensure_free_space, format_b
 from ..scan_state import SqliteLog
 from .dispatch import TransformDispatch
 from .image_ops import TransformSettings
-from .normalization import current_outputs, normalization
+from .normalization import outputs_and_normalization
 from .records import (
     IMAGES_DIR,
     LEGACY_STATE_FILE,
@@ -176,9 +176,8 @@ def _transform_locked(
         remove_stale_temporaries(images_dir)  # pools are down: a killed writer's leftovers only
     if report.removed or len(state) > len(jobs):  # records of ids no longer asked for: dropped
         state.compact(keep=((isic_id,) for isic_id in _job_ids(jobs)))
-    report.images = current_outputs(jobs, state, fingerprint)
+    report.images, report.normalization = outputs_and_normalization(jobs, state, settings, fingerprint)
     report.quarantine.sort(key=lambda row: row.isic_id)
-    report.normalization = normalization(jobs, state, settings, fingerprint)
     atomic_write_json(out_dir / NORMALIZATION_FILE, report.normalization)
     report.seconds = time.perf_counter() - started
     log(
