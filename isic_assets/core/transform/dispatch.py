@@ -44,6 +44,7 @@ from .records import (
     TransformJob,
     TransformReport,
     absorb_journals,
+    drop_journals,
     output_name,
 )
 
@@ -73,6 +74,7 @@ class TransformDispatch:
         self.started = time.perf_counter()
         self.last_progress = self.started
         self.last_reason = ""
+        self.lost_any = False  # a batch came back lost: the journals may hold records not recorded yet
 
     def run(self, jobs: Sequence[TransformJob], todo: np.ndarray) -> None:
         """Run ``jobs[i]`` for every position ``i`` in ``todo``."""
@@ -85,7 +87,10 @@ class TransformDispatch:
             for again in self._map(deque([[job]]), 1, in_flight=1):
                 self._give_up(again, timed_out=self.time_limit_s > 0
                               and time.monotonic() - began >= self.time_limit_s)
-        self._absorb()
+        if self.lost_any:
+            self._absorb()
+        else:
+            drop_journals(self.state, self.state_dir)
 
     def _map(self, queue: deque[list[TransformJob]] | LazyBatches, size: int, in_flight: int) -> list[TransformJob]:
         """Run the queue; return the images set aside (their worker died with them)."""
@@ -106,6 +111,7 @@ class TransformDispatch:
               size: int,
               suspects: list[TransformJob]) -> None:
         self.last_reason = lost.reason
+        self.lost_any = True
         if lost.suspect:  # Dask gave up on this very batch
             self.report.worker_restarts += 1
             if len(batch) > 1:

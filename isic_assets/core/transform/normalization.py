@@ -7,7 +7,7 @@ and however many machines produced the records, in whatever order they came back
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from ..scan_state import SqliteLog
 from .image_ops import TRANSFORM_CODE_VERSION, TransformSettings
-from .records import STATUS_OK, JobTable, TransformedOutputs, TransformJob
+from .records import STATUS_OK, TransformedOutputs, TransformJob, job_columns
 
 
 def current_records(jobs: Sequence[TransformJob], state: SqliteLog, fingerprint: str) -> Iterator[dict]:
@@ -23,7 +23,7 @@ def current_records(jobs: Sequence[TransformJob], state: SqliteLog, fingerprint:
 
     One pass over the state in key order, merged with the jobs sorted by id once (an index of
     8 bytes a job), instead of a look-up per job."""
-    ids, sha256_at = _job_columns(jobs)
+    ids, sha256_at = job_columns(jobs)
     order = np.argsort(ids, kind="stable")
     at = 0
     for record in state.values():
@@ -37,15 +37,6 @@ def current_records(jobs: Sequence[TransformJob], state: SqliteLog, fingerprint:
                 and record.get("src_sha256") == sha256_at(position) and record.get("fingerprint") == fingerprint:
             record["isic_id"] = ids[position]  # the job's string, not a copy per output
             yield record
-
-
-def _job_columns(jobs: Sequence[TransformJob]) -> tuple[np.ndarray, Callable[[int], str]]:
-    """The jobs' ids as a column and the source sha256 by position (a JobTable's own columns, else
-    gathered)."""
-    if isinstance(jobs, JobTable):
-        return jobs.isic_ids, jobs.sha256_at
-    digests = [job.src_sha256 for job in jobs]
-    return np.asarray([job.isic_id for job in jobs], dtype=object), digests.__getitem__
 
 
 def outputs_and_normalization(jobs: Sequence[TransformJob], state: SqliteLog, settings: TransformSettings,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -82,6 +82,15 @@ class JobTable(Sequence[TransformJob]):
     def __iter__(self) -> Iterator[TransformJob]:
         for i in range(len(self)):
             yield self[i]
+
+
+def job_columns(jobs: Sequence[TransformJob]) -> tuple[Sequence[str], Callable[[int], str]]:
+    """The jobs' ids and their source sha256 by position, without making a ``TransformJob`` per job
+    when ``jobs`` is a JobTable (its columns), else gathered from the jobs."""
+    if isinstance(jobs, JobTable):
+        return jobs.isic_ids, jobs.sha256_at
+    digests = [job.src_sha256 for job in jobs]
+    return np.asarray([job.isic_id for job in jobs], dtype=object), digests.__getitem__
 
 
 def _utf8_column(values: Sequence[str]) -> np.ndarray:
@@ -200,14 +209,6 @@ def valid_record(record: dict) -> bool:
     return status in (STATUS_FAILED, STATUS_STARTED)
 
 
-def is_current(record: dict | None, job: TransformJob, fingerprint: str) -> bool:
-    return (
-        record is not None
-        and record.get("src_sha256") == job.src_sha256
-        and record.get("fingerprint") == fingerprint
-    )
-
-
 def journal_line(handle: IO[str], record: dict) -> None:
     handle.write(json.dumps(record, sort_keys=True) + "\n")
     handle.flush()  # reaches the kernel: survives the death of this process
@@ -252,3 +253,13 @@ def absorb_journals(state: SqliteLog, state_dir: Path, log: Any = None) -> tuple
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     return finished, in_progress
+
+
+def drop_journals(state: SqliteLog, state_dir: Path) -> None:
+    """Commit the state, then delete the worker journals unread: for a run in which every batch came
+    back, so every record they hold was recorded from the results (reading them back would parse a
+    started line and a record for each image the run did)."""
+    state.flush()
+    for path in state_dir.glob(f"{JOURNAL_PREFIX}*.jsonl"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -58,7 +58,7 @@ from .records import (
     TransformJob,
     TransformReport,
     absorb_journals,
-    is_current,
+    job_columns,
     valid_record,
 )
 
@@ -145,7 +145,9 @@ def _transform_locked(
     fingerprint = settings.fingerprint()
     report = TransformReport(fingerprint=fingerprint, backend=compute.kind, compute_workers=workers)
     state_missing = not (state_dir / STATE_FILE).exists() and not (state_dir / LEGACY_STATE_FILE).exists()
-    state = SqliteLog(state_dir / STATE_FILE, ("isic_id",), valid_record, legacy=state_dir / LEGACY_STATE_FILE)
+    # A commit (two fsyncs) per 2,000 records: the worker journals hold every record until then.
+    state = SqliteLog(state_dir / STATE_FILE, ("isic_id",), valid_record, legacy=state_dir / LEGACY_STATE_FILE,
+                      batch=2000)
     if state.damage:
         log(f"transform: {state.damage}")
     if state.imported:
@@ -202,24 +204,22 @@ def _run(jobs: Sequence[TransformJob], todo: np.ndarray, compute: ComputeChoice,
 
 def _check_jobs(jobs: Sequence[TransformJob]) -> set[str]:
     """Refuse malformed jobs; return the set of their ids (the outputs to keep)."""
+    ids, sha256_at = job_columns(jobs)
     seen: set[str] = set()
-    for job in jobs:
-        if not isinstance(job.isic_id, str) or not _SAFE_ID.match(job.isic_id):
-            raise ValueError(f"job id {job.isic_id!r} is not a safe file name")
-        if job.isic_id in seen:
-            raise ValueError(f"job id {job.isic_id} appears more than once")
-        if not isinstance(job.src_sha256, str) or not _SHA256_HEX.match(job.src_sha256):
-            raise ValueError(
-                f"job {job.isic_id}: src_sha256 must be 64 lower-case hex digits, got {job.src_sha256!r}"
-            )
-        seen.add(job.isic_id)
+    for position, isic_id in enumerate(ids):
+        if not isinstance(isic_id, str) or not _SAFE_ID.match(isic_id):
+            raise ValueError(f"job id {isic_id!r} is not a safe file name")
+        if isic_id in seen:
+            raise ValueError(f"job id {isic_id} appears more than once")
+        digest = sha256_at(position)
+        if not isinstance(digest, str) or not _SHA256_HEX.match(digest):
+            raise ValueError(f"job {isic_id}: src_sha256 must be 64 lower-case hex digits, got {digest!r}")
+        seen.add(isic_id)
     return seen
 
 
 def _job_ids(jobs: Sequence[TransformJob]) -> Iterator[str]:
-    """The jobs' ids, from a JobTable's column when there is one (no ``TransformJob`` made)."""
-    column = getattr(jobs, "isic_ids", None)
-    return iter(column) if column is not None else (job.isic_id for job in jobs)
+    return iter(job_columns(jobs)[0])
 
 
 def _remove_unwanted_outputs(images_dir: Path, wanted: set[str]) -> int:
@@ -247,7 +247,7 @@ def _bytes_per_output(state: SqliteLog, settings: TransformSettings) -> int:
     return largest + 4096
 
 
-def _size_is(path: Path, size: int) -> bool:
+def _size_is(path: str, size: int) -> bool:
     """An output of another size than recorded is stale (or cut short): it is made again; a missing
     one (or a symlink, never written by a worker) is made too."""
     try:
@@ -268,18 +268,21 @@ def _plan(
     through a listing of ``images/`` held in memory (a dict of 400,000 directory entries is about
     100 MB)."""
     todo = array("q")
-    for position, job in enumerate(jobs):
-        record = state.get(job.isic_id)
-        path = images_dir / (job.isic_id + OUTPUT_SUFFIX)
-        if record is not None and is_current(record, job, fingerprint):
+    ids, sha256_at = job_columns(jobs)  # no TransformJob (and its Path) made per job
+    folder = str(images_dir)
+    for position, isic_id in enumerate(ids):
+        record = state.get(isic_id)
+        path = f"{folder}/{isic_id}{OUTPUT_SUFFIX}"
+        if record is not None and record.get("src_sha256") == sha256_at(position) \
+                and record.get("fingerprint") == fingerprint:
             if record.get("status") == STATUS_OK and _size_is(path, record["out_bytes"]):
                 report.skipped += 1
                 continue
             if record.get("status") == STATUS_QUARANTINED:
                 report.skipped += 1
-                report.quarantine.append(QuarantineRow(job.isic_id, str(job.src), record["reason"]))
+                report.quarantine.append(QuarantineRow(isic_id, str(jobs[position].src), record["reason"]))
                 with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                    os.unlink(path)
                 continue
         todo.append(position)
     return np.frombuffer(todo, dtype=np.int64) if todo else np.empty(0, dtype=np.int64)
