@@ -351,6 +351,10 @@ class SqliteLog:
 def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level="DEFERRED")
     db.execute("PRAGMA temp_store = FILE")  # temporary tables on disk too: memory stays flat
+    # The owner holds the file for a whole run (the transform has its own run lock): keeping SQLite's
+    # lock between statements keeps its page cache too. Without it every look-up re-checked the file
+    # and re-read its pages: 127 against 55 microseconds a look-up at 100,000 records, under load.
+    db.execute("PRAGMA locking_mode = EXCLUSIVE")
     return db
 
 

@@ -179,6 +179,7 @@ def _transform_locked(
     if report.removed or len(state) > len(jobs):  # records of ids no longer asked for: dropped
         state.compact(keep=((isic_id,) for isic_id in _job_ids(jobs)))
     report.images, report.normalization = outputs_and_normalization(jobs, state, settings, fingerprint)
+    state.close()
     report.quarantine.sort(key=lambda row: row.isic_id)
     atomic_write_json(out_dir / NORMALIZATION_FILE, report.normalization)
     report.seconds = time.perf_counter() - started
