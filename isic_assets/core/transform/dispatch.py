@@ -108,8 +108,7 @@ class TransformDispatch:
         return suspects
 
     def _lost(self, batch: list[TransformJob], lost: LostBatch, queue: deque[list[TransformJob]] | LazyBatches,
-              size: int,
-              suspects: list[TransformJob]) -> None:
+              size: int, suspects: list[TransformJob]) -> None:
         self.last_reason = lost.reason
         self.lost_any = True
         if lost.suspect:  # Dask gave up on this very batch
