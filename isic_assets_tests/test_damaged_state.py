@@ -9,7 +9,9 @@ undamaged run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from isic_assets.core.merge.merge_sources import merge_sources
 from isic_assets.core.merge.state_store import STATE_FILE as MERGE_STATE_FILE
 from isic_assets.core.scan_state import JsonlLog
 from isic_assets.core.transform.image_ops import TransformSettings
+from isic_assets.core.transform.records import LEGACY_STATE_FILE
 from isic_assets.core.transform.runner import STATE_DIR, STATE_FILE, TransformJob, transform_images
 
 from .source_support import isic2016_source, noise_jpeg
@@ -93,7 +96,7 @@ def _jobs(folder: Path, count: int = 6) -> list[TransformJob]:
     return jobs
 
 
-@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("damage", sorted(DATABASE_DAMAGE))
 def test_transform_rebuilds_damaged_state_and_never_skips_a_missing_or_stale_output(tmp_path: Path,
                                                                                     damage: str) -> None:
     jobs = _jobs(tmp_path / "src")
@@ -102,7 +105,7 @@ def test_transform_rebuilds_damaged_state_and_never_skips_a_missing_or_stale_out
     transform_images(jobs, out, settings, workers=1, log=lambda _m: None)
     reference = _snapshot(out)
     state = out / STATE_DIR / STATE_FILE
-    DAMAGE[damage](state)
+    DATABASE_DAMAGE[damage](state)
     (out / "images" / "ISIC_0000003.jpg").unlink()  # missing output, record intact
     stale = out / "images" / "ISIC_0000004.jpg"
     stale.write_bytes(stale.read_bytes()[:100])  # cut short: stale whatever the record says
@@ -110,8 +113,13 @@ def test_transform_rebuilds_damaged_state_and_never_skips_a_missing_or_stale_out
     report = transform_images(jobs, out, settings, workers=1, log=messages.append)
     assert _snapshot(out) == reference
     assert report.processed >= 2 and report.quarantined == 0
-    assert len([m for m in messages if "state file" in m]) == 1, messages
+    told = [m for m in messages if "state file" in m]
+    assert len(told) == 1, messages
+    assert ("missing" in told[0]) == (damage == "deleted")
+    assert (out / STATE_DIR / f"{STATE_FILE}.damaged").exists() == (damage != "deleted")
+    messages.clear()
     again = transform_images(jobs, out, settings, workers=1, log=messages.append)
+    assert not [m for m in messages if "state file" in m]
     assert again.processed == 0 and again.skipped == len(jobs)
     assert _snapshot(out) == reference
 
@@ -126,3 +134,41 @@ def test_an_append_after_a_torn_line_is_not_lost(tmp_path: Path) -> None:
     again = JsonlLog(path, ("k",))
     assert again.damage is None
     assert sorted(r["k"] for r in again.values()) == [1, 3]
+
+
+def _as_earlier_version(out: Path) -> Path:
+    """Turn ``out``'s state into what the version before SQLite left: ``transform.jsonl``, one line
+    per record in id order, and no database."""
+    database = out / STATE_DIR / STATE_FILE
+    legacy = out / STATE_DIR / LEGACY_STATE_FILE
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        lines = [text for (text,) in db.execute("SELECT record FROM records ORDER BY key")]
+    legacy.write_text("".join(line + "\n" for line in lines))
+    database.unlink()
+    return legacy
+
+
+@pytest.mark.parametrize("damage", [None, "torn", "garbage"])
+def test_an_earlier_transform_jsonl_is_imported_once_and_only_damaged_lines_are_redone(
+        tmp_path: Path, damage: str | None) -> None:
+    jobs = _jobs(tmp_path / "src")
+    out = tmp_path / "transformed"
+    settings = TransformSettings(size=32)
+    transform_images(jobs, out, settings, workers=1, log=lambda _m: None)
+    reference = _snapshot(out)
+    legacy = _as_earlier_version(out)
+    if damage is not None:
+        DAMAGE[damage](legacy)  # torn: the last record cut short; garbage: the second one overwritten
+    messages: list[str] = []
+    report = transform_images(jobs, out, settings, workers=1, log=messages.append)
+    assert _snapshot(out) == reference
+    assert not legacy.exists() and (out / STATE_DIR / STATE_FILE).is_file()
+    assert [m for m in messages if "moved into" in m] == [
+        f"transform: {len(jobs) - (damage is not None)} record(s) of the earlier state file {LEGACY_STATE_FILE} "
+        f"moved into {STATE_FILE}; their images are not transformed again"]
+    assert len([m for m in messages if "damaged line" in m]) == (damage is not None), messages
+    assert (report.processed, report.skipped) == ((1, 5) if damage else (0, 6))
+    messages.clear()
+    again = transform_images(jobs, out, settings, workers=1, log=messages.append)
+    assert (again.processed, again.skipped) == (0, len(jobs))
+    assert not [m for m in messages if "state file" in m or "moved into" in m], messages

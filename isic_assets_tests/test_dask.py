@@ -135,8 +135,8 @@ def test_dask_local_and_an_external_cluster_write_the_bytes_of_a_local_run(tmp_p
     assert on_local_cluster.compute_workers == 2 and external.compute_workers == 2
     assert any(f"dask cluster at {cluster.address}: 2 workers" in line for line in logs)
     # Journals are folded into the state once every task is done.
-    assert sorted(p.name for p in (tmp_path / "external" / STATE_DIR).iterdir()) == ["transform.jsonl",
-                                                                                     "transform.lock"]
+    assert sorted(p.name for p in (tmp_path / "external" / STATE_DIR).iterdir()) == ["transform.lock",
+                                                                                     "transform.sqlite"]
 
 
 def _install(cluster: Cluster, plugin: Misbehave) -> Client:

@@ -389,3 +389,18 @@ def test_column_subset_with_chunked_facts_writes_the_same_report(tmp_path: Path)
     assert (tmp_path / "subset" / REPORT_NAME).read_bytes() == (tmp_path / "whole" / REPORT_NAME).read_bytes()
     assert subset.tables["missing_values"].set_index("column")["missing_percent"]["extra"] == pytest.approx(
         100 * 120 / 360, abs=0.001)
+
+
+@pytest.mark.parametrize("chunk_chars", [1, 2, 3, 5, 1 << 20])
+def test_text_fingerprint_read_in_pieces_equals_the_whole_text_fingerprint(tmp_path: Path,
+                                                                            chunk_chars: int) -> None:
+    """The EDA's data version hashes metadata.csv a piece at a time; it must be the digest of the
+    whole text as read_text gives it: CRLF and CR made newlines (also when cut between two pieces),
+    non-ASCII text encoded once."""
+    from isic_assets.defs.metadata import fingerprint
+
+    path = tmp_path / "metadata.csv"
+    path.write_bytes("isic_id,note\r\nISIC_1,\"a\rb\"\r\nISIC_2,Ã©lan ü\nISIC_3,\r\r\n".encode())
+    assert eda_tables.text_fingerprint(path, chunk_chars) == fingerprint([path.read_text()])
+    path.write_bytes(b"")
+    assert eda_tables.text_fingerprint(path, chunk_chars) == fingerprint([path.read_text()])

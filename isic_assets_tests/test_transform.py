@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -138,8 +139,9 @@ def test_only_changed_sources_are_redone_and_dropped_ids_are_removed(tmp_path: P
     assert (report.processed, report.skipped, report.removed) == (1, 2, 2)
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"{j.isic_id}.jpg" for j in kept]
     assert report.normalization["image_count"] == 3
-    state_lines = (out / "_state" / "transform.jsonl").read_text().splitlines()
-    assert sorted(json.loads(line)["isic_id"] for line in state_lines) == sorted(j.isic_id for j in kept)
+    with contextlib.closing(sqlite3.connect(out / "_state" / "transform.sqlite")) as db:
+        recorded = [json.loads(text)["isic_id"] for (text,) in db.execute("SELECT record FROM records")]
+    assert sorted(recorded) == sorted(j.isic_id for j in kept)
 
 
 def test_normalization_matches_numpy_including_images_skipped_this_run(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ import dagster as dg
 
 from ..core import layout
 from ..core.eda.review_sheet import image_paths
-from ..core.eda.tables import EDA_COLUMNS, MetadataFacts
+from ..core.eda.tables import EDA_COLUMNS, MetadataFacts, text_fingerprint
 from ..core.splits.near_duplicates import read_pairs
 from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import data_root_metadata, fingerprint, table_metadata
@@ -58,7 +58,7 @@ def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.Mater
     # PNG and HTML bytes are not guaranteed to be (renderer versions).
     pairs = merged_dir / layout.NEAR_DUPLICATES_CSV
     version = fingerprint([f"code:{EDA_CODE_VERSION}",
-                           *(f"{name}:{fingerprint([(merged_dir / name).read_text()])}" for name in INPUT_TABLES),
+                           *(f"{name}:{text_fingerprint(merged_dir / name)}" for name in INPUT_TABLES),
                            f"pairs:{fingerprint([pairs.read_text()]) if pairs.is_file() else ''}"])
     overlap = result.tables["source_overlap"]
     return dg.MaterializeResult(

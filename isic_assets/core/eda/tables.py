@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -222,3 +223,17 @@ def _reason_counts(frame: pd.DataFrame) -> pd.DataFrame:
     counts = reasons.value_counts()
     table = pd.DataFrame({"reason": counts.index.astype(str), "count": counts.to_numpy().astype("int64")})
     return table.sort_values(["count", "reason"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def text_fingerprint(path: Path, chunk_chars: int = 1 << 20) -> str:
+    """``fingerprint([path.read_text()])`` of the Dagster layer (sha256 of the text, UTF-8, then a
+    newline; 32 hex digits), read a megabyte at a time: the merged ``metadata.csv`` of 401,059
+    ISIC 2024 rows is about 200 MB, and its text and its encoding were both in memory at once.
+    Opened as ``read_text`` opens it (the same encoding and newline translation; a ``\\r\\n`` cut
+    between two reads is still one newline)."""
+    digest = hashlib.sha256()
+    with Path(path).open() as handle:  # the same encoding and newlines as read_text
+        while chunk := handle.read(chunk_chars):
+            digest.update(chunk.encode())
+    digest.update(b"\n")
+    return digest.hexdigest()[:32]

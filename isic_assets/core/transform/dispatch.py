@@ -23,13 +23,16 @@ attempt with ``dask-local``'s ``allowed-failures`` of 1) and the run goes on.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from ..compute.batches import BATCHES_IN_FLIGHT_PER_SLOT, BatchEngine, LostBatch, batch_size, batches_of
-from ..scan_state import JsonlLog
+import numpy as np
+
+from ..compute.batches import BATCHES_IN_FLIGHT_PER_SLOT, BatchEngine, LostBatch, batch_size
+from ..scan_state import SqliteLog
 from .image_ops import TransformSettings
 from .one_image import transform_batch
 from .records import (
@@ -41,6 +44,7 @@ from .records import (
     TransformJob,
     TransformReport,
     absorb_journals,
+    drop_journals,
     output_name,
 )
 
@@ -54,14 +58,13 @@ _MAX_FRUITLESS_RESTARTS = 3
 class TransformDispatch:
     """Runs the jobs on ``engine`` and records every result into ``state`` and ``report``."""
 
-    def __init__(self, engine: BatchEngine, settings: TransformSettings, out_dir: Path, state: JsonlLog,
+    def __init__(self, engine: BatchEngine, settings: TransformSettings, out_dir: Path, state: SqliteLog,
                  report: TransformReport, log: Log, total: int, time_limit_s: float) -> None:
         self.engine, self.settings, self.out_dir = engine, settings, Path(out_dir)
         self.state_dir = self.out_dir / STATE_DIR
         self.state, self.report, self.log, self.total = state, report, log, total
         self.time_limit_s = time_limit_s
         self.args = (self.out_dir, self.state_dir, settings, settings.fingerprint(), time_limit_s)
-        self.jobs_by_id: dict[str, TransformJob] = {}
         self.finished: dict[str, dict] = {}  # read from journals after a pool broke
         self.in_progress: set[str] = set()
         self.breakage = -1  # the fork pool's breakage being sorted out
@@ -71,11 +74,12 @@ class TransformDispatch:
         self.started = time.perf_counter()
         self.last_progress = self.started
         self.last_reason = ""
+        self.lost_any = False  # a batch came back lost: the journals may hold records not recorded yet
 
-    def run(self, todo: list[TransformJob]) -> None:
-        self.jobs_by_id = {job.isic_id: job for job in todo}
+    def run(self, jobs: Sequence[TransformJob], todo: np.ndarray) -> None:
+        """Run ``jobs[i]`` for every position ``i`` in ``todo``."""
         size = batch_size(len(todo), self.engine.slots)
-        suspects = self._map(batches_of(todo, size), size, BATCHES_IN_FLIGHT_PER_SLOT * self.engine.slots)
+        suspects = self._map(LazyBatches(jobs, todo, size), size, BATCHES_IN_FLIGHT_PER_SLOT * self.engine.slots)
         if suspects:
             self.log(f"transform: {len(suspects)} image(s) were on workers that died; retrying them one at a time")
         for job in suspects:
@@ -83,24 +87,30 @@ class TransformDispatch:
             for again in self._map(deque([[job]]), 1, in_flight=1):
                 self._give_up(again, timed_out=self.time_limit_s > 0
                               and time.monotonic() - began >= self.time_limit_s)
-        self._absorb()
+        if self.lost_any:
+            self._absorb()
+        else:
+            drop_journals(self.state, self.state_dir)
 
-    def _map(self, queue: deque[list[TransformJob]], size: int, in_flight: int) -> list[TransformJob]:
+    def _map(self, queue: deque[list[TransformJob]] | LazyBatches, size: int, in_flight: int) -> list[TransformJob]:
         """Run the queue; return the images set aside (their worker died with them)."""
         suspects: list[TransformJob] = []
         for batch, result in self.engine.map_batches(transform_batch, queue, self.args, in_flight):
             if isinstance(result, LostBatch):
                 self._lost(batch, result, queue, size, suspects)
                 continue
+            by_id = {job.isic_id: job for job in batch}
             for record in result:
-                self._record(record)
+                self._record(record, by_id[record["isic_id"]])
+            # No commit per batch: the state commits a batch of records at a time, and until then the
+            # worker journals hold them (a killed run folds them in on the next start).
             self.fruitful = True
-            self.state.flush()
         return suspects
 
-    def _lost(self, batch: list[TransformJob], lost: LostBatch, queue: deque[list[TransformJob]], size: int,
-              suspects: list[TransformJob]) -> None:
+    def _lost(self, batch: list[TransformJob], lost: LostBatch, queue: deque[list[TransformJob]] | LazyBatches,
+              size: int, suspects: list[TransformJob]) -> None:
         self.last_reason = lost.reason
+        self.lost_any = True
         if lost.suspect:  # Dask gave up on this very batch
             self.report.worker_restarts += 1
             if len(batch) > 1:
@@ -124,7 +134,7 @@ class TransformDispatch:
         for job in batch:
             record = self.finished.pop(job.isic_id, None)
             if record is not None:
-                self._record(record)
+                self._record(record, job)
                 self.fruitful = True
             elif job.isic_id in self.in_progress:
                 self.in_progress.discard(job.isic_id)
@@ -151,14 +161,13 @@ class TransformDispatch:
                      f"{self.last_reason})")
             record = {"isic_id": job.isic_id, "status": STATUS_FAILED,
                       "reason": f"{cause}; not remembered, retried on the next run"}
-        self._record(record)
+        self._record(record, job)
         self.state.flush()
 
-    def _record(self, record: dict) -> None:
-        job = self.jobs_by_id[record["isic_id"]]
+    def _record(self, record: dict, job: TransformJob) -> None:
         status = record.get("status")
         if status in (STATUS_OK, STATUS_QUARANTINED) and self.state.get(job.isic_id) != record:
-            self.state.append(record)  # flushed per batch; the worker journals already hold it
+            self.state.append(record)  # the worker journals hold it until the state commits it
         if status == STATUS_OK:
             self.report.processed += 1
         else:
@@ -171,3 +180,37 @@ class TransformDispatch:
             rate = self.done / max(now - self.started, 1e-9)
             self.log(f"transform: {self.done}/{self.total} ({rate:.1f} images/s)")
             self.last_progress = now
+
+
+class LazyBatches:
+    """The queue of batches ``engine.map_batches`` takes (``popleft``, truth value) over positions in
+    ``jobs``: each batch's ``TransformJob`` objects are made when it is taken, so a first run of
+    400,000 images holds 8 bytes a job to do, not a list of jobs. Batches put back go in front
+    (``appendleft``) or at the end (``extend``), as on a deque."""
+
+    def __init__(self, jobs: Sequence[TransformJob], positions: np.ndarray, size: int) -> None:
+        self.jobs, self.positions, self.size = jobs, positions, size
+        self.next = 0
+        self.front: deque[list[TransformJob]] = deque()
+        self.back: deque[list[TransformJob]] = deque()
+
+    def __len__(self) -> int:
+        return len(self.front) + math.ceil((len(self.positions) - self.next) / self.size) + len(self.back)
+
+    def __bool__(self) -> bool:
+        return bool(self.front) or self.next < len(self.positions) or bool(self.back)
+
+    def popleft(self) -> list[TransformJob]:
+        if self.front:
+            return self.front.popleft()
+        if self.next < len(self.positions):
+            chosen = self.positions[self.next : self.next + self.size]
+            self.next += len(chosen)
+            return [self.jobs[int(i)] for i in chosen]
+        return self.back.popleft()
+
+    def appendleft(self, batch: list[TransformJob]) -> None:
+        self.front.appendleft(batch)
+
+    def extend(self, batches: Iterable[list[TransformJob]]) -> None:
+        self.back.extend(batches)

@@ -1,7 +1,8 @@
 """What ``transformed_images`` remembers: the job and report types, state records, worker journals.
 
-``_state/transform.jsonl`` holds one record per image: inputs (src_sha256, settings fingerprint),
-output facts and its per-channel pixel sums. While a run goes on, every worker process (or Dask
+``_state/transform.sqlite`` holds one record per image (``scan_state.SqliteLog``): inputs
+(src_sha256, settings fingerprint), output facts and its per-channel pixel sums. The earlier
+``_state/transform.jsonl`` is imported into it once and deleted. While a run goes on, every worker process (or Dask
 worker thread) appends to its own journal ``_state/transform.worker-<host>-<pid>-<thread>.jsonl``:
 "started <id>" before an image and its full record after, flushed to the kernel each time, so a
 killed run loses nothing it finished; ``absorb_journals`` folds them into the state.
@@ -11,18 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from ..scan_state import JsonlLog, read_jsonl
+from ..scan_state import SqliteLog, iter_jsonl
 
 IMAGES_DIR = "images"
 STATE_DIR = "_state"
-STATE_FILE = "transform.jsonl"
+STATE_FILE = "transform.sqlite"
+LEGACY_STATE_FILE = "transform.jsonl"  # the state before it moved to SQLite: imported once
 OUTPUT_SUFFIX = ".jpg"
 JOURNAL_PREFIX = "transform.worker-"
 
@@ -48,15 +50,18 @@ class JobTable(Sequence[TransformJob]):
     """The jobs of a whole archive as four columns, each ``TransformJob`` made when it is asked for.
 
     A list of 400,000 jobs, each with its own ``Path``, costs about 250 MB; the columns cost what
-    their strings cost (docs/PERFORMANCE.md "ISIC 2024 at archive scale").
+    their strings cost (docs/PERFORMANCE.md "ISIC 2024 at archive scale"). The ids stay Python
+    strings (every stage step compares them); the image names and hashes are UTF-8 bytes in fixed-width
+    numpy columns (about 90 bytes a job instead of about 200 as Python strings), decoded when a job
+    is made.
     """
 
     def __init__(self, base: Path, isic_ids: Sequence[str], images: Sequence[str], sha256: Sequence[str],
                  exif_orientation: Sequence[str | int]) -> None:
         self.base = Path(base)
         self.isic_ids = np.asarray(isic_ids, dtype=object)
-        self.images = np.asarray(images, dtype=object)
-        self.sha256 = np.asarray(sha256, dtype=object)
+        self.images = _utf8_column(images)
+        self.sha256 = _utf8_column(sha256)
         # ``or 1``: an empty cell means no EXIF orientation, as upright.
         self.exif = np.asarray([int(v or 1) for v in exif_orientation], dtype=np.int64)
         if not len(self.isic_ids) == len(self.images) == len(self.sha256) == len(self.exif):
@@ -68,12 +73,30 @@ class JobTable(Sequence[TransformJob]):
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return TransformJob(self.isic_ids[index], self.base / self.images[index], self.sha256[index],
+        return TransformJob(self.isic_ids[index], self.base / self.images[index].decode(), self.sha256_at(index),
                             int(self.exif[index]))
+
+    def sha256_at(self, index: int) -> str:
+        return self.sha256[index].decode()
 
     def __iter__(self) -> Iterator[TransformJob]:
         for i in range(len(self)):
             yield self[i]
+
+
+def job_columns(jobs: Sequence[TransformJob]) -> tuple[Sequence[str], Callable[[int], str]]:
+    """The jobs' ids and their source sha256 by position, without making a ``TransformJob`` per job
+    when ``jobs`` is a JobTable (its columns), else gathered from the jobs."""
+    if isinstance(jobs, JobTable):
+        return jobs.isic_ids, jobs.sha256_at
+    digests = [job.src_sha256 for job in jobs]
+    return np.asarray([job.isic_id for job in jobs], dtype=object), digests.__getitem__
+
+
+def _utf8_column(values: Sequence[str]) -> np.ndarray:
+    """``values`` as a fixed-width bytes column (an empty table gets width 1)."""
+    encoded = [str(value).encode() for value in values]
+    return np.array(encoded, dtype=f"S{max(1, max(map(len, encoded), default=1))}")
 
 
 @dataclass(frozen=True)
@@ -186,51 +209,57 @@ def valid_record(record: dict) -> bool:
     return status in (STATUS_FAILED, STATUS_STARTED)
 
 
-def is_current(record: dict | None, job: TransformJob, fingerprint: str) -> bool:
-    return (
-        record is not None
-        and record.get("src_sha256") == job.src_sha256
-        and record.get("fingerprint") == fingerprint
-    )
-
-
 def journal_line(handle: IO[str], record: dict) -> None:
     handle.write(json.dumps(record, sort_keys=True) + "\n")
     handle.flush()  # reaches the kernel: survives the death of this process
 
 
-def absorb_journals(state: JsonlLog, state_dir: Path, log: Any = None) -> tuple[dict[str, dict], set[str]]:
+def absorb_journals(state: SqliteLog, state_dir: Path, log: Any = None) -> tuple[dict[str, dict], set[str]]:
     """Fold worker journals into the state and delete them; only call while no worker runs.
 
-    Returns every finished record found (by id) and the ids a worker had started but not finished
-    (what it was doing when it died). Remembered: ``ok`` and ``quarantined`` records only.
+    Returns the finished records the state did not hold yet (by id: the results of batches whose
+    worker died, and failures) and the ids a worker had started but not finished (what it was doing
+    when it died). Remembered: ``ok`` and ``quarantined`` records only. Journals are read a line at
+    a time: at the end of a run they hold a record of every image the run did, already recorded.
     """
     finished: dict[str, dict] = {}
     in_progress: set[str] = set()
     journals = sorted(state_dir.glob(f"{JOURNAL_PREFIX}*.jsonl"))
     for path in journals:
-        current = None
-        records, bad = read_jsonl(path)
-        usable = [r for r in records if isinstance(r.get("isic_id"), str) and valid_record(r)]
-        bad += len(records) - len(usable)
+        current, bad = None, 0
+        for record in iter_jsonl(path):
+            if record is None or not isinstance(record.get("isic_id"), str) or not valid_record(record):
+                bad += 1
+                continue
+            isic_id, status = record["isic_id"], record.get("status")
+            if status == STATUS_STARTED:
+                current = isic_id
+                continue
+            if current == isic_id:
+                current = None
+            if status in (STATUS_OK, STATUS_QUARANTINED):
+                if state.get(isic_id) == record:
+                    finished.pop(isic_id, None)  # recorded already: a later line of the same id wins
+                    continue
+                state.append(record)
+            finished[isic_id] = record
         if bad and log is not None:
             log(f"transform: worker journal {path.name} had {bad} damaged line(s) (a worker killed mid-write); "
                 "ignored, those images are transformed again")
-        for record in usable:
-            isic_id = record.get("isic_id")
-            if record.get("status") == STATUS_STARTED:
-                current = isic_id
-                continue
-            finished[isic_id] = record
-            if current == isic_id:
-                current = None
         if current is not None:
             in_progress.add(current)
-    for isic_id, record in finished.items():
-        if record.get("status") in (STATUS_OK, STATUS_QUARANTINED) and state.get(isic_id) != record:
-            state.append(record)
-    state.flush()
+    state.flush()  # committed before the journals that hold the same records go
     for path in journals:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
     return finished, in_progress
+
+
+def drop_journals(state: SqliteLog, state_dir: Path) -> None:
+    """Commit the state, then delete the worker journals unread: for a run in which every batch came
+    back, so every record they hold was recorded from the results (reading them back would parse a
+    started line and a record for each image the run did)."""
+    state.flush()
+    for path in state_dir.glob(f"{JOURNAL_PREFIX}*.jsonl"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

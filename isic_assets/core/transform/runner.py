@@ -4,7 +4,7 @@ Layout under ``out_dir`` (``data_transformed/``)::
 
     images/<isic_id>.jpg            one output per image, written atomically by the worker
     normalization.json              per-channel mean/std over every output, for training code
-    _state/transform.jsonl          one record per image (records.py)
+    _state/transform.sqlite         one record per image (records.py), on disk, committed in batches
     _state/transform.worker-*.jsonl each worker's journal while a run is going on
 
 Incremental: an image whose ``src_sha256`` and settings fingerprint match its record and whose
@@ -30,8 +30,11 @@ import os
 import re
 import stat
 import time
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from .. import layout
 from ..atomic import atomic_write_json, remove_stale_temporaries
@@ -39,12 +42,13 @@ from ..compute.dask_cluster import ClusterInfo
 from ..compute.engine import open_engine
 from ..compute.setting import LOCAL, ComputeChoice
 from ..operation.disk_space import disk_full_errors, ensure_free_space, format_bytes
-from ..scan_state import JsonlLog
+from ..scan_state import SqliteLog
 from .dispatch import TransformDispatch
 from .image_ops import TransformSettings
-from .normalization import current_outputs, normalization
+from .normalization import outputs_and_normalization
 from .records import (
     IMAGES_DIR,
+    LEGACY_STATE_FILE,
     OUTPUT_SUFFIX,
     STATE_DIR,
     STATE_FILE,
@@ -54,7 +58,7 @@ from .records import (
     TransformJob,
     TransformReport,
     absorb_journals,
-    is_current,
+    job_columns,
     valid_record,
 )
 
@@ -140,10 +144,15 @@ def _transform_locked(
         remove_stale_temporaries(folder)
     fingerprint = settings.fingerprint()
     report = TransformReport(fingerprint=fingerprint, backend=compute.kind, compute_workers=workers)
-    state_missing = not (state_dir / STATE_FILE).exists()
-    state = JsonlLog(state_dir / STATE_FILE, ("isic_id",), valid_record)
+    state_missing = not (state_dir / STATE_FILE).exists() and not (state_dir / LEGACY_STATE_FILE).exists()
+    # A commit (two fsyncs) per 2,000 records: the worker journals hold every record until then.
+    state = SqliteLog(state_dir / STATE_FILE, ("isic_id",), valid_record, legacy=state_dir / LEGACY_STATE_FILE,
+                      batch=2000)
     if state.damage:
         log(f"transform: {state.damage}")
+    if state.imported:
+        log(f"transform: {state.imported} record(s) of the earlier state file {LEGACY_STATE_FILE} moved into "
+            f"{STATE_FILE}; their images are not transformed again")
     try:
         absorb_journals(state, state_dir, log)  # what a killed run finished
         if state_missing and next(iter(state.values()), None) is None and any(images_dir.iterdir()):
@@ -152,7 +161,7 @@ def _transform_locked(
         wanted = wanted if wanted is not None else {job.isic_id for job in jobs}
         report.removed = _remove_unwanted_outputs(images_dir, wanted)
         todo = _plan(jobs, state, images_dir, fingerprint, report)
-        if todo:
+        if len(todo):
             per_image = _bytes_per_output(state, settings)
             free = ensure_free_space(STAGE, out_dir, len(todo) * per_image,
                                      detail=f"{len(todo)} images at about {format_bytes(per_image)} each; ")
@@ -162,16 +171,16 @@ def _transform_locked(
             f"transform: {len(todo)} to process, {report.skipped} unchanged, {report.removed} removed "
             f"(settings {fingerprint}, {workers} workers)"
         )
-        if todo:
-            _run(todo, compute, workers, lock_fd, settings, out_dir, state, report, log, time_limit_s)
+        if len(todo):
+            _run(jobs, todo, compute, workers, lock_fd, settings, out_dir, state, report, log, time_limit_s)
     finally:
         state.close()
         remove_stale_temporaries(images_dir)  # pools are down: a killed writer's leftovers only
-    if report.removed or state.needs_compaction:
-        state.compact(keep=((job.isic_id,) for job in jobs))
-    report.images = current_outputs(jobs, state, fingerprint)
+    if report.removed or len(state) > len(jobs):  # records of ids no longer asked for: dropped
+        state.compact(keep=((isic_id,) for isic_id in _job_ids(jobs)))
+    report.images, report.normalization = outputs_and_normalization(jobs, state, settings, fingerprint)
+    state.close()
     report.quarantine.sort(key=lambda row: row.isic_id)
-    report.normalization = normalization(jobs, state, settings, fingerprint)
     atomic_write_json(out_dir / NORMALIZATION_FILE, report.normalization)
     report.seconds = time.perf_counter() - started
     log(
@@ -181,8 +190,9 @@ def _transform_locked(
     return report
 
 
-def _run(todo: list[TransformJob], compute: ComputeChoice, workers: int, lock_fd: int, settings: TransformSettings,
-         out_dir: Path, state: JsonlLog, report: TransformReport, log: Log, time_limit_s: float) -> None:
+def _run(jobs: Sequence[TransformJob], todo: np.ndarray, compute: ComputeChoice, workers: int, lock_fd: int,
+         settings: TransformSettings, out_dir: Path, state: SqliteLog, report: TransformReport, log: Log,
+         time_limit_s: float) -> None:
     """Open the engine ISIC_COMPUTE asks for and dispatch ``todo`` on it."""
     def on_cluster(info: ClusterInfo) -> None:
         report.compute_workers, report.cluster = info.workers, info.describe()
@@ -190,23 +200,27 @@ def _run(todo: list[TransformJob], compute: ComputeChoice, workers: int, lock_fd
 
     # The run lock belongs to this process alone: no forked worker keeps it.
     with open_engine(compute, workers, out_dir, log, on_cluster, close_fds=(lock_fd,)) as engine:
-        TransformDispatch(engine, settings, out_dir, state, report, log, len(todo), time_limit_s).run(todo)
+        TransformDispatch(engine, settings, out_dir, state, report, log, len(todo), time_limit_s).run(jobs, todo)
 
 
 def _check_jobs(jobs: Sequence[TransformJob]) -> set[str]:
     """Refuse malformed jobs; return the set of their ids (the outputs to keep)."""
+    ids, sha256_at = job_columns(jobs)
     seen: set[str] = set()
-    for job in jobs:
-        if not isinstance(job.isic_id, str) or not _SAFE_ID.match(job.isic_id):
-            raise ValueError(f"job id {job.isic_id!r} is not a safe file name")
-        if job.isic_id in seen:
-            raise ValueError(f"job id {job.isic_id} appears more than once")
-        if not isinstance(job.src_sha256, str) or not _SHA256_HEX.match(job.src_sha256):
-            raise ValueError(
-                f"job {job.isic_id}: src_sha256 must be 64 lower-case hex digits, got {job.src_sha256!r}"
-            )
-        seen.add(job.isic_id)
+    for position, isic_id in enumerate(ids):
+        if not isinstance(isic_id, str) or not _SAFE_ID.match(isic_id):
+            raise ValueError(f"job id {isic_id!r} is not a safe file name")
+        if isic_id in seen:
+            raise ValueError(f"job id {isic_id} appears more than once")
+        digest = sha256_at(position)
+        if not isinstance(digest, str) or not _SHA256_HEX.match(digest):
+            raise ValueError(f"job {isic_id}: src_sha256 must be 64 lower-case hex digits, got {digest!r}")
+        seen.add(isic_id)
     return seen
+
+
+def _job_ids(jobs: Sequence[TransformJob]) -> Iterator[str]:
+    return iter(job_columns(jobs)[0])
 
 
 def _remove_unwanted_outputs(images_dir: Path, wanted: set[str]) -> int:
@@ -224,19 +238,17 @@ def _remove_unwanted_outputs(images_dir: Path, wanted: set[str]) -> int:
     return removed
 
 
-def _bytes_per_output(state: JsonlLog, settings: TransformSettings) -> int:
+def _bytes_per_output(state: SqliteLog, settings: TransformSettings) -> int:
     """What one output will take: the largest recorded output of these settings (plus a quarter),
     else 0.75 bytes per pixel of a ``size`` x ``size`` JPEG (smooth dermoscopy takes less at q95;
     pure noise takes more, and then the full-disk error covers it), plus a page for journal and
     filesystem slack."""
-    fingerprint = settings.fingerprint()
-    largest = max((r["out_bytes"] for r in state.values()
-                   if r.get("status") == STATUS_OK and r.get("fingerprint") == fingerprint), default=None)
+    largest = state.largest("out_bytes", status=STATUS_OK, fingerprint=settings.fingerprint())
     largest = largest * 5 // 4 if largest is not None else settings.size * settings.size * 3 // 4
     return largest + 4096
 
 
-def _size_is(path: Path, size: int) -> bool:
+def _size_is(path: str, size: int) -> bool:
     """An output of another size than recorded is stale (or cut short): it is made again; a missing
     one (or a symlink, never written by a worker) is made too."""
     try:
@@ -247,27 +259,33 @@ def _size_is(path: Path, size: int) -> bool:
 
 
 def _plan(
-    jobs: Sequence[TransformJob], state: JsonlLog, images_dir: Path, fingerprint: str, report: TransformReport
-) -> list[TransformJob]:
-    """The jobs to run now; unchanged ones are counted as skipped (remembered quarantines re-reported).
+    jobs: Sequence[TransformJob], state: SqliteLog, images_dir: Path, fingerprint: str, report: TransformReport
+) -> np.ndarray:
+    """The positions in ``jobs`` of the jobs to run now; unchanged ones are counted as skipped
+    (remembered quarantines re-reported).
 
-    Each output is looked at by its own path, not through a listing of ``images/`` held in memory
-    (a dict of 400,000 directory entries is about 100 MB)."""
-    todo = []
-    for job in jobs:
-        record = state.get(job.isic_id)
-        path = images_dir / (job.isic_id + OUTPUT_SUFFIX)
-        if record is not None and is_current(record, job, fingerprint):
+    Positions, not a list of ``TransformJob`` (about 415 bytes each with its ``Path``): the jobs are
+    made a batch at a time as they are dispatched. Each output is looked at by its own path, not
+    through a listing of ``images/`` held in memory (a dict of 400,000 directory entries is about
+    100 MB)."""
+    todo = array("q")
+    ids, sha256_at = job_columns(jobs)  # no TransformJob (and its Path) made per job
+    folder = str(images_dir)
+    for position, isic_id in enumerate(ids):
+        record = state.get(isic_id)
+        path = f"{folder}/{isic_id}{OUTPUT_SUFFIX}"
+        if record is not None and record.get("src_sha256") == sha256_at(position) \
+                and record.get("fingerprint") == fingerprint:
             if record.get("status") == STATUS_OK and _size_is(path, record["out_bytes"]):
                 report.skipped += 1
                 continue
             if record.get("status") == STATUS_QUARANTINED:
                 report.skipped += 1
-                report.quarantine.append(QuarantineRow(job.isic_id, str(job.src), record["reason"]))
+                report.quarantine.append(QuarantineRow(isic_id, str(jobs[position].src), record["reason"]))
                 with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                    os.unlink(path)
                 continue
-        todo.append(job)
-    return todo
+        todo.append(position)
+    return np.frombuffer(todo, dtype=np.int64) if todo else np.empty(0, dtype=np.int64)
 
 
