@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 _PAGE = resource.getpagesize()
 PHASES = ("harmonize_source", "combine_sources", "_open_scan", "scan_source", "resolve_duplicates", "quarantine",
-          "_sync_images", "build_metadata", "write_tables")
+          "_sync_images", "build_metadata", "write_metadata", "write_tables")
 
 
 def _rss_mib() -> float:
