@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from .. import layout
-from ..atomic import atomic_write_bytes, remove_stale_temporaries
+from ..atomic import TMP_PREFIX, atomic_write_bytes, remove_stale_temporaries
 from ..compute.setting import LOCAL, ComputeChoice
 from ..operation.disk_space import disk_full_errors, ensure_free_space, format_bytes
 from .combine import combine_sources
@@ -548,12 +548,34 @@ def _write_if_best(record: dict[str, Any], data: bytes | Path, images_dir: Path,
     if isinstance(data, Path):
         os.replace(data, target)  # staged and fsynced by the worker: the rename is the atomic write
     else:
-        atomic_write_bytes(target, data)
+        _write_image(target, data)
     if current is not None and current["ext"] != record["ext"]:
         with contextlib.suppress(FileNotFoundError):
             (images_dir / f"{isic_id}{current['ext']}").unlink()
     state.record_written(isic_id, _file_facts(record))
     return True
+
+
+def _write_image(path: Path, data: bytes) -> None:
+    """``atomic_write_bytes`` for one checked image, in four system calls instead of about ten.
+
+    The temporary name is fixed (``.tmp-<file name>``): only this process writes ``images/`` (the
+    data root is locked), and the leftovers of a killed run are removed when the next one starts.
+    """
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.fchmod(fd, 0o644)  # whatever the umask: outputs are for other users and tools to read
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _file_facts(record: Mapping[str, Any]) -> dict[str, Any]:
