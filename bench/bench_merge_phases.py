@@ -79,7 +79,7 @@ def main() -> int:
     report = merge_sources.merge_sources([source], args.out, log=lambda _m: None)
     total = time.monotonic() - started
     time.sleep(0.1)
-    print(f"{len(report.metadata):,} images, {report.scanned:,} checked this run, {total:.0f} s; "
+    print(f"{len(report.table):,} images, {report.scanned:,} checked this run, {total:.0f} s; "
           f"RSS after imports {after_imports:.0f} MiB")
     print("| phase | start MiB | peak MiB | end MiB | seconds |\n|---|---:|---:|---:|---:|")
     for phase, (start, peak, end) in peaks.items():

@@ -12,6 +12,7 @@ import os
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -242,10 +243,10 @@ class Hdf5Members:
                 if plain is not None:
                     declared, stored, address = plain
                     total += declared
-                    name = f"{key}.jpg"
-                    yield ZipEntry(name=name, file_size=declared, compress_size=stored,
+                    # An ISIC id (matched above) + ".jpg" is an image member by definition (member_kind).
+                    yield ZipEntry(name=f"{key}.jpg", file_size=declared, compress_size=stored,
                                    crc=zlib.crc32(f"{mtime}:{address}:{stored}".encode()),
-                                   is_dir=False, kind=member_kind(name), header_offset=address)
+                                   is_dir=False, kind="image", header_offset=address)
                     position += 1
                     continue
                 try:
@@ -330,11 +331,18 @@ class Hdf5Members:
                 raise UnreadableImages(f"{self.path.name}: dataset for {name}: {exc}") from exc
 
 
+@lru_cache(maxsize=1)
+def _h5py_low_level() -> tuple[Any, Any, Any]:
+    """h5py's h5d, h5s and h5t modules, imported once (an import statement per dataset costs)."""
+    from h5py import h5d, h5s, h5t
+
+    return h5d, h5s, h5t
+
+
 def _plain_string_dataset(handle: Any, key: str) -> tuple[int, int, int] | None:
     """(declared size, stored size, file address) of a contiguous scalar fixed-length string dataset,
     read with h5py's low-level calls; None for anything else (the high-level path decides)."""
-    from h5py import h5d, h5s, h5t
-
+    h5d, h5s, h5t = _h5py_low_level()
     try:
         dataset = h5d.open(handle.id, key.encode())
     except (KeyError, OSError, ValueError, RuntimeError, TypeError):
