@@ -39,7 +39,7 @@ def _merge_child(downloads: Path, out_dir: Path) -> None:
     started = time.perf_counter()
     report = merge_sources([source], out_dir, MergeOptions(), log=lambda _m: None)
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "kept": len(report.metadata), "checked": report.scanned}))
+    print(json.dumps({"seconds": seconds, "kept": len(report.table), "checked": report.scanned}))
 
 
 def _run_merge(downloads: Path, out_dir: Path) -> tuple[dict, float]:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 _PAGE = resource.getpagesize()
 PHASES = ("harmonize_source", "combine_sources", "_open_scan", "scan_source", "resolve_duplicates", "quarantine",
-          "_sync_images", "build_metadata", "write_tables")
+          "_sync_images", "build_metadata", "write_metadata", "write_tables")
 
 
 def _rss_mib() -> float:
@@ -79,7 +79,7 @@ def main() -> int:
     report = merge_sources.merge_sources([source], args.out, log=lambda _m: None)
     total = time.monotonic() - started
     time.sleep(0.1)
-    print(f"{len(report.metadata):,} images, {report.scanned:,} checked this run, {total:.0f} s; "
+    print(f"{len(report.table):,} images, {report.scanned:,} checked this run, {total:.0f} s; "
           f"RSS after imports {after_imports:.0f} MiB")
     print("| phase | start MiB | peak MiB | end MiB | seconds |\n|---|---:|---:|---:|---:|")
     for phase, (start, peak, end) in peaks.items():

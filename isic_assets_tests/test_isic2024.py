@@ -111,6 +111,35 @@ def test_every_byte_layout_reads_back_and_bad_objects_are_refused(tmp_path):
                        "ISIC_0000005": "not_a_dataset"}
 
 
+def test_plain_datasets_are_read_at_their_address_and_the_rest_through_h5py(tmp_path):
+    """Contiguous |S datasets (the Kaggle file's) are listed with their file address and read with
+    one pread; chunked or compressed ones, and every dataset of a file changed since it was listed,
+    go through h5py: the bytes are the same either way."""
+    tiles = list(tile_jpegs(4))
+    path = tmp_path / "t.hdf5"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("ISIC_0000001", data=np.bytes_(tiles[0]))
+        # Stored with two NULs of padding, which h5py's read drops: so must the address read.
+        handle.create_dataset("ISIC_0000002", data=np.array(tiles[1] + b"\0\0", dtype=f"S{len(tiles[1]) + 2}"))
+        handle.create_dataset("ISIC_0000003", data=np.frombuffer(tiles[2], dtype=np.uint8), chunks=(512,),
+                              compression="gzip")
+        handle.create_dataset("ISIC_0000004", data=np.bytes_(tiles[3]))
+    members = Hdf5Members(path, ZipLimits())
+    entries = {e.name: e for e in members.entries()}
+    assert [e.header_offset >= 0 for e in entries.values()] == [True, True, False, True]
+    expected = {"ISIC_0000001.jpg": tiles[0], "ISIC_0000002.jpg": tiles[1], "ISIC_0000003.jpg": tiles[2],
+                "ISIC_0000004.jpg": tiles[3]}
+    assert {r.entry.name: r.data for r in members.iter_bytes(entries.values())} == expected
+    assert {name: members.read(name) for name in entries} == expected
+
+    # The file is rewritten after the listing: the listed addresses no longer hold these bytes.
+    with h5py.File(path, "a") as handle:
+        del handle["ISIC_0000001"]
+        handle.create_dataset("ISIC_0000001", data=np.bytes_(tiles[3]))
+    reads = {r.entry.name: r.data for r in members.iter_bytes(entries.values())}
+    assert reads["ISIC_0000001.jpg"] == tiles[3] and reads["ISIC_0000004.jpg"] == tiles[3]
+
+
 def test_an_oversized_dataset_is_not_read(tmp_path):
     path = tmp_path / "t.hdf5"
     write_hdf5(path, iter([("ISIC_0000001", b"\xff\xd8" + b"x" * 5000)]))

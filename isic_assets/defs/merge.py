@@ -6,15 +6,14 @@ import hashlib
 from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from ..core import layout
 from ..core.merge.image_check import DEFAULT_CHECK_TIME_LIMIT_S
 from ..core.merge.merge_sources import MergeOptions, MergeReport, SourceArchive, merge_sources
-from ..core.merge.quality import class_counts
+from ..core.merge.metadata_table import ids_and_hashes
 from ..core.merge.zip_stream import ZipLimits, ZipRefused
-from ..core.table_schema import column_types, parquet_column_types, typed_columns
+from ..core.table_schema import parquet_column_types, typed_columns
 from .metadata import column_schema, data_root_metadata, fingerprint, table_metadata
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
@@ -82,14 +81,14 @@ def merge_sources_asset(context: dg.AssetExecutionContext, config: MergeConfig, 
                         "ops.merge_sources.config.max_member_mb, max_total_gb or max_compression_ratio.",
         ) from exc
     context.log.info(
-        f"merged {len(report.metadata)} images: {report.scanned} members checked, {report.images_written} written, "
+        f"merged {len(report.table)} images: {report.scanned} members checked, {report.images_written} written, "
         f"{len(report.duplicates)} duplicates, {len(report.quarantine)} quarantined in {report.seconds:.1f} s"
     )
     yield dg.MaterializeResult(
         asset_key=MERGED_IMAGES,
         metadata={**_images_metadata(out_dir, report), **data_root_metadata(root)},
         data_version=dg.DataVersion(
-            fingerprint(f"{i}:{h}" for i, h in zip(report.metadata["isic_id"], report.metadata["sha256"], strict=True))
+            fingerprint(f"{i}:{h}" for i, h in ids_and_hashes(out_dir))
         ),
     )
     yield dg.MaterializeResult(
@@ -109,8 +108,8 @@ def _images_metadata(out_dir: Path, report: MergeReport) -> dict:
     quarantine_reasons = report.quarantine["reason"].value_counts().to_dict() if len(report.quarantine) else {}
     suspicious = [n for s in report.per_source.values() for n in s.suspicious_names]
     return {
-        "images": len(report.metadata),
-        "dagster/row_count": len(report.metadata),
+        "images": len(report.table),
+        "dagster/row_count": len(report.table),
         "per_source": table_metadata(per_source),
         "duplicates_dropped": len(report.duplicates),
         "duplicates_by_reason": dg.MetadataValue.json({str(k): int(v) for k, v in dup_reasons.items()}),
@@ -123,7 +122,7 @@ def _images_metadata(out_dir: Path, report: MergeReport) -> dict:
         "images_written_this_run": report.images_written,
         "images_deleted_this_run": report.images_deleted,
         "MB_written_this_run": round(report.bytes_written / 1e6, 2),
-        "total_MB": round(float(report.metadata["file_bytes"].sum()) / 1e6, 2) if len(report.metadata) else 0.0,
+        "total_MB": round(report.table.file_bytes / 1e6, 2),
         "seconds": round(report.seconds, 2),
         "path": dg.MetadataValue.path(str(out_dir / "images")),
         "duplicates_csv": dg.MetadataValue.path(str(out_dir / layout.DUPLICATES_CSV)),
@@ -132,32 +131,27 @@ def _images_metadata(out_dir: Path, report: MergeReport) -> dict:
 
 
 def _metadata_metadata(out_dir: Path, report: MergeReport) -> dict:
-    frame = report.metadata
-    by_source = (
-        frame.assign(label=frame["benign_malignant"].replace("", "unlabelled"))
-        .groupby(["source", "label"]).size().unstack(fill_value=0).reset_index()
-        if len(frame) else pd.DataFrame()
-    )
+    table = report.table  # summed while metadata.csv was written: the table is never held whole
     preview_columns = ["isic_id", "source", "benign_malignant", "diagnosis", "age_approx", "sex",
                        "anatom_site_general", "image_type", "patient_id", "lesion_id", "width", "height"]
     return {
-        "rows": len(frame),
-        "dagster/row_count": len(frame),
-        "class_counts": dg.MetadataValue.json(class_counts(frame)),
-        "image_types": dg.MetadataValue.json(frame["image_type"].replace("", "(missing)").value_counts().to_dict()
-                                             if len(frame) else {}),
-        "classes_per_source": table_metadata(by_source.to_dict("records")),
+        "rows": len(table),
+        "dagster/row_count": len(table),
+        "class_counts": dg.MetadataValue.json(dict(sorted(table.class_counts.items())) if len(table) else {}),
+        "image_types": dg.MetadataValue.json(
+            dict(sorted(table.image_types.items(), key=lambda kv: (-kv[1], str(kv[0])))) if len(table) else {}),
+        "classes_per_source": table_metadata(table.classes_by_source().to_dict("records")),
         "label_conflicts": len(report.conflicts),
         "images_without_metadata": report.images_without_metadata,
-        "unlabelled_rows": int(frame["benign_malignant"].eq("").sum()) if len(frame) else 0,
+        "unlabelled_rows": table.unlabelled,
         "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in report.notes) or "none"),
-        "preview": dg.MetadataValue.md(frame[preview_columns].head(10).to_markdown(index=False)),
+        "preview": dg.MetadataValue.md(table.preview[preview_columns].head(10).to_markdown(index=False)),
         "path": dg.MetadataValue.path(str(out_dir / layout.METADATA_CSV)),
         "parquet": dg.MetadataValue.path(str(out_dir / layout.METADATA_PARQUET)),
         "conflicts_csv": dg.MetadataValue.path(str(out_dir / layout.CONFLICTS_CSV)),
         # The types stored in metadata.parquet, which the CSV (read back as text) does not keep.
         "dagster/column_schema": column_schema(
-            typed_columns(frame.columns, parquet_column_types(out_dir / layout.METADATA_PARQUET), column_types(frame))
+            typed_columns(table.columns, parquet_column_types(out_dir / layout.METADATA_PARQUET), table.column_types)
         ),
     }
 

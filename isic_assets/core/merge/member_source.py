@@ -8,9 +8,11 @@ deduplication, quarantine and the incremental state work the same for every sour
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -182,12 +184,22 @@ class Hdf5Members:
     The incremental state keys members by (name, crc, size); HDF5 keeps no checksum, so a CRC of
     the file's modification time and the dataset's storage address stands in: a replaced file is
     checked again.
+
+    Speed (docs/PERFORMANCE.md, "ISIC 2024 at archive scale"): h5py's high-level objects cost about
+    a millisecond per dataset to list and as much to read on a loaded machine, more than checking
+    the image. The usual dataset (a scalar fixed-length ``|S`` string stored contiguously) is listed
+    with the low-level calls, and its ``header_offset`` is the file address of its bytes, which are
+    then read with one ``pread`` while the file is still the one listed (same inode, size and
+    modification time). Anything else (groups, other types, chunked or compact storage, a file
+    changed since it was listed) takes the high-level path, with its checks and reasons, as before;
+    its ``header_offset`` is then a negative position, so every entry's offset stays unique.
     """
 
     def __init__(self, path: Path, limits: ZipLimits) -> None:
         self.path = Path(path)
         self.limits = limits
         self._refused: list[RefusedMember] = []
+        self._listed_as: tuple[int, int, int] | None = None  # (inode, size, mtime) when iter_entries listed it
 
     @property
     def label(self) -> str:
@@ -212,10 +224,12 @@ class Hdf5Members:
         entries for ISIC 2024); the total size limit is checked when the last one has been listed."""
         import h5py
 
-        mtime = self.path.stat().st_mtime_ns
+        listed = self.path.stat()
+        mtime = listed.st_mtime_ns
         refused: list[RefusedMember] = []
         total = 0
         position = 0
+        self._listed_as = None
         with self._open() as handle:
             if len(handle) > self.limits.max_members:
                 raise ZipRefused(f"{self.path.name}: {len(handle)} datasets exceed max_members "
@@ -224,6 +238,16 @@ class Hdf5Members:
                 if not ISIC_ID_RE.match(key):
                     refused.append(RefusedMember(key, "not_an_isic_id",
                                                  f"HDF5 key {key!r} is not ISIC_ + 7 digits"))
+                    continue
+                plain = _plain_string_dataset(handle, key)
+                if plain is not None:
+                    declared, stored, address = plain
+                    total += declared
+                    # An ISIC id (matched above) + ".jpg" is an image member by definition (member_kind).
+                    yield ZipEntry(name=f"{key}.jpg", file_size=declared, compress_size=stored,
+                                   crc=zlib.crc32(f"{mtime}:{address}:{stored}".encode()),
+                                   is_dir=False, kind="image", header_offset=address)
+                    position += 1
                     continue
                 try:
                     item = handle.get(key)
@@ -246,12 +270,13 @@ class Hdf5Members:
                 name = f"{key}.jpg"
                 yield ZipEntry(name=name, file_size=declared, compress_size=stored,
                                crc=zlib.crc32(f"{mtime}:{offset}:{stored}".encode()),
-                               is_dir=False, kind=member_kind(name), header_offset=position)
+                               is_dir=False, kind=member_kind(name), header_offset=-(position + 1))
                 position += 1
         if total > self.limits.max_total_bytes:
             raise ZipRefused(f"{self.path.name}: datasets declare {total} bytes in all, over max_total_bytes "
                              f"{self.limits.max_total_bytes}")
         self._refused = refused
+        self._listed_as = (listed.st_ino, listed.st_size, listed.st_mtime_ns)
 
     def refused(self) -> list[RefusedMember]:
         """Objects :meth:`entries` left out, with the reason (valid after ``entries``)."""
@@ -278,14 +303,21 @@ class Hdf5Members:
         return value.tobytes() if hasattr(value, "shape") and value.shape != () else bytes(value)
 
     def iter_bytes(self, entries: Iterable[ZipEntry]) -> Iterator[MemberRead]:
-        with self._open() as handle:
+        with self._open() as handle, open(self.path, "rb", buffering=0) as raw:
+            now = os.fstat(raw.fileno())
+            same_file = self._listed_as == (now.st_ino, now.st_size, now.st_mtime_ns)
             for entry in entries:
                 error = self._limit_error(entry)
                 if error is not None:
                     yield MemberRead(entry=entry, data=None, error=error)
                     continue
                 try:
-                    data = self._dataset_bytes(handle, entry.name)
+                    if same_file and entry.header_offset >= 0:
+                        # A contiguous scalar |S string, as listed: its bytes, NUL padding dropped as
+                        # h5py's read does.
+                        data = os.pread(raw.fileno(), entry.file_size, entry.header_offset).rstrip(b"\0")
+                    else:
+                        data = self._dataset_bytes(handle, entry.name)
                 except (OSError, KeyError, ValueError, RuntimeError) as exc:
                     yield MemberRead(entry=entry, data=None, error=f"{entry.name}: {exc}")
                     continue
@@ -297,6 +329,33 @@ class Hdf5Members:
                 return self._dataset_bytes(handle, name)
             except (OSError, KeyError, RuntimeError) as exc:
                 raise UnreadableImages(f"{self.path.name}: dataset for {name}: {exc}") from exc
+
+
+@lru_cache(maxsize=1)
+def _h5py_low_level() -> tuple[Any, Any, Any]:
+    """h5py's h5d, h5s and h5t modules, imported once (an import statement per dataset costs)."""
+    from h5py import h5d, h5s, h5t
+
+    return h5d, h5s, h5t
+
+
+def _plain_string_dataset(handle: Any, key: str) -> tuple[int, int, int] | None:
+    """(declared size, stored size, file address) of a contiguous scalar fixed-length string dataset,
+    read with h5py's low-level calls; None for anything else (the high-level path decides)."""
+    h5d, h5s, h5t = _h5py_low_level()
+    try:
+        dataset = h5d.open(handle.id, key.encode())
+    except (KeyError, OSError, ValueError, RuntimeError, TypeError):
+        return None
+    datatype = dataset.get_type()
+    if datatype.get_class() != h5t.STRING or datatype.is_variable_str() \
+            or dataset.get_space().get_simple_extent_type() != h5s.SCALAR:
+        return None
+    address = dataset.get_offset()  # None unless stored contiguously (never filtered then)
+    declared, stored = int(datatype.get_size()), int(dataset.get_storage_size())
+    if address is None or stored != declared:
+        return None
+    return declared, stored, int(address)
 
 
 def _byte_layout_problem(dataset: Any) -> str | None:
