@@ -3,7 +3,6 @@
 import dagster as dg
 
 from ..core import layout
-from ..core.eda.figures import make_eda, markdown_gallery
 from ..core.eda.review_sheet import image_paths
 from ..core.eda.tables import EDA_COLUMNS, MetadataFacts
 from ..core.splits.near_duplicates import read_pairs
@@ -49,6 +48,10 @@ def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.Mater
 
 
 def _eda(context: dg.AssetExecutionContext, isic: IsicSettings, root) -> dg.MaterializeResult:
+    # Imported here: matplotlib and seaborn take about a second to import, which every process loading
+    # the code location would pay, and a no-change re-run never draws.
+    from ..core.eda.figures import make_eda, markdown_gallery
+
     merged_dir = root / layout.MERGED
     metadata_csv = merged_dir / layout.METADATA_CSV
     pairs = read_pairs(root)

@@ -22,7 +22,6 @@ from ..core.splits.near_duplicates import read_pairs
 from ..core.splits.planning import plan_columns, plan_splits
 from ..core.splits.writer import write_splits
 from ..core.table_schema import column_types, typed_columns
-from ..core.transform.augment import DEFAULT_AUGMENTATIONS, augment_file
 from .evaluation import evaluation_sets, read_held_out
 from .metadata import column_schema, data_root_metadata
 from .near_duplicates import near_duplicates
@@ -126,6 +125,10 @@ def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCon
 
 def _balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsConfig, isic: IsicSettings,
                      root: Path) -> dg.MaterializeResult:
+    # Imported here: albumentations takes about a second to import, which every process loading the
+    # code location would pay, and a no-change re-run never augments.
+    from ..core.transform.augment import DEFAULT_AUGMENTATIONS, augment_file
+
     transformed = root / layout.TRANSFORMED
     settings = split_config(config)
     # Official evaluation images and everything sharing a leakage group with them stay out of the pool.

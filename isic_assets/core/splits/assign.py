@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.utils.class_weight import compute_class_weight
 
 from .grouping import clean_keys
 
@@ -557,6 +556,10 @@ def _class_weights(manifest: pd.DataFrame, classes: tuple[str, ...], warnings: l
             warnings.append(f"no class weight for {label!r}: train has none of it")
     if not present:
         return {}
+    # Imported here: scikit-learn takes seconds to import, paid by every process that loads the code
+    # location (each `dagster asset materialize`), most of which never weigh classes.
+    from sklearn.utils.class_weight import compute_class_weight
+
     values = compute_class_weight("balanced", classes=np.array(present, dtype=object), y=labels)
     return {label: round(float(value), 6) for label, value in zip(present, values, strict=True)}
 

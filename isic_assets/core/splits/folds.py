@@ -15,7 +15,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from .assign import SplitPlan
 from .checks import augmented_mask, original_ids
@@ -38,6 +37,8 @@ def assign_folds(plan: SplitPlan, n_folds: int, seed: int) -> SplitPlan:
         raise ValueError(
             f"folds={n_folds} needs at least {n_folds} leakage groups in train+validation, found {n_groups}"
         )
+    from sklearn.model_selection import StratifiedGroupKFold  # here: seconds to import, rarely needed
+
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold_of_row = np.full(len(originals), NO_FOLD, dtype=np.int64)
     with warnings.catch_warnings():
