@@ -53,6 +53,7 @@ MECHANISM_VERSION = "1"
 SMALL_FOLDER = 256
 ABSENT = "absent"
 FORCE_ENV = "ISIC_FORCE"
+NO_RECORD = "no record of a complete run"
 _FORCE_ALL = {"1", "true", "yes", "all", "*"}
 _FORCE_NONE = {"", "0", "false", "no", "none"}
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -176,7 +177,7 @@ def decide(record: StageRecord | None, fingerprint: str, inputs: Mapping[str, An
     """Reuse ``record`` only if its inputs digest is ``fingerprint`` and the outputs, signed now by
     ``outputs_now()`` (only computed when the inputs match), are exactly the recorded ones."""
     if record is None:
-        return Decision(False, "no record of a complete run")
+        return Decision(False, NO_RECORD)
     if record.mechanism != MECHANISM_VERSION:
         return Decision(False, "the record was written by another version of this mechanism")
     if record.fingerprint != fingerprint:

@@ -26,6 +26,7 @@ import dagster as dg
 from ..core import layout
 from ..core.sources.catalog import Source
 from ..core.stage_fingerprint import (
+    NO_RECORD,
     RecordStore,
     StageRecord,
     code_digest,
@@ -91,7 +92,7 @@ def materialize_unless_unchanged(
     reason = _reuse_or_reason(context, store, stage, stage, force, names, fingerprint, parts, writes)
     if isinstance(reason, StageRecord):
         return [_thaw(item, reason, zero_on_skip) for item in reason.result]
-    context.log.info(f"{stage}: running ({reason})")
+    _say_why(context, stage, "running", reason)
     store.forget(stage)
     results = list(run())
     store.save(StageRecord(stage, fingerprint, parts, signatures(writes), [_freeze(r) for r in results],
@@ -119,7 +120,7 @@ def check_unless_unchanged(
             description=saved["description"],
             metadata={**dg.deserialize_value(saved["metadata"], dict), **_skip_marks(reason)},
         )
-    context.log.info(f"{name}: checking ({reason})")
+    _say_why(context, name, "checking", reason)
     store.forget(record_name)
     result = run()
     saved = {"passed": bool(result.passed), "severity": result.severity.value, "description": result.description,
@@ -143,6 +144,13 @@ def _reuse_or_reason(context, store: RecordStore, stage: str, shown: str, force:
     context.log.info(f"{shown} unchanged: skipped ({decision.reason}; the result of run {record.run_id} "
                      f"recorded {record.recorded_at})")
     return record
+
+
+def _say_why(context, name: str, doing: str, reason: str) -> None:
+    """Why the real work runs: in the terminal when something changed; only in the run's full log on a
+    first run (no record yet), where it would add a line per step and check saying nothing new."""
+    log = context.log.debug if reason == NO_RECORD else context.log.info
+    log(f"{name}: {doing} ({reason})")
 
 
 def _skip_marks(record: StageRecord) -> dict[str, Any]:
