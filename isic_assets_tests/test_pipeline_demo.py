@@ -399,7 +399,8 @@ def _outputs(data_dir: Path) -> dict[str, str]:
     """
     import hashlib
 
-    skip = {layout.DEMO_MIRROR, layout.DOWNLOADS, layout.LOGS, layout.STATE_DIR, layout.EDA, ".lock"}
+    skip = {layout.DEMO_MIRROR, layout.DOWNLOADS, layout.LOGS, layout.STATE_DIR, layout.EDA, layout.STAGE_RECORDS,
+            ".lock"}
     return {p.relative_to(data_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(data_dir.rglob("*"))
             if p.is_file() and not skip & set(p.relative_to(data_dir).parts)}
@@ -472,3 +473,147 @@ def test_a_data_root_without_hard_links_copies_the_splits_and_says_so(demo_runs,
     assert split_files and all(p.stat().st_nlink == 1 for p in split_files)
     said = [w for w in run.warnings if "refused a hard link" in w]
     assert len(said) == 1 and "EPERM" in said[0] and "copied instead" in said[0], run.warnings
+
+
+# ----------------------------------------------------------------------------------------------
+# No-change re-runs (defs/unchanged.py): a stage whose inputs and outputs are as its last complete run
+# left them re-emits that run's result; any change makes it do the real work.
+
+SKIPPED = "unchanged: skipped (fingerprint "
+
+
+def _run(data_dir: Path, instance: dg.DagsterInstance, selection: list[str], run_config: dict | None = None,
+         force: str | None = None) -> dg.ExecuteInJobResult:
+    return dg.materialize(
+        [*defs.assets, *defs.asset_checks], instance=instance,
+        resources={"isic": IsicSettings(data_dir=str(data_dir), sources="demo", force=force)},
+        selection=selection, run_config=run_config or {}, raise_on_error=False,
+    )
+
+
+def _unchanged(result: dg.ExecuteInJobResult) -> dict[str, bool]:
+    """Asset or check name -> whether the run re-emitted its recorded result."""
+    flags = {e.asset_key.to_user_string(): e.materialization.metadata["isic/unchanged"].value
+             for e in result.get_asset_materialization_events() if "isic/unchanged" in e.materialization.metadata}
+    flags.update({c.check_name: c.metadata["isic/unchanged"].value for c in result.get_asset_check_evaluations()})
+    return flags
+
+
+def _messages(instance: dg.DagsterInstance, result: dg.ExecuteInJobResult) -> list[str]:
+    return [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
+
+
+def test_a_second_run_with_nothing_changed_skips_every_stage_and_check(demo_runs):
+    """Every stage but raw_zips (which must ask the servers) and every check re-emit the first run's
+    result: same data version, same verdict, and the skip is said in the log."""
+    _, first, second, instance = demo_runs
+    assert first.success and second.success
+    assert set(_unchanged(first).values()) == {False}
+    flags = _unchanged(second)
+    expected_names = ({k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} - {"raw_zips"}
+                      | {c.name for c in _check_names()})
+    assert set(flags) == expected_names and all(flags.values()), flags
+    versions = [{e.asset_key.to_user_string(): e.materialization.tags.get("dagster/data_version")
+                 for e in run.get_asset_materialization_events()} for run in (first, second)]
+    assert versions[0] == versions[1]
+    verdicts = [{c.check_name: (c.passed, c.description) for c in run.get_asset_check_evaluations()}
+                for run in (first, second)]
+    assert verdicts[0] == verdicts[1]
+    said = [m for m in _messages(instance, second) if SKIPPED in m]
+    assert len(said) == len(expected_names) - 1  # merged_images and merged_metadata are one step
+    recorded = _metadata(second, "merged_images")
+    assert recorded["isic/recorded_by_run"] == first.run_id and recorded["seconds"] == 0
+
+
+def _check_names() -> list[dg.AssetCheckKey]:
+    return list(defs.resolve_asset_graph().asset_check_keys)
+
+
+def test_a_changed_source_file_makes_the_merge_run(own_data_dir):
+    data_dir = own_data_dir
+    merge = ["merged_images", "merged_metadata"]
+    with dg.instance_for_test() as instance:
+        _run(data_dir, instance, merge)  # a new data root: its own first record
+        assert set(_unchanged(_run(data_dir, instance, merge)).values()) == {True}
+        source = next((data_dir / layout.DOWNLOADS).rglob("*.csv"))
+        source.write_bytes(source.read_bytes())  # the same bytes, written again: a new mtime
+        result = _run(data_dir, instance, merge)
+        assert result.success
+        assert _unchanged(result)["merged_images"] is False
+        assert any(f"merge_sources: running (inputs changed: reads {source}" in m for m in _messages(instance, result))
+
+
+def test_a_changed_setting_makes_the_stage_run_and_the_same_setting_again_skips(own_data_dir):
+    data_dir = own_data_dir
+    ratios = {"ops": {"balanced_splits": {"config": {"train": 0.6, "validation": 0.2, "test": 0.2}}}}
+    with dg.instance_for_test() as instance:
+        _run(data_dir, instance, ["balanced_splits"])
+        changed = _run(data_dir, instance, ["balanced_splits"], ratios)
+        assert _unchanged(changed)["balanced_splits"] is False
+        assert any("running (inputs changed: settings config" in m for m in _messages(instance, changed))
+        plan = json.loads((data_dir / layout.SPLITS_DIR / layout.PLAN_JSON).read_text())
+        assert plan["config"]["ratios"] == [0.6, 0.2, 0.2]
+        again = _run(data_dir, instance, ["balanced_splits"], ratios)
+        assert _unchanged(again)["balanced_splits"] is True
+        back = _run(data_dir, instance, ["balanced_splits"])
+        assert _unchanged(back)["balanced_splits"] is False
+
+
+def test_a_deleted_output_image_or_table_makes_its_stage_run_and_come_back(own_data_dir):
+    data_dir = own_data_dir
+    with dg.instance_for_test() as instance:
+        _run(data_dir, instance, ["transformed_images", "balanced_splits"])
+        image = sorted((data_dir / layout.TRANSFORMED / "images").glob("*.jpg"))[0]
+        image.unlink()
+        result = _run(data_dir, instance, ["transformed_images"])
+        assert _unchanged(result)["transformed_images"] is False and image.is_file()
+        assert _metadata(result, "transformed_images")["processed_this_run"] == 1
+        manifest = data_dir / layout.SPLITS_DIR / layout.MANIFEST_CSV
+        _run(data_dir, instance, ["balanced_splits"])
+        manifest.unlink()
+        result = _run(data_dir, instance, ["balanced_splits"])
+        assert _unchanged(result)["balanced_splits"] is False and manifest.is_file()
+        assert any("running (outputs changed: " in m and str(manifest) in m for m in _messages(instance, result))
+
+
+def test_a_run_killed_between_its_outputs_and_its_record_is_done_again(own_data_dir, monkeypatch):
+    """The record is removed before the real work and written only after it: a run that dies in between
+    leaves outputs but no record claiming them, so the next run does the work."""
+    from isic_assets.core.stage_fingerprint import RecordStore
+
+    data_dir = own_data_dir
+    record = data_dir / layout.STAGE_RECORDS / "eda_plots.json"
+    with dg.instance_for_test() as instance:
+        _run(data_dir, instance, ["eda_plots"])
+        assert record.is_file()
+        with monkeypatch.context() as patch:
+            patch.setattr(RecordStore, "save", _killed)
+            _run(data_dir, instance, ["eda_plots"], force="eda_plots")
+        assert not record.is_file() and (data_dir / layout.EDA / layout.REPORT_HTML).is_file()
+        result = _run(data_dir, instance, ["eda_plots"])
+        assert _unchanged(result)["eda_plots"] is False
+        assert any("eda_plots: running (no record of a complete run)" in m for m in _messages(instance, result))
+        assert _unchanged(_run(data_dir, instance, ["eda_plots"]))["eda_plots"] is True
+
+
+def test_force_and_a_new_code_version_take_the_full_path(own_data_dir, monkeypatch):
+    data_dir = own_data_dir
+    with dg.instance_for_test() as instance:
+        _run(data_dir, instance, ["eda_plots"])
+        forced = _run(data_dir, instance, ["eda_plots"], force="eda_plots")
+        assert _unchanged(forced)["eda_plots"] is False
+        assert any("running (forced by ISIC_FORCE)" in m for m in _messages(instance, forced))
+        monkeypatch.setenv("ISIC_FORCE", "all")
+        assert _unchanged(_run(data_dir, instance, ["eda_plots"]))["eda_plots"] is False
+        monkeypatch.delenv("ISIC_FORCE")
+        assert _unchanged(_run(data_dir, instance, ["eda_plots"]))["eda_plots"] is True
+        monkeypatch.setattr("isic_assets.defs.unchanged.code_digest", lambda: "another version of the code")
+        result = _run(data_dir, instance, ["eda_plots"])
+        assert _unchanged(result)["eda_plots"] is False
+        assert any("running (inputs changed: code" in m for m in _messages(instance, result))
+        wrong = _run(data_dir, instance, ["eda_plots"], force="eda_plot")
+        assert not wrong.success
+
+
+def _killed(self, record) -> None:
+    raise RuntimeError("the process died before its record was written")

@@ -21,6 +21,9 @@ SPLITS_DIR = "neural_network_data"
 # folder names (Hugging Face maps eval/evaluation/*_test/*_validation) would mix them in.
 EVALUATION_DIR = "evaluation_data"
 LOGS = "logs"
+# The record of each stage's last complete run, what a no-change re-run compares against
+# (core/stage_fingerprint.py).
+STAGE_RECORDS = "stage_records"
 
 # File names inside the stage folders.
 DOWNLOAD_MANIFEST = "manifest.json"  # downloaded_zips/: url, size, sha256, etag per file

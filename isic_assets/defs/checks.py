@@ -32,6 +32,7 @@ from .metadata import table_metadata
 from .resources import IsicSettings
 from .splits import BalancedSplitsConfig, balanced_splits, read_manifest, read_plan, split_config
 from .transform import transformed_images
+from .unchanged import check_unless_unchanged, source_identity
 
 # Columns a training set is expected to have; their missing share is reported on every run.
 CORE_COLUMNS = ["benign_malignant", "diagnosis", "age_approx", "sex", "anatom_site_general", "patient_id",
@@ -63,13 +64,41 @@ def _read_transformed(isic: IsicSettings, columns: tuple[str, ...]) -> pd.DataFr
 LEAK_COLUMNS = ("isic_id", "source", "sources", *LEAK_KEYS)
 
 
+# Bumped when a check's verdict would change for the same files and config (with the package digest
+# that every record also holds, see defs/unchanged.py).
+CHECK_CODE_VERSION = "1"
+
+
+def _unless_unchanged(context: dg.AssetCheckExecutionContext, isic: IsicSettings, name: str,
+                      config: dg.Config | None, reads: list[Path], run, **settings) -> dg.AssetCheckResult:
+    """The check's recorded verdict when what it reads and its config are unchanged, else ``run()``'s."""
+    return check_unless_unchanged(context, isic.root(), isic.force, name=name, code_version=CHECK_CODE_VERSION,
+                                  settings={"config": config.model_dump() if config else {}, **settings},
+                                  reads=reads, run=run)
+
+
+def _split_tables(isic: IsicSettings) -> list[Path]:
+    return [isic.path(layout.SPLITS_DIR, layout.MANIFEST_CSV), isic.path(layout.SPLITS_DIR, layout.PLAN_JSON)]
+
+
+def _leak_tables(isic: IsicSettings) -> list[Path]:
+    return [*_split_tables(isic), isic.path(layout.TRANSFORMED, layout.METADATA_CSV),
+            isic.path(layout.MERGED, layout.DUPLICATES_CSV), isic.path(layout.MERGED, layout.NEAR_DUPLICATES_CSV)]
+
+
 @dg.asset_check(asset=MERGED_METADATA, name="missing_data", blocking=True)
-def missing_data(config: MissingDataConfig, isic: IsicSettings) -> dg.AssetCheckResult:
+def missing_data(context: dg.AssetCheckExecutionContext, config: MissingDataConfig,
+                 isic: IsicSettings) -> dg.AssetCheckResult:
     """Per-column missing percentage; ERROR when the label is missing too often, WARN for the rest.
 
     Rows without a label cannot be split by class, and a column that is mostly empty is a sign that a
     source's schema was not recognised; both should stop a training set from being built silently.
     """
+    return _unless_unchanged(context, isic, "missing_data", config, [isic.path(layout.MERGED, layout.METADATA_CSV)],
+                             lambda: _missing_data_verdict(config, isic))
+
+
+def _missing_data_verdict(config: MissingDataConfig, isic: IsicSettings) -> dg.AssetCheckResult:
     path = isic.path(layout.MERGED, layout.METADATA_CSV)
     # Every column's missing share, a chunk of rows at a time; the rest from a few columns.
     facts = MetadataFacts.from_chunks(layout.read_table_chunks(path), [c for c in layout.table_columns(path)
@@ -129,10 +158,19 @@ class BalancedDatasetBuildableConfig(BalancedSplitsConfig):
 # ERROR but not blocking: the images can still be prepared and explored (a small drop, a first look at a
 # new source); the red check says before any of that work why the splits would measure nothing.
 @dg.asset_check(asset=MERGED_METADATA, name="balanced_dataset_buildable")
-def balanced_dataset_buildable(config: BalancedDatasetBuildableConfig, isic: IsicSettings) -> dg.AssetCheckResult:
+def balanced_dataset_buildable(context: dg.AssetCheckExecutionContext, config: BalancedDatasetBuildableConfig,
+                               isic: IsicSettings) -> dg.AssetCheckResult:
     """Plans the splits dry (nothing written) with balanced_splits' strategy, ratios and seed: every split
     must get at least ``min_images_per_class`` images of every class. The natural imbalance alone is
     not a failure; a test set with three melanomas is."""
+    return _unless_unchanged(context, isic, "balanced_dataset_buildable", config,
+                             [isic.path(layout.MERGED, layout.METADATA_CSV),
+                              isic.path(layout.MERGED, layout.DUPLICATES_CSV)],
+                             lambda: _balanced_dataset_buildable_verdict(config, isic))
+
+
+def _balanced_dataset_buildable_verdict(config: BalancedDatasetBuildableConfig,
+                                        isic: IsicSettings) -> dg.AssetCheckResult:
     outcome = balanced_dataset_feasibility(
         _read_metadata(isic, plan_columns(config.label_column)),
         layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
@@ -163,15 +201,28 @@ def _readable_result(frame: pd.DataFrame, base: Path, size_column: str | None) -
 
 @dg.asset_check(asset=MERGED_IMAGES, name="merged_images_readable", blocking=True,
                 additional_deps=[MERGED_METADATA])
-def merged_images_readable(isic: IsicSettings) -> dg.AssetCheckResult:
+def merged_images_readable(context: dg.AssetCheckExecutionContext, isic: IsicSettings) -> dg.AssetCheckResult:
     """Every merged metadata row points at a file of the recorded size whose header opens."""
+    return _unless_unchanged(context, isic, "merged_images_readable", None,
+                             [isic.path(layout.MERGED, layout.METADATA_CSV), isic.path(layout.MERGED, "images")],
+                             lambda: _merged_images_readable_verdict(isic))
+
+
+def _merged_images_readable_verdict(isic: IsicSettings) -> dg.AssetCheckResult:
     return _readable_result(_read_metadata(isic, ("isic_id", "image", "file_bytes")), isic.path(layout.MERGED),
                             "file_bytes")
 
 
 @dg.asset_check(asset=transformed_images, name="transformed_images_readable", blocking=True)
-def transformed_images_readable(isic: IsicSettings) -> dg.AssetCheckResult:
+def transformed_images_readable(context: dg.AssetCheckExecutionContext, isic: IsicSettings) -> dg.AssetCheckResult:
     """Every transformed metadata row points at a JPEG whose header opens with the recorded size."""
+    return _unless_unchanged(context, isic, "transformed_images_readable", None,
+                             [isic.path(layout.TRANSFORMED, layout.METADATA_CSV),
+                              isic.path(layout.TRANSFORMED, "images")],
+                             lambda: _transformed_images_readable_verdict(isic))
+
+
+def _transformed_images_readable_verdict(isic: IsicSettings) -> dg.AssetCheckResult:
     return _readable_result(_read_transformed(isic, ("isic_id", "image")), isic.path(layout.TRANSFORMED), None)
 
 
@@ -186,8 +237,14 @@ class SplitBalanceConfig(dg.Config):
 
 
 @dg.asset_check(asset=balanced_splits, name="split_class_balance", blocking=True)
-def split_class_balance(config: SplitBalanceConfig, isic: IsicSettings) -> dg.AssetCheckResult:
+def split_class_balance(context: dg.AssetCheckExecutionContext, config: SplitBalanceConfig,
+                        isic: IsicSettings) -> dg.AssetCheckResult:
     """Per split, the max/min class ratio is within tolerance of what the chosen strategy promises."""
+    return _unless_unchanged(context, isic, "split_class_balance", config, _split_tables(isic),
+                             lambda: _split_class_balance_verdict(config, isic))
+
+
+def _split_class_balance_verdict(config: SplitBalanceConfig, isic: IsicSettings) -> dg.AssetCheckResult:
     out_dir = isic.path(layout.SPLITS_DIR)
     plan = read_plan(out_dir)
     outcome = class_balance(read_manifest(out_dir), plan["config"]["strategy"], config.tolerance,
@@ -196,11 +253,16 @@ def split_class_balance(config: SplitBalanceConfig, isic: IsicSettings) -> dg.As
 
 
 @dg.asset_check(asset=balanced_splits, name="no_leakage", blocking=True)
-def no_leakage(isic: IsicSettings) -> dg.AssetCheckResult:
+def no_leakage(context: dg.AssetCheckExecutionContext, isic: IsicSettings) -> dg.AssetCheckResult:
     """No image, patient, lesion, content hash, listed duplicate or near-duplicate pair spans two splits.
 
     Near-duplicate pairs are re-read from merged_data/near_duplicates.csv unless the splits were
     written with ``near_duplicates: off``."""
+    return _unless_unchanged(context, isic, "no_leakage", None, _leak_tables(isic),
+                             lambda: _no_leakage_verdict(isic))
+
+
+def _no_leakage_verdict(isic: IsicSettings) -> dg.AssetCheckResult:
     mode = read_plan(isic.path(layout.SPLITS_DIR)).get("near_duplicates", "group")
     outcome = leakage(
         read_manifest(isic.path(layout.SPLITS_DIR)),
@@ -212,13 +274,19 @@ def no_leakage(isic: IsicSettings) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(asset=balanced_splits, name="no_evaluation_leakage", blocking=True)
-def no_evaluation_leakage(isic: IsicSettings) -> dg.AssetCheckResult:
+def no_evaluation_leakage(context: dg.AssetCheckExecutionContext, isic: IsicSettings) -> dg.AssetCheckResult:
     """No train/validation/test image is an evaluation image or shares a leakage group with one.
 
     Re-derived from raw keys, not from evaluation_data/: which images are evaluation images comes from
     the merged ``sources`` column and duplicates.csv, the links from ids, patient, lesion, content,
     listed duplicates and near-duplicate pairs (merged_data/near_duplicates.csv, unless the splits were
     written with ``near_duplicates: off``)."""
+    return _unless_unchanged(context, isic, "no_evaluation_leakage", None, _leak_tables(isic),
+                             lambda: _no_evaluation_leakage_verdict(isic),
+                             sources=source_identity(isic.selected_sources()))
+
+
+def _no_evaluation_leakage_verdict(isic: IsicSettings) -> dg.AssetCheckResult:
     names = evaluation_source_names(isic)
     mode = read_plan(isic.path(layout.SPLITS_DIR)).get("near_duplicates", "group")
     offences, checked = evaluation_leakage(
@@ -250,8 +318,14 @@ class ProportionsConfig(dg.Config):
 
 
 @dg.asset_check(asset=balanced_splits, name="split_proportions")
-def split_proportions(config: ProportionsConfig, isic: IsicSettings) -> dg.AssetCheckResult:
+def split_proportions(context: dg.AssetCheckExecutionContext, config: ProportionsConfig,
+                      isic: IsicSettings) -> dg.AssetCheckResult:
     """Split sizes are within tolerance of the configured ratios (WARN: whole groups make it inexact)."""
+    return _unless_unchanged(context, isic, "split_proportions", config, _split_tables(isic),
+                             lambda: _split_proportions_verdict(config, isic))
+
+
+def _split_proportions_verdict(config: ProportionsConfig, isic: IsicSettings) -> dg.AssetCheckResult:
     out_dir = isic.path(layout.SPLITS_DIR)
     ratios = tuple(read_plan(out_dir)["config"]["ratios"])
     outcome = measure_split_proportions(read_manifest(out_dir), ratios, config.tolerance)

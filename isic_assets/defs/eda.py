@@ -12,6 +12,7 @@ from .near_duplicates import near_duplicates
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .transform import GROUP
+from .unchanged import materialize_unless_unchanged
 
 EDA_CODE_VERSION = "3"  # 3: report.html gains the near-duplicate review sheet
 # The tables every figure is drawn from; their bytes and the code version are the data version.
@@ -35,6 +36,22 @@ INPUT_TABLES = (layout.METADATA_CSV, layout.DUPLICATES_CSV, layout.QUARANTINE_CS
 )
 def eda_plots(context: dg.AssetExecutionContext, isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
+    merged_dir = root / layout.MERGED
+    [result] = materialize_unless_unchanged(
+        context, root, isic.force, settings={"sources": [s.name for s in isic.selected_sources()]},
+        reads=[*(merged_dir / name for name in (*INPUT_TABLES, layout.NEAR_DUPLICATES_CSV)),
+               root / layout.TRANSFORMED / layout.METADATA_CSV],
+        writes=[root / layout.EDA],
+        run=lambda: [_eda(context, isic, root)],
+    )
+    return result
+
+
+def _eda(context: dg.AssetExecutionContext, isic: IsicSettings, root) -> dg.MaterializeResult:
+    # Imported here: matplotlib and seaborn take about a second to import, which every process loading
+    # the code location would pay, and a no-change re-run never draws.
+    from ..core.eda.figures import make_eda, markdown_gallery
+
     merged_dir = root / layout.MERGED
     metadata_csv = merged_dir / layout.METADATA_CSV
     pairs = read_pairs(root)

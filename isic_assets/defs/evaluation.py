@@ -1,6 +1,7 @@
 """evaluation_sets: the official evaluation sets, held out of training and written beside the splits."""
 
 import hashlib
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -17,6 +18,7 @@ from .near_duplicates import near_duplicates
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .transform import transformed_images
+from .unchanged import materialize_unless_unchanged, source_identity
 
 GROUP = "train"
 
@@ -68,6 +70,19 @@ def compute_holdout(isic: IsicSettings, label_column: str, class_map: dict[str, 
 def evaluation_sets(context: dg.AssetExecutionContext, config: EvaluationSetsConfig,
                     isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
+    [result] = materialize_unless_unchanged(
+        context, root, isic.force,
+        settings={"config": config.model_dump(), "sources": source_identity(isic.selected_sources())},
+        reads=[root / layout.TRANSFORMED / layout.METADATA_CSV, root / layout.TRANSFORMED / "images",
+               root / layout.MERGED / layout.DUPLICATES_CSV, root / layout.MERGED / layout.NEAR_DUPLICATES_CSV],
+        writes=[root / layout.EVALUATION_DIR],
+        run=lambda: [_evaluation_sets(context, config, isic, root)],
+    )
+    return result
+
+
+def _evaluation_sets(context: dg.AssetExecutionContext, config: EvaluationSetsConfig, isic: IsicSettings,
+                     root: Path) -> dg.MaterializeResult:
     holdout = compute_holdout(isic, config.label_column, config.class_map, config.near_duplicates == "group")
     classes = SplitConfig(label_column=config.label_column, class_map=dict(config.class_map)).classes
     out_dir = root / layout.EVALUATION_DIR

@@ -12,12 +12,14 @@ from ..core import layout
 from ..core.merge.image_check import DEFAULT_CHECK_TIME_LIMIT_S
 from ..core.merge.merge_sources import MergeOptions, MergeReport, SourceArchive, merge_sources
 from ..core.merge.metadata_table import ids_and_hashes
+from ..core.merge.state_store import STATE_FILE as MERGE_STATE
 from ..core.merge.zip_stream import ZipLimits, ZipRefused
 from ..core.table_schema import parquet_column_types, typed_columns
 from .metadata import column_schema, data_root_metadata, fingerprint, table_metadata
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .sources import GROUP, raw_zips
+from .unchanged import materialize_unless_unchanged, source_identity
 
 
 class MergeConfig(dg.Config):
@@ -72,6 +74,25 @@ def merge_sources_asset(context: dg.AssetExecutionContext, config: MergeConfig, 
         compute=isic.compute_choice(),
     )
     out_dir = root / layout.MERGED
+    yield from materialize_unless_unchanged(
+        context, root, isic.force,
+        settings={"config": config.model_dump(), "sources": source_identity(sources)},
+        reads=[path for archive in archives for path in archive.files.values()],
+        writes=[*(out_dir / name for name in MERGE_TABLES), out_dir / "images",
+                out_dir / layout.STATE_DIR / MERGE_STATE],
+        run=lambda: _merge(context, archives, out_dir, options, root),
+        zero_on_skip=("members_checked_this_run", "images_written_this_run", "images_deleted_this_run",
+                      "MB_written_this_run", "seconds"),
+    )
+
+
+# Every table the merge writes; with merged_data/images/ they are what a no-change re-run compares.
+MERGE_TABLES = (layout.METADATA_CSV, layout.METADATA_PARQUET, layout.DUPLICATES_CSV, layout.QUARANTINE_CSV,
+                layout.CONFLICTS_CSV)
+
+
+def _merge(context: dg.AssetExecutionContext, archives: list[SourceArchive], out_dir: Path, options: MergeOptions,
+           root: Path) -> list[dg.MaterializeResult]:
     try:
         report = merge_sources(archives, out_dir, options, log=context.log.info)
     except ZipRefused as exc:
@@ -84,18 +105,18 @@ def merge_sources_asset(context: dg.AssetExecutionContext, config: MergeConfig, 
         f"merged {len(report.table)} images: {report.scanned} members checked, {report.images_written} written, "
         f"{len(report.duplicates)} duplicates, {len(report.quarantine)} quarantined in {report.seconds:.1f} s"
     )
-    yield dg.MaterializeResult(
-        asset_key=MERGED_IMAGES,
-        metadata={**_images_metadata(out_dir, report), **data_root_metadata(root)},
-        data_version=dg.DataVersion(
-            fingerprint(f"{i}:{h}" for i, h in ids_and_hashes(out_dir))
+    return [
+        dg.MaterializeResult(
+            asset_key=MERGED_IMAGES,
+            metadata={**_images_metadata(out_dir, report), **data_root_metadata(root)},
+            data_version=dg.DataVersion(fingerprint(f"{i}:{h}" for i, h in ids_and_hashes(out_dir))),
         ),
-    )
-    yield dg.MaterializeResult(
-        asset_key=MERGED_METADATA,
-        metadata={**_metadata_metadata(out_dir, report), **data_root_metadata(root)},
-        data_version=dg.DataVersion(hashlib.sha256((out_dir / layout.METADATA_CSV).read_bytes()).hexdigest()[:32]),
-    )
+        dg.MaterializeResult(
+            asset_key=MERGED_METADATA,
+            metadata={**_metadata_metadata(out_dir, report), **data_root_metadata(root)},
+            data_version=dg.DataVersion(hashlib.sha256((out_dir / layout.METADATA_CSV).read_bytes()).hexdigest()[:32]),
+        ),
+    ]
 
 
 def _images_metadata(out_dir: Path, report: MergeReport) -> dict:

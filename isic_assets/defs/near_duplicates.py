@@ -9,12 +9,14 @@ import pandas as pd
 from pydantic import Field
 
 from ..core import layout
-from ..core.atomic import atomic_open
+from ..core.atomic import write_bytes_if_changed
 from ..core.eda.review_sheet import closest, image_paths, pair_jpeg
 from ..core.splits.near_duplicates import (
+    CHECKS_STATE,
     DEFAULT_MAX_DISTANCE,
     DEFAULT_MAX_FINE_DISTANCE,
     DEFAULT_MIN_SIMILARITY,
+    HASHES_STATE,
     PAIR_COLUMNS,
     find_near_duplicates,
 )
@@ -22,6 +24,7 @@ from .metadata import data_root_metadata
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .transform import transformed_images
+from .unchanged import materialize_unless_unchanged
 
 GROUP = "train"
 REVIEW_PAIRS = 6  # the sheet lives in the event log: a handful of 64-px pairs, about 30 KB
@@ -55,6 +58,20 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
                     isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
     transformed = root / layout.TRANSFORMED
+    state = root / layout.MERGED / layout.STATE_DIR
+    [result] = materialize_unless_unchanged(
+        context, root, isic.force, settings={"config": config.model_dump()},
+        reads=[transformed / layout.METADATA_CSV, transformed / "images"],
+        writes=[root / layout.MERGED / layout.NEAR_DUPLICATES_CSV, state / HASHES_STATE, state / CHECKS_STATE],
+        run=lambda: [_near_duplicates(context, config, root)],
+        zero_on_skip=("hashed_this_run", "candidates_checked_this_run"),
+    )
+    return result
+
+
+def _near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesConfig,
+                     root: Path) -> dg.MaterializeResult:
+    transformed = root / layout.TRANSFORMED
     images = layout.read_table(transformed / layout.METADATA_CSV, columns=["isic_id", "image", "sha256"])
     report = find_near_duplicates(
         images, transformed, root / layout.MERGED / layout.STATE_DIR,
@@ -64,8 +81,10 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
     for isic_id in report.unreadable[:20]:
         context.log.warning(f"near-duplicates: {isic_id} does not decode and was not compared")
     out = root / layout.MERGED / layout.NEAR_DUPLICATES_CSV
-    with atomic_open(out, "w") as handle:
-        report.pairs.to_csv(handle, index=False, lineterminator="\n", columns=PAIR_COLUMNS)
+    # Rewritten only when the pairs differ: an unchanged file keeps its mtime, so the stages reading
+    # it see no change (defs/unchanged.py).
+    write_bytes_if_changed(out, report.pairs.to_csv(index=False, lineterminator="\n",
+                                                     columns=PAIR_COLUMNS).encode())
     return dg.MaterializeResult(
         metadata={
             **data_root_metadata(root),

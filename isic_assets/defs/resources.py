@@ -17,6 +17,7 @@ from ..core.operation import data_lock
 from ..core.sources import dropzone
 from ..core.sources.catalog import Catalog, Source, load_catalog
 from . import run_validation
+from .unchanged import force_problems
 
 # Every op that writes under the data root is in this pool; dagster.yaml limits it to one run at a
 # time (granularity: run), so a queued run waits while another one writes (README "Safe operation").
@@ -43,6 +44,11 @@ class IsicSettings(dg.ConfigurableResource):
         default=None, description="Where per-image work runs: 'local' (fork pool), 'dask-local' (a Dask "
                                   "LocalCluster for the step) or a Dask scheduler address 'tcp://HOST:PORT'. "
                                   "Empty: $ISIC_COMPUTE, else local.",
+    )
+    force: str | None = Field(
+        default=None, description="Take the full path where a no-change re-run would re-emit the last result: "
+                                  "'1'/'all' for every stage and check, or a comma-separated list of their "
+                                  "names. Empty: $ISIC_FORCE, else none (README 'No-change re-runs').",
     )
     _data_lock: data_lock.DataRootLock | None = PrivateAttr(default=None)
 
@@ -80,6 +86,7 @@ class IsicSettings(dg.ConfigurableResource):
         whichever step meets the first one minutes later.
         """
         found = run_validation.problems(run_config, self.data_dir, self.selected_sources, self.compute)
+        found += force_problems(self.force)
         if found:
             # Reported in a few lines, without Dagster's stack frames; no retry can fix a setting.
             raise run_validation.RunSettingsError(found)

@@ -22,13 +22,13 @@ from ..core.splits.near_duplicates import read_pairs
 from ..core.splits.planning import plan_columns, plan_splits
 from ..core.splits.writer import write_splits
 from ..core.table_schema import column_types, typed_columns
-from ..core.transform.augment import DEFAULT_AUGMENTATIONS, augment_file
 from .evaluation import evaluation_sets, read_held_out
 from .metadata import column_schema, data_root_metadata
 from .near_duplicates import near_duplicates
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .transform import transformed_images
+from .unchanged import materialize_unless_unchanged, source_identity
 
 GROUP = "train"
 PLAN_FILE = layout.PLAN_JSON
@@ -109,6 +109,26 @@ def split_config(config: BalancedSplitsConfig) -> SplitConfig:
 def balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsConfig,
                     isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
+    transformed = root / layout.TRANSFORMED
+    evaluation = root / layout.EVALUATION_DIR
+    [result] = materialize_unless_unchanged(
+        context, root, isic.force,
+        settings={"config": config.model_dump(), "sources": source_identity(isic.selected_sources())},
+        reads=[transformed / layout.METADATA_CSV, transformed / "images", root / layout.MERGED / layout.DUPLICATES_CSV,
+               root / layout.MERGED / layout.NEAR_DUPLICATES_CSV, evaluation / layout.MANIFEST_CSV,
+               evaluation / layout.EVALUATION_OVERLAP_CSV],
+        writes=[root / layout.SPLITS_DIR],
+        run=lambda: [_balanced_splits(context, config, isic, root)],
+    )
+    return result
+
+
+def _balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsConfig, isic: IsicSettings,
+                     root: Path) -> dg.MaterializeResult:
+    # Imported here: albumentations takes about a second to import, which every process loading the
+    # code location would pay, and a no-change re-run never augments.
+    from ..core.transform.augment import DEFAULT_AUGMENTATIONS, augment_file
+
     transformed = root / layout.TRANSFORMED
     settings = split_config(config)
     # Official evaluation images and everything sharing a leakage group with them stay out of the pool.

@@ -3,6 +3,7 @@
 
 import hashlib
 from dataclasses import asdict
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -20,6 +21,7 @@ from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import column_schema, data_root_metadata
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
+from .unchanged import materialize_unless_unchanged
 
 GROUP = "prepare"
 # The merged columns a transform job is made of.
@@ -59,6 +61,19 @@ class TransformConfig(dg.Config):
 def transformed_images(context: dg.AssetExecutionContext, config: TransformConfig,
                        isic: IsicSettings) -> dg.MaterializeResult:
     root = isic.root()
+    merged_dir = root / layout.MERGED
+    [result] = materialize_unless_unchanged(
+        context, root, isic.force, settings={"config": config.model_dump()},
+        reads=[merged_dir / layout.METADATA_CSV, merged_dir / layout.METADATA_PARQUET, merged_dir / "images"],
+        writes=[root / layout.TRANSFORMED],
+        run=lambda: [_transform(context, config, isic, root)],
+        zero_on_skip=("processed_this_run", "removed", "worker_restarts", "seconds", "images_per_second"),
+    )
+    return result
+
+
+def _transform(context: dg.AssetExecutionContext, config: TransformConfig, isic: IsicSettings,
+               root: Path) -> dg.MaterializeResult:
     merged_dir = root / layout.MERGED
     metadata_csv = merged_dir / layout.METADATA_CSV
     # The jobs need four of the merged columns; the rest are only carried into metadata.csv, a chunk

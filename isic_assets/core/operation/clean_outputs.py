@@ -22,7 +22,7 @@ from .data_lock import LOCK_DIR
 
 # Everything a run writes directly under the data root (the run logs, unless ISIC_LOGS_DIR moves them).
 PIPELINE_FOLDERS = (layout.DEMO_MIRROR, layout.DOWNLOADS, layout.MERGED, layout.TRANSFORMED, layout.EDA,
-                    layout.SPLITS_DIR, layout.EVALUATION_DIR, layout.LOGS, LOCK_DIR)
+                    layout.SPLITS_DIR, layout.EVALUATION_DIR, layout.LOGS, layout.STAGE_RECORDS, LOCK_DIR)
 USER_PATH_ENVS = ("ISIC_DROPZONE", "ISIC_CATALOG")
 
 
