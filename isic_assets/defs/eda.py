@@ -55,10 +55,6 @@ def _eda(context: dg.AssetExecutionContext, isic: IsicSettings, root) -> dg.Mate
     merged_dir = root / layout.MERGED
     metadata_csv = merged_dir / layout.METADATA_CSV
     pairs = read_pairs(root)
-    # matplotlib and seaborn (about 1 s of imports) load with the step that draws, not with the code
-    # location that every CLI command, the daemon and each multiprocess step load.
-    from ..core.eda.figures import make_eda, markdown_gallery
-
     result = make_eda(
         layout.read_table(metadata_csv, columns=EDA_COLUMNS),
         layout.read_table(merged_dir / layout.DUPLICATES_CSV),

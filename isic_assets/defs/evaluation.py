@@ -1,6 +1,5 @@
 """evaluation_sets: the official evaluation sets, held out of training and written beside the splits."""
 
-import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -13,7 +12,7 @@ from ..core.splits.assign import SplitConfig
 from ..core.splits.evaluation import EVALUATION_SPLIT, OVERLAP_COLUMNS, Holdout, evaluation_columns, hold_out
 from ..core.splits.near_duplicates import read_pairs
 from ..core.splits.writer import write_evaluation
-from .metadata import data_root_metadata, table_metadata
+from .metadata import data_root_metadata, files_version, table_metadata
 from .near_duplicates import near_duplicates
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
@@ -112,8 +111,7 @@ def _evaluation_sets(context: dg.AssetExecutionContext, config: EvaluationSetsCo
             "manifest": dg.MetadataValue.path(str(manifest_path)),
             "split": EVALUATION_SPLIT,
         },
-        data_version=dg.DataVersion(hashlib.sha256(
-            manifest_path.read_bytes() + (out_dir / layout.EVALUATION_OVERLAP_CSV).read_bytes()).hexdigest()[:32]),
+        data_version=dg.DataVersion(files_version(manifest_path, out_dir / layout.EVALUATION_OVERLAP_CSV)),
     )
 
 

@@ -2,7 +2,6 @@
 
 
 
-import hashlib
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +14,7 @@ from ..core.merge.metadata_table import ids_and_hashes
 from ..core.merge.state_store import STATE_FILE as MERGE_STATE
 from ..core.merge.zip_stream import ZipLimits, ZipRefused
 from ..core.table_schema import parquet_column_types, typed_columns
-from .metadata import column_schema, data_root_metadata, fingerprint, table_metadata
+from .metadata import column_schema, data_root_metadata, files_version, fingerprint, table_metadata
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
 from .sources import GROUP, raw_zips
@@ -114,7 +113,7 @@ def _merge(context: dg.AssetExecutionContext, archives: list[SourceArchive], out
         dg.MaterializeResult(
             asset_key=MERGED_METADATA,
             metadata={**_metadata_metadata(out_dir, report), **data_root_metadata(root)},
-            data_version=dg.DataVersion(hashlib.sha256((out_dir / layout.METADATA_CSV).read_bytes()).hexdigest()[:32]),
+            data_version=dg.DataVersion(files_version(out_dir / layout.METADATA_CSV)),
         ),
     ]
 

@@ -23,7 +23,7 @@ from ..core.splits.planning import plan_columns, plan_splits
 from ..core.splits.writer import write_splits
 from ..core.table_schema import column_types, typed_columns
 from .evaluation import evaluation_sets, read_held_out
-from .metadata import column_schema, data_root_metadata
+from .metadata import column_schema, data_root_metadata, files_version
 from .near_duplicates import near_duplicates
 from .policies import DOWNSTREAM_AUTOMATION, OWNERS, USER_FACING_FRESHNESS, stage_tags
 from .resources import WRITE_POOL, IsicSettings
@@ -204,7 +204,7 @@ def _balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCo
             "dataset_card": dg.MetadataValue.path(str(card)),
             "licenses": dg.MetadataValue.json(licence_counts(plan.manifest, metadata)),
         },
-        data_version=dg.DataVersion(hashlib.sha256(manifest_path.read_bytes()).hexdigest()[:32]),
+        data_version=dg.DataVersion(files_version(manifest_path)),
     )
 
 
