@@ -31,7 +31,7 @@ TABLES = 16
 TABLE_BITS = 20
 CLOSEST = 4  # partners kept per image, closest first
 _SEED = 20_240_612  # the bit draws are fixed: the same archive gives the same candidates on every run
-_CHUNK_READS = 3_000_000  # bucket entries read at once (~150 MB of int64 arrays at most)
+_CHUNK_READS = 1_000_000  # bucket entries read at once (~100 MB of arrays at most)
 
 # One chunk of queries: (first image row, keys n_chunk x views, 256-bit hashes n_chunk x views x 32).
 Windows = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
