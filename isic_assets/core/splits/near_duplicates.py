@@ -52,7 +52,7 @@ from .near_dup_store import SignatureStore
 Log = Callable[[str], None]
 Accept = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-DEFAULT_MAX_DISTANCE = 7  # bits of the 64-bit window keys a candidate may differ by
+DEFAULT_MAX_DISTANCE = 12  # bits of the 64-bit window keys: 7 lost a tenth of the crops the LSH search met
 DEFAULT_MAX_FINE_DISTANCE = 56  # of 256: 97% of cropped copies within; 64 gains 1% for 7x the look-alike candidates
 DEFAULT_MIN_SIMILARITY = 0.85  # copies scored 0.97+, look-alike pairs at most 0.44 (docs/PERFORMANCE.md 13)
 METHOD = "dct-views+ecc-ncc"
