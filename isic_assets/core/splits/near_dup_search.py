@@ -16,7 +16,9 @@ Each entry read is kept when the window's 64-bit key is within ``max_distance`` 
 picture's key and its 256-bit hash within ``max_fine_distance``, the same test as before. Then each
 image keeps at most ``closest`` partners (the closest by the 256-bit distance): look-alikes can crowd
 round one image, a copy is nearly always its closest, and the cap bounds the confirmations at
-``closest x n`` however crowded the archive is.
+``closest x n`` however crowded the archive is. The cap is applied twice: per chunk of queries
+(each windowed image keeps its closest partners, so the hits held stay about ``closest x n``) and
+over all pairs at the end (a pair stays when it is among the closest of either image).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def search(whole_keys: np.ndarray, whole_fine: np.ndarray, windows: Windows, *, 
     found: list[pd.DataFrame] = []
     reads = 0
     for lo in range(0, n, chunk_images):
+        hits: list[pd.DataFrame] = []
         hi = min(n, lo + chunk_images)
         keys, fine = windows(lo, hi)
         views = keys.shape[1]
@@ -102,8 +105,12 @@ def search(whole_keys: np.ndarray, whole_fine: np.ndarray, windows: Windows, *, 
                 distance = popcount64(flat_words[query] ^ whole_words[entry]).sum(axis=1)
                 keep = distance <= max_fine_distance
                 if keep.any():
-                    found.append(pd.DataFrame({"query": entry[keep].astype(np.int64), "other": image[keep],
-                                               "view": query[keep] % views, "fine": distance[keep]}))
+                    hits.append(pd.DataFrame({"query": entry[keep].astype(np.int64), "other": image[keep],
+                                              "view": query[keep] % views, "fine": distance[keep]}))
+        if hits:  # each windowed image of the chunk keeps its closest partners: memory stays ~closest x n
+            chunk = pd.concat(hits, ignore_index=True).sort_values(["fine", "view"], kind="stable")
+            chunk = chunk.drop_duplicates(["query", "other"])
+            found.append(chunk[chunk.groupby("other").cumcount() < closest])
     columns = ["query", "other", "view", "fine"]
     if not found:
         return pd.DataFrame(columns=columns, dtype=np.int64), reads
