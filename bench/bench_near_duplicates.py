@@ -20,13 +20,15 @@ new id, edited and then transformed like the rest:
 ``find_near_duplicates`` runs over all of them with its defaults; recall is the share of planted
 pairs found (per kind and overall), and every other pair reported is false.
 
-Scale: synthesising and hashing 100k lesions takes longer than the time available for a run, so the
-search (key index, fine filter) runs on synthetic signatures: each bit of each window's key and
-256-bit hash drawn independently with that bit's frequency measured on the real signatures above.
-Real signatures of look-alike lesions cluster more than that, so the candidate counts at scale are
-a lower bound; the bench also prints the candidate rate per pair measured on the real look-alikes,
-which scales with n^2, and the confirmation cost per candidate, to extrapolate from. Each size runs
-in a fresh process so its peak RSS is its own.
+Scale: synthesising and hashing 400k lesions takes longer than the time available for a run, so the
+search (``near_dup_search.search``) runs on resampled descriptors: each image takes the window
+signatures of a random real look-alike above and flips every bit (the same bits in every window)
+with probability ``--flip`` (0.2: two images of one base then differ by about 82 of 256 bits, as
+look-alikes do, so no resampled pair is a copy). The bit frequencies of the real signatures, which
+make look-alikes crowd the buckets, stay much as they were; the bench prints the cross-image bucket
+entries read per pair on the real and on the resampled signatures. Windows are produced chunk by
+chunk, as the store is read in the real step, and each size runs in a fresh process so its peak RSS
+is its own.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from isic_assets.core.splits import image_signature
+from isic_assets.core.splits import image_signature, near_dup_quick_check, near_dup_search
 from isic_assets.core.splits import near_duplicates as nd
 from isic_assets.demo.synthetic import encode_jpeg, picture_rng, synth_dermoscopy
 
@@ -98,8 +100,9 @@ def quality(n_images: int, n_copies: int, seed: int) -> dict:
         report = nd.find_near_duplicates(images, root, root / "_state")
         seconds = time.perf_counter() - started
         scores = _candidate_scores(root / "_state" / nd.CHECKS_STATE, images, planted)
-        keys, fine = _signatures(paths)
+        keys, fine, thumbs = _signatures(paths)
         confirm_ms = _confirm_ms(paths, rng)
+        quick_us = _quick_us(thumbs, rng)
     found = set(zip(report.pairs["isic_id_a"], report.pairs["isic_id_b"], strict=True))
     per_edit = {edit: {"planted": sum(1 for e in planted.values() if e == edit),
                        "found": sum(1 for p, e in planted.items() if e == edit and p in found)} for edit in EDITS}
@@ -111,9 +114,10 @@ def quality(n_images: int, n_copies: int, seed: int) -> dict:
         "precision": true_found / len(found) if found else 1.0,
         "false_per_10k_images": len(found - planted.keys()) / n * 10_000,
         "candidates": report.candidates, "candidate_rate_per_pair": report.candidates / (n * (n - 1) / 2),
+        "search_candidates": report.candidates_found, "bucket_reads": report.bucket_reads,
+        "cross_reads_per_pair": _cross_reads(fine) / (n * n), "quick_us_per_pair": quick_us,
         "run_seconds": round(seconds, 1), "scores": scores, "hash_ms": hash_ms, "confirm_ms_per_candidate": confirm_ms,
-        "key_bit_frequencies": _bit_frequencies(keys).tolist(),
-        "fine_bit_frequencies": np.unpackbits(fine, axis=2).mean(axis=0).tolist(),
+        "signatures": (keys, fine, thumbs),
     }
 
 
@@ -136,14 +140,31 @@ def _write(root: Path, isic_id: str, data: bytes) -> dict:
     return {"isic_id": isic_id, "image": name, "sha256": isic_id}
 
 
-def _signatures(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
-    pairs = [image_signature.view_signatures(image_signature.grey(p)) for p in paths]
-    return np.stack([k for k, _ in pairs]), np.stack([f for _, f in pairs])
+def _signatures(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pixels = [image_signature.grey(p) for p in paths]
+    pairs = [image_signature.view_signatures(p) for p in pixels]
+    return (np.stack([k for k, _ in pairs]), np.stack([f for _, f in pairs]),
+            np.stack([near_dup_quick_check.thumbnail(p) for p in pixels]))
 
 
-def _bit_frequencies(keys: np.ndarray) -> np.ndarray:
-    """Per window and bit (63 first), the share of images with that key bit set."""
-    return ((keys[:, :, None] >> np.arange(63, -1, -1, dtype=np.uint64)) & np.uint64(1)).mean(axis=0)
+def _cross_reads(fine: np.ndarray) -> int:
+    """Bucket entries the search reads between different images (an image's windows meeting its own
+    whole picture are left out: they grow with n, not n^2)."""
+    total = 0
+    for table in near_dup_search.table_bits():
+        whole = near_dup_search._codes(fine[:, 0], table)
+        counts = np.bincount(whole, minlength=1 << near_dup_search.TABLE_BITS)
+        windows = near_dup_search._codes(fine, table)
+        total += int(counts[windows].sum() - (windows == whole[:, None]).sum())
+    return total
+
+
+def _quick_us(thumbs: np.ndarray, rng: np.random.Generator) -> float:
+    pairs = rng.choice(len(thumbs), (20_000, 2))
+    views = rng.integers(len(image_signature.VIEWS), size=len(pairs))
+    started = time.perf_counter()
+    near_dup_quick_check.scores(thumbs[pairs[:, 0]], thumbs[pairs[:, 1]], views)
+    return round((time.perf_counter() - started) / len(pairs) * 1e6, 1)
 
 
 def _per_image_ms(fn, paths: list[Path]) -> float:
@@ -162,22 +183,29 @@ def _confirm_ms(paths: list[Path], rng: np.random.Generator) -> float:
     return round((time.perf_counter() - started) / len(pairs) * 1000, 2)
 
 
-def scale(n: int, frequencies: dict, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    key_freq = np.array(frequencies["key"])  # views x 64
-    fine_freq = np.array(frequencies["fine"])  # views x 256
-    views = len(key_freq)
-    keys = np.zeros((n, views), dtype=np.uint64)
-    fine = np.empty((n, views, image_signature.FINE_BYTES), dtype=np.uint8)
-    for lo in range(0, n, 2_000):  # in slices: the random draws stay small beside the signatures
-        hi = min(n, lo + 2_000)
-        for bit in range(64):
-            keys[lo:hi] |= (rng.random((hi - lo, views)) < key_freq[:, bit]).astype(np.uint64) << np.uint64(63 - bit)
-        fine[lo:hi] = np.packbits(rng.random((hi - lo, views, 256)) < fine_freq, axis=2)
+def scale(n: int, signatures: Path, flip: float, seed: int) -> dict:
+    """The search on ``n`` resampled descriptors (see the module doc)."""
+    real = np.load(signatures)
+    keys0, fine0 = real["keys"], real["fine"]
+    chunk = 2_000
+    base = np.random.default_rng(seed).integers(len(keys0), size=n)
+
+    def windows(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        draw = np.random.default_rng((seed, lo))  # each chunk from its own seed: reading it again gives the same
+        fine_flip = np.packbits(draw.random((hi - lo, 256)) < flip, axis=1)
+        key_flip = np.packbits(draw.random((hi - lo, 64)) < flip, axis=1).view(">u8")[:, 0].astype(np.uint64)
+        return keys0[base[lo:hi]] ^ key_flip[:, None], fine0[base[lo:hi]] ^ fine_flip[:, None, :]
+
+    whole_keys = np.empty(n, dtype=np.uint64)
+    whole_fine = np.empty((n, image_signature.FINE_BYTES), dtype=np.uint8)
+    for lo in range(0, n, chunk):
+        keys, fine = windows(lo, min(n, lo + chunk))
+        whole_keys[lo : lo + len(keys)], whole_fine[lo : lo + len(keys)] = keys[:, 0], fine[:, 0]
     started = time.perf_counter()
-    found = nd.view_candidates(keys, fine, nd.DEFAULT_MAX_DISTANCE, nd.DEFAULT_MAX_FINE_DISTANCE)
+    found, reads = near_dup_search.search(whole_keys, whole_fine, windows, max_distance=nd.DEFAULT_MAX_DISTANCE,
+                                          max_fine_distance=nd.DEFAULT_MAX_FINE_DISTANCE, chunk_images=chunk)
     seconds = time.perf_counter() - started
-    return {"n": n, "search_seconds": round(seconds, 1), "candidates": len(found),
+    return {"n": n, "search_seconds": round(seconds, 1), "reads": reads, "candidates": len(found),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
@@ -188,13 +216,12 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=60, help="planted copies per edit kind")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 400_000])
-    parser.add_argument("--keep-frequencies", type=Path, help="also write the measured bit frequencies here "
-                        "(to rerun one scale size alone: --scale N --frequencies FILE)")
+    parser.add_argument("--flip", type=float, default=0.2, help="bit flip probability of resampled descriptors")
     parser.add_argument("--scale", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--frequencies", help=argparse.SUPPRESS)
+    parser.add_argument("--signatures", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scale:
-        print(json.dumps(scale(args.scale, json.loads(Path(args.frequencies).read_text()), args.seed)))
+        print(json.dumps(scale(args.scale, Path(args.signatures), args.flip, args.seed)))
         return
     n_images, n_copies = (400, 10) if args.quick else (args.images, args.copies)
     result = quality(n_images, n_copies, args.seed)
@@ -213,27 +240,30 @@ def main() -> None:
     scores = result["scores"]
     print(f"confirmation scores: planted copies that became candidates: {scores['planted_candidates']}, lowest "
           f"{scores['planted_min']}; other candidates: {scores['other_candidates']}, highest {scores['other_max']}")
-    print(f"signatures per image: {result['hash_ms']} ms; confirmation: {result['confirm_ms_per_candidate']} ms "
-          f"per candidate; candidates: {result['candidates']} ({result['candidate_rate_per_pair']:.2e} per pair "
-          f"of images); whole run {result['run_seconds']} s")
+    pairs = result["images"] * (result["images"] - 1) / 2
+    print(f"signatures per image: {result['hash_ms']} ms; quick check: {result['quick_us_per_pair']} us per pair; "
+          f"confirmation: {result['confirm_ms_per_candidate']} ms per candidate")
+    print(f"search: {result['bucket_reads']:,} bucket entries read ({result['cross_reads_per_pair']:.2e} x n^2 "
+          f"between different images), {result['search_candidates']} candidates "
+          f"({result['search_candidates'] / pairs:.2e} per pair), {result['candidates']} past the quick check "
+          f"({result['candidates'] / pairs:.2e} per pair); whole run {result['run_seconds']} s")
     print()
-    if args.keep_frequencies:
-        args.keep_frequencies.write_text(json.dumps({"key": result["key_bit_frequencies"],
-                                                     "fine": result["fine_bit_frequencies"]}))
     sizes = (20_000,) if args.quick else args.sizes
     if not sizes:
         return
-    print("| images | candidate search | candidates | peak RSS |")
-    print("|---:|---:|---:|---:|")
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as frequencies:
-        json.dump({"key": result["key_bit_frequencies"], "fine": result["fine_bit_frequencies"]}, frequencies)
-        frequencies.flush()
+    print("| images | search | bucket entries read | per pair (n^2) | candidates | peak RSS |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    with tempfile.NamedTemporaryFile(suffix=".npz") as signatures:
+        keys, fine, thumbs = result["signatures"]
+        np.savez(signatures, keys=keys, fine=fine, thumbs=thumbs)
+        signatures.flush()
         for n in sizes:
-            done = subprocess.run([sys.executable, __file__, "--scale", str(n), "--frequencies", frequencies.name],
+            done = subprocess.run([sys.executable, __file__, "--scale", str(n), "--signatures", signatures.name,
+                                   "--flip", str(args.flip), "--seed", str(args.seed)],
                                   capture_output=True, text=True, check=True)
             row = json.loads(done.stdout)
-            print(f"| {row['n']:,} | {row['search_seconds']} s | {row['candidates']:,} | {row['peak_rss_mb']} MB |",
-                  flush=True)
+            print(f"| {row['n']:,} | {row['search_seconds']} s | {row['reads']:,} | {row['reads'] / n / n:.2e} | "
+                  f"{row['candidates']:,} | {row['peak_rss_mb']} MB |", flush=True)
 
 
 if __name__ == "__main__":

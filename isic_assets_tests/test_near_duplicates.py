@@ -9,29 +9,47 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from isic_assets.core.splits import near_dup_search
 from isic_assets.core.splits import near_duplicates as nd
 from isic_assets.core.splits.checks import leakage
 from isic_assets.core.splits.grouping import build_groups
-from isic_assets.core.splits.image_signature import hamming
+from isic_assets.core.splits.near_dup_store import SignatureStore
 from isic_assets.demo.synthetic import encode_jpeg, picture_rng, synth_dermoscopy
 
 SIDE = 256
 
 
-def test_candidate_search_finds_exactly_the_pairs_within_the_radius():
-    """Multi-index probing must return what comparing all pairs returns, no more and no less."""
+def test_search_returns_only_pairs_within_the_limits_finds_planted_ones_and_caps_partners():
+    """Every candidate passes both limits (checked against all pairs); close planted pairs are all found."""
     rng = np.random.default_rng(7)
-    hashes = rng.integers(0, 2**64 - 1, 2000, dtype=np.uint64)
-    for k in range(0, 300, 2):  # planted pairs at every distance 0..13, some beyond the radius
-        flip = rng.choice(64, k % 14, replace=False)
-        hashes[k + 1] = hashes[k] ^ np.bitwise_or.reduce(np.left_shift(np.uint64(1), flip.astype(np.uint64)))
-    left, right, distance = nd.candidate_pairs(hashes, 10)
-    i, j = np.triu_indices(len(hashes), 1)
-    all_distances = hamming(hashes[i], hashes[j])
-    expected = set(zip(i[all_distances <= 10].tolist(), j[all_distances <= 10].tolist(), strict=True))
-    assert set(zip(left.tolist(), right.tolist(), strict=True)) == expected
-    assert (distance == hamming(hashes[left], hashes[right])).all()
-    assert len(expected) >= 100
+    n, views = 1500, 3
+    keys = rng.integers(0, 2**64 - 1, (n, views), dtype=np.uint64)
+    fine = rng.integers(0, 256, (n, views, 32), dtype=np.uint8)
+    planted = {}
+    for k in range(0, 200, 2):  # window k % views of image k is image k+1's whole picture, a few bits off
+        view = k % views
+        bits = np.unpackbits(fine[k, view])
+        bits[rng.choice(256, k % 12, replace=False)] ^= 1
+        fine[k + 1, 0] = np.packbits(bits)
+        keys[k + 1, 0] = keys[k, view] ^ np.uint64(1 << int(rng.integers(64)))
+        planted[(k + 1, k)] = view
+    found, reads = near_dup_search.search(keys[:, 0], fine[:, 0], lambda lo, hi: (keys[lo:hi], fine[lo:hi]),
+                                          max_distance=7, max_fine_distance=40, chunk_images=400)
+    pairs = {(q, o): v for q, o, v in found[["query", "other", "view"]].itertuples(index=False)}
+    assert planted.items() <= pairs.items()
+    words = fine.view(np.uint64)
+    for q, o, v, d in found.itertuples(index=False):  # the returned distance is the true one, within limits
+        assert d == near_dup_search.popcount64(words[q, 0] ^ words[o, v]).sum() <= 40
+        assert near_dup_search.popcount64(keys[q, 0] ^ keys[o, v]) <= 7
+    assert 0 < reads < n * n * views  # far fewer entries read than all pairs of windows
+    # With one partner per image, a chain of three near-identical images keeps only its closest links.
+    crowd_fine = np.repeat(fine[:1, :1], 3, axis=0)
+    crowd_fine[1, 0, 0] ^= 1
+    crowd_fine[2, 0, 2:4] ^= 255
+    crowd_keys = np.repeat(keys[:1, :1], 3, axis=0)
+    capped, _ = near_dup_search.search(crowd_keys[:, 0], crowd_fine[:, 0], lambda lo, hi: (crowd_keys[lo:hi],
+                                       crowd_fine[lo:hi]), max_distance=7, max_fine_distance=40, closest=1)
+    assert {tuple(sorted(p)) for p in capped[["query", "other"]].itertuples(index=False)} == {(0, 1), (0, 2)}
 
 
 def _transformed(rgb: np.ndarray) -> bytes:
@@ -149,7 +167,7 @@ def test_a_torn_signature_record_is_cut_off_and_that_image_hashed_again(archive,
     again = nd.find_near_duplicates(images, root, state)
     assert again.hashed == 1
     assert set(zip(again.pairs["isic_id_a"], again.pairs["isic_id_b"], strict=True)) == planted
-    assert store.stat().st_size % nd.SignatureStore(store).dtype.itemsize == 0
+    assert store.stat().st_size % SignatureStore(store).dtype.itemsize == 0
 
 
 def test_pairs_join_one_leakage_group_and_the_check_sees_them():

@@ -45,10 +45,10 @@ class NearDuplicatesConfig(dg.Config):
 @dg.asset(
     deps=[transformed_images],
     group_name=GROUP,
-    code_version="2",
+    code_version="3",
     kinds={"python", "csv"},
     description="merged_data/near_duplicates.csv: pairs of different ids showing the same photo re-encoded, "
-                "resized, cropped or recoloured (windowed DCT-hash candidates confirmed by aligned detail).",
+                "resized, cropped or recoloured (LSH on windowed DCT hashes, a thumbnail check, then aligned detail).",
     pool=WRITE_POOL,
     automation_condition=DOWNSTREAM_AUTOMATION,
     owners=OWNERS,
@@ -92,6 +92,8 @@ def _near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCo
             "dagster/row_count": len(report.pairs),
             "images_compared": report.images,
             "hashed_this_run": report.hashed,
+            "bucket_entries_read": report.bucket_reads,
+            "search_candidates": report.candidates_found,
             "candidate_pairs": report.candidates,
             "candidates_checked_this_run": report.confirmed_checked,
             "unreadable": len(report.unreadable),

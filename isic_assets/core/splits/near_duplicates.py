@@ -6,19 +6,19 @@ copy in train and its twin in test is the same leak as a shared patient. Three s
 1. **Hash** every transformed image once: ``image_signature.view_signatures`` hashes 36 windows of
    the picture (the whole, and windows trimmed by 3-10% on either side of each axis), each with a
    64-bit key and a 256-bit hash. A copy cropped by up to 10% matches one window of its original
-   closely; the whole-picture hash alone does not (a crop moves up to a third of its bits).
-   Signatures are cached by the image's sha256 in ``merged_data/_state/near_duplicates.views.bin``
-   (fixed-size binary records, appended; 1.5 KB per image, read straight into numpy arrays: as JSON
-   lines the same cache would hold about 3 KB of Python strings per image in memory), so a re-run
-   decodes only new or changed images.
-2. **Candidates** without comparing all pairs: multi-index hashing of every window key; each image
-   queries with its whole-picture key. The 64 bits are cut into ``BLOCKS`` blocks of 16; two keys
-   within ``max_distance`` bits agree on at least one block to within ``max_distance // BLOCKS``
-   bits (pigeonhole), so a query probes, per block, the buckets of every value within that radius of
-   its own. Buckets are a dense counting-sort table (65,536 entries per block), probes and bucket
-   reads are numpy gathers in bounded chunks. Each hit is kept only when the 256-bit hashes of the
-   query and of the matched window are within ``max_fine_distance``: look-alike lesions share
-   their coarse layout (their 64-bit keys collide often) but rarely their finer frequencies.
+   closely; the whole-picture hash alone does not (a crop moves up to a third of its bits). With
+   them goes a 64x64 grey thumbnail. All of it is cached by the image's sha256 in
+   ``merged_data/_state/near_duplicates.signatures.bin`` (``near_dup_store``: fixed-size records on
+   disk, read through a memory map, about 5.6 KB an image), so a re-run decodes only new or changed
+   images and memory stays flat.
+2. **Candidates** without comparing all pairs (``near_dup_search``): locality-sensitive hashing of
+   the 256-bit hashes, the whole pictures as the index and every window as a query; a hit is kept
+   when the window's key is within ``max_distance`` bits and its 256-bit hash within
+   ``max_fine_distance`` of the whole picture's, and each image keeps its few closest partners. The
+   bucket entries read grow far more slowly than the all-pairs count, and the candidates at most
+   linearly.
+   A **quick check** (``near_dup_quick_check``) then compares 64x64 thumbnails of each candidate,
+   thousands of pairs at once, and passes on only those whose band-passed detail correlates.
 3. **Confirm** each candidate by its pixels, not by looks: the matched window of one image and the
    whole other image, both at 128x128, are aligned by an affine ECC fit (at 64x64, then at 128x128
    for pairs that already look like copies; it absorbs the rest of the crop and any stretch), and
@@ -35,7 +35,6 @@ bits of the 256-bit hash), one row per confirmed pair; ``grouping.build_groups``
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,27 +44,24 @@ import numpy as np
 import pandas as pd
 
 from .. import layout
-from ..atomic import atomic_open
 from ..components import component_labels
 from ..scan_state import JsonlLog
-from . import image_signature
+from . import image_signature, near_dup_quick_check, near_dup_search
+from .near_dup_store import SignatureStore
 
 Log = Callable[[str], None]
 Accept = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-BLOCKS = 4
-BLOCK_BITS = 64 // BLOCKS
-DEFAULT_MAX_DISTANCE = 7  # key bits: 4 blocks probed at radius 1 (17 buckets each) find every pair within 7
+DEFAULT_MAX_DISTANCE = 12  # bits of the 64-bit window keys: 7 lost a tenth of the crops the LSH search met
 DEFAULT_MAX_FINE_DISTANCE = 56  # of 256: 97% of cropped copies within; 64 gains 1% for 7x the look-alike candidates
 DEFAULT_MIN_SIMILARITY = 0.85  # copies scored 0.97+, look-alike pairs at most 0.44 (docs/PERFORMANCE.md 13)
 METHOD = "dct-views+ecc-ncc"
 PAIR_COLUMNS = ["isic_id_a", "isic_id_b", "distance", "method", "similarity"]
-HASHES_STATE = "near_duplicates.views.bin"
+HASHES_STATE = "near_duplicates.signatures.bin"
 CHECKS_STATE = "near_duplicates.ncc.jsonl"
-# The caches of the whole-picture hash and the ORB confirmation this step used before; nothing reads them.
-_RETIRED_STATE = ("near_duplicates.hashes.jsonl", "near_duplicates.checks.jsonl")
-_CHUNK_CANDIDATES = 4_000_000  # bounds the memory of one probe chunk (~100 MB of int64 arrays)
-_PROBE_ROWS = 20_000  # items whose probe keys are counted at once
+# Caches this step kept before (the whole-picture hash, the ORB confirmation, window signatures without
+# thumbnails); nothing reads them.
+_RETIRED_STATE = ("near_duplicates.hashes.jsonl", "near_duplicates.checks.jsonl", "near_duplicates.views.bin")
 _COMPARE_SIDE = 128
 _COMPARE_MARGIN = 12  # pixels left out at the border, where the alignment leaves no data
 _REFINE_FROM = 0.5  # coarse score from which a pair gets the fine alignment
@@ -78,111 +74,11 @@ class NearDuplicateReport:
     pairs: pd.DataFrame
     images: int
     hashed: int
-    candidates: int
+    candidates: int  # past the search and the quick thumbnail check: the pairs the full confirmation saw
     confirmed_checked: int
     unreadable: tuple[str, ...]
-
-
-# ----------------------------------------------------------------------------------------------
-# candidate search
-
-
-def _probe_masks(bits: int, radius: int) -> np.ndarray:
-    """Every ``bits``-bit XOR mask with at most ``radius`` bits set."""
-    masks = [0]
-    frontier = [0]
-    for _ in range(radius):
-        frontier = sorted({m | (1 << b) for m in frontier for b in range(bits) if not m >> b & 1})
-        masks += frontier
-    return np.array(masks, dtype=np.int64)
-
-
-def key_matches(queries: np.ndarray, index: np.ndarray, max_distance: int,
-                accept: Accept | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row pairs ``(q, e, distance)``: index key ``e`` within ``max_distance`` bits of query key ``q``.
-
-    Exact (no pair within the distance is missed) by the pigeonhole argument in the module doc.
-    ``accept(q, e)`` filters the hits chunk by chunk, so memory stays bounded by what it keeps.
-    """
-    queries = np.ascontiguousarray(queries, dtype=np.uint64)
-    index = np.ascontiguousarray(index, dtype=np.uint64)
-    empty = np.empty(0, dtype=np.int64)
-    if len(queries) == 0 or len(index) == 0:
-        return empty, empty, empty
-    masks = _probe_masks(BLOCK_BITS, max_distance // BLOCKS)
-    found: list[np.ndarray] = []
-    for block in range(BLOCKS):
-        shift = np.uint64(64 - BLOCK_BITS * (block + 1))
-        mask = np.uint64((1 << BLOCK_BITS) - 1)
-        query_values = ((queries >> shift) & mask).astype(np.int64)
-        index_values = ((index >> shift) & mask).astype(np.int64)
-        order = np.argsort(index_values, kind="stable")
-        counts = np.bincount(index_values, minlength=1 << BLOCK_BITS)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        per_item = np.concatenate([
-            counts[query_values[lo : lo + _PROBE_ROWS, None] ^ masks[None, :]].sum(axis=1)
-            for lo in range(0, len(queries), _PROBE_ROWS)
-        ])
-        for lo, hi in _chunks(per_item):
-            q, e = _probe(query_values[lo:hi], np.arange(lo, hi), masks, order, counts, starts)
-            close = image_signature.hamming(queries[q], index[e]) <= max_distance
-            q, e = q[close], e[close]
-            if accept is not None:
-                kept = accept(q, e)
-                q, e = q[kept], e[kept]
-            found.append(q * len(index) + e)
-    codes = np.unique(np.concatenate(found)) if found else empty
-    q, e = codes // len(index), codes % len(index)
-    return q, e, image_signature.hamming(queries[q], index[e])
-
-
-def candidate_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index pairs ``(i, j, distance)`` with ``i < j`` and Hamming distance <= ``max_distance``."""
-    return key_matches(hashes, hashes, max_distance, accept=lambda q, e: e > q)
-
-
-def _chunks(per_item: np.ndarray) -> Iterable[tuple[int, int]]:
-    """Consecutive item ranges whose probes read at most about ``_CHUNK_CANDIDATES`` bucket entries."""
-    bounds = np.searchsorted(np.cumsum(per_item), np.arange(_CHUNK_CANDIDATES, per_item.sum() + 1,
-                                                            _CHUNK_CANDIDATES), side="right")
-    edges = [0, *sorted({int(b) for b in bounds if 0 < b < len(per_item)}), len(per_item)]
-    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
-
-
-def _probe(values: np.ndarray, items: np.ndarray, masks: np.ndarray, order: np.ndarray, counts: np.ndarray,
-           starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every (query item, index row) sharing a probed bucket of one block."""
-    keys = (values[:, None] ^ masks[None, :]).ravel()
-    sizes = counts[keys]
-    total = int(sizes.sum())
-    if total == 0:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty
-    query = np.repeat(np.repeat(items, len(masks)), sizes)
-    offsets = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    return query, order[np.repeat(starts[keys], sizes) + offsets]
-
-
-def view_candidates(keys: np.ndarray, fine: np.ndarray, max_distance: int,
-                    max_fine_distance: int) -> pd.DataFrame:
-    """Candidate pairs from window signatures (``keys``: n x views, ``fine``: n x views x 32 bytes).
-
-    Columns ``query, other, view, fine``: the whole picture of ``query`` matched window ``view`` of
-    ``other``; one row per unordered pair (the closest orientation and window), ``query != other``.
-    """
-    n, views = keys.shape
-    flat_fine = fine.reshape(n * views, -1)
-
-    def accept(q: np.ndarray, e: np.ndarray) -> np.ndarray:
-        return (e // views != q) & (image_signature.fine_distance(fine[q, 0], flat_fine[e]) <= max_fine_distance)
-
-    q, e, _ = key_matches(keys[:, 0], keys.reshape(-1), max_distance, accept)
-    table = pd.DataFrame({"query": q, "other": e // views, "view": e % views,
-                          "fine": image_signature.fine_distance(fine[q, 0], flat_fine[e])})
-    table["a"] = np.minimum(table["query"], table["other"])
-    table["b"] = np.maximum(table["query"], table["other"])
-    table = table.sort_values(["a", "b", "fine", "view"], kind="stable").drop_duplicates(["a", "b"])
-    return table[["query", "other", "view", "fine"]].reset_index(drop=True)
+    candidates_found: int = 0  # out of the search, before the quick check
+    bucket_reads: int = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,13 +167,22 @@ def find_near_duplicates(
     store = SignatureStore(Path(state_dir) / HASHES_STATE)
     hashed, unreadable = store.add_missing(images, Path(image_root), log)
     usable = images[~images["isic_id"].isin(unreadable)].reset_index(drop=True)
-    keys, fine = store.lookup(usable["sha256"])
     store.keep_only(usable["sha256"])
-    del store
-    found = view_candidates(keys, fine, max_distance, max_fine_distance)
+    rows = store.rows(usable["sha256"])
+    whole_keys, whole_fine = store.whole(rows)
+
+    def windows(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        return store.read(rows[lo:hi], "keys"), store.read(rows[lo:hi], "fine")
+
+    found, reads = near_dup_search.search(whole_keys, whole_fine, windows, max_distance=max_distance,
+                                          max_fine_distance=max_fine_distance)
+    del whole_keys, whole_fine
     shas = usable["sha256"].to_numpy()
     found = found[shas[found["query"].to_numpy()] != shas[found["other"].to_numpy()]].reset_index(drop=True)
-    log(f"near-duplicates: {len(usable)} images hashed ({hashed} new), {len(found)} candidate pairs")
+    quick = _quick_scores(store, rows, found)
+    log(f"near-duplicates: {len(usable)} images hashed ({hashed} new), {reads} bucket entries read, "
+        f"{len(found)} candidate pairs, {int((quick >= near_dup_quick_check.MIN_QUICK).sum())} past the quick check")
+    found = found[quick >= near_dup_quick_check.MIN_QUICK].reset_index(drop=True)
     scores, checked = _confirm(usable, Path(image_root), found, Path(state_dir) / CHECKS_STATE)
     ids = usable["isic_id"].to_numpy()
     a, b = ids[found["query"].to_numpy()], ids[found["other"].to_numpy()]
@@ -290,84 +195,20 @@ def find_near_duplicates(
     }, columns=PAIR_COLUMNS)
     table = table[table["similarity"] >= min_similarity]
     table = table.sort_values(["distance", "isic_id_a", "isic_id_b"], kind="stable").reset_index(drop=True)
-    return NearDuplicateReport(table, len(usable), hashed, len(found), checked, tuple(sorted(unreadable)))
+    return NearDuplicateReport(table, len(usable), hashed, len(found), checked, tuple(sorted(unreadable)),
+                               candidates_found=len(quick), bucket_reads=reads)
 
 
-class SignatureStore:
-    """Window signatures by sha256, in an append-only file of fixed-size binary records.
-
-    A record is the sha256 (64 ASCII bytes), the 64-bit keys (big-endian) and the 256-bit hashes of
-    every window. A run killed mid-append leaves a torn last record: it is cut off on the next open
-    and that image is hashed again. Records of images no longer present are dropped by ``keep_only``
-    (an atomic rewrite) once they are half the file.
-    """
-
-    def __init__(self, path: Path) -> None:
-        views = len(image_signature.VIEWS)
-        self.path = path
-        self.dtype = np.dtype([("sha256", "S64"), ("keys", ">u8", (views,)),
-                               ("fine", "u1", (views, image_signature.FINE_BYTES))])
-        self.records = np.zeros(0, dtype=self.dtype)
-        if path.is_file():
-            size = path.stat().st_size
-            whole = size - size % self.dtype.itemsize
-            if whole != size:
-                with path.open("r+b") as handle:
-                    handle.truncate(whole)
-            self.records = np.fromfile(path, dtype=self.dtype)
-        self._index = pd.Index(self.records["sha256"])
-
-    def add_missing(self, images: pd.DataFrame, root: Path, log: Log) -> tuple[int, set[str]]:
-        """Hash every image whose sha256 has no record; returns how many, and the ids that do not decode."""
-        missing = images[self._index.get_indexer(images["sha256"].str.encode("ascii")) < 0]
-        missing = missing.drop_duplicates("sha256")
-        unreadable: set[str] = set()
-        batch: list[tuple] = []
-        hashed = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as handle:
-            for isic_id, image, sha in missing.itertuples(index=False):
-                if len(sha) > 64:
-                    raise ValueError(f"{isic_id}: sha256 {sha!r} is longer than 64 characters")
-                try:
-                    keys, fine = image_signature.view_signatures(image_signature.grey(root / image))
-                except image_signature.UnreadableImageError as exc:
-                    log(f"near-duplicates: {isic_id} skipped: {exc}")
-                    unreadable.add(isic_id)
-                    continue
-                batch.append((sha.encode("ascii"), keys, fine))
-                hashed += 1
-                if len(batch) == 1000:
-                    self._append(handle, batch)
-                    batch = []
-            self._append(handle, batch)
-        return hashed, unreadable
-
-    def _append(self, handle, batch: list[tuple]) -> None:
-        if not batch:
-            return
-        new = np.array(batch, dtype=self.dtype)
-        handle.write(new.tobytes())
-        handle.flush()
-        self.records = np.concatenate([self.records, new])
-        self._index = pd.Index(self.records["sha256"])
-
-    def lookup(self, shas: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Keys (n x views, uint64) and 256-bit hashes (n x views x 32, uint8) of ``shas``, in order."""
-        rows = self._index.get_indexer(pd.Index(list(shas)).str.encode("ascii"))
-        if (rows < 0).any():
-            raise KeyError("a sha256 has no signature record")
-        chosen = self.records[rows]
-        return chosen["keys"].astype(np.uint64), np.ascontiguousarray(chosen["fine"])
-
-    def keep_only(self, shas: Iterable[str]) -> None:
-        """Rewrite the file without records of other images once those are half of it."""
-        keep = self._index.isin(pd.Index(list(shas)).str.encode("ascii"))
-        keep &= ~self._index.duplicated()
-        if len(self.records) <= max(64, 2 * int(keep.sum())):
-            return
-        with atomic_open(self.path, "wb") as handle:
-            handle.write(self.records[keep].tobytes())
+def _quick_scores(store: SignatureStore, rows: np.ndarray, found: pd.DataFrame) -> np.ndarray:
+    """The thumbnail check of every candidate, in slices (each reads only its pairs' thumbnails)."""
+    out = np.empty(len(found), dtype=np.float64)
+    step = 20_000
+    for lo in range(0, len(found), step):
+        part = found.iloc[lo : lo + step]
+        out[lo : lo + len(part)] = near_dup_quick_check.scores(
+            store.read(rows[part["other"].to_numpy()], "thumb"), store.read(rows[part["query"].to_numpy()], "thumb"),
+            part["view"].to_numpy())
+    return out
 
 
 def _confirm(usable: pd.DataFrame, root: Path, found: pd.DataFrame, state_path: Path) -> tuple[np.ndarray, int]:

@@ -1,0 +1,153 @@
+"""Candidate search for near-duplicates: locality-sensitive hashing of the 256-bit window hashes.
+
+Every image's whole picture is the index (n entries); every window of every image queries it, read
+in chunks from the signature store, so a copy cropped by up to 10% (whose whole picture matches one
+window of its original) meets its original whichever of the two is the copy.
+
+``TABLES`` tables each take ``TABLE_BITS`` bits drawn at random (a fixed seed) from the 256; a query
+reads the index entries with the same value in any table. A copy differs from the matching window
+in few bits (at most ``max_fine_distance``, mostly far fewer), so it shares all bits of some table
+with high probability; look-alike lesions share the bits of a table far less often. Unlike the exact
+multi-index search on the 64-bit keys this step used before, the buckets are narrow enough that the
+entries read between different images grow far more slowly with n: on look-alike lesions about
+1e-2 x n^2 entries for 32 tables of 20 bits, against 0.55 x n^2 before (docs/PERFORMANCE.md 13).
+
+Each entry read is kept when the window's 64-bit key is within ``max_distance`` of the whole
+picture's key and its 256-bit hash within ``max_fine_distance``, the same test as before. Then each
+image keeps at most ``closest`` partners (the closest by the 256-bit distance): look-alikes can crowd
+round one image, a copy is nearly always its closest, and the cap bounds the confirmations at
+``closest x n`` however crowded the archive is. The cap is applied twice: per chunk of queries
+(each windowed image keeps its closest partners, so the hits held stay about ``closest x n``) and
+over all pairs at the end (a pair stays when it is among the closest of either image).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+TABLES = 32  # crops reaching the candidates: 86% with 16 tables, 92% with 32 (no key limit; PERFORMANCE 13)
+TABLE_BITS = 20
+CLOSEST = 4  # partners kept per image, closest first
+_SEED = 20_240_612  # the bit draws are fixed: the same archive gives the same candidates on every run
+_CHUNK_READS = 1_000_000  # bucket entries read at once (~100 MB of arrays at most)
+
+# windows(lo, hi): keys (images x views, uint64) and 256-bit hashes (images x views x 32) of images lo..hi.
+Windows = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def popcount64(values: np.ndarray) -> np.ndarray:
+    """Set bits per uint64 (numpy 2's bitwise_count where present, a byte table otherwise)."""
+    count = getattr(np, "bitwise_count", None)
+    if count is not None:
+        return count(values).astype(np.int64)
+    table = np.array([i.bit_count() for i in range(256)], dtype=np.int64)
+    flat = np.ascontiguousarray(values, dtype=np.uint64)
+    return table[flat.view(np.uint8)].reshape(*flat.shape, 8).sum(axis=-1)
+
+
+def table_bits(tables: int = TABLES, bits: int = TABLE_BITS) -> np.ndarray:
+    """The bit positions (of 256) each table reads, ``tables x bits``, from the fixed seed."""
+    rng = np.random.default_rng(_SEED)
+    return np.stack([rng.choice(256, bits, replace=False) for _ in range(tables)])
+
+
+def _codes(fine: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The table value of each 256-bit hash (``fine``: ... x 32 bytes), an int64 per hash."""
+    code = np.zeros(fine.shape[:-1], dtype=np.int64)
+    for position in positions:
+        byte, shift = divmod(int(position), 8)
+        code = (code << 1) | ((fine[..., byte] >> (7 - shift)) & 1)
+    return code
+
+
+def search(whole_keys: np.ndarray, whole_fine: np.ndarray, windows: Windows, *, max_distance: int,
+           max_fine_distance: int, closest: int = CLOSEST, tables: int = TABLES, bits: int = TABLE_BITS,
+           chunk_images: int = 2_000) -> tuple[pd.DataFrame, int]:
+    """Candidate pairs and the number of bucket entries read.
+
+    ``whole_keys`` (n, uint64) and ``whole_fine`` (n x 32, uint8) are the whole-picture signatures;
+    ``windows(lo, hi)`` returns the keys and 256-bit hashes of every window of images ``lo..hi``.
+    Columns ``query, other, view, fine``: the whole picture of ``query`` matched window ``view`` of
+    ``other`` (``query != other``); one row per unordered pair, its closest window.
+    """
+    n = len(whole_fine)
+    positions = table_bits(tables, bits)
+    whole_words = np.ascontiguousarray(whole_fine).view(np.uint64)  # n x 4
+    index = []
+    for table in positions:  # per table: the index rows sorted by value, and where each value starts
+        values = _codes(whole_fine, table)
+        counts = np.bincount(values, minlength=1 << bits)
+        index.append((np.argsort(values, kind="stable").astype(np.int32), counts, np.cumsum(counts) - counts))
+    found: list[pd.DataFrame] = []
+    reads = 0
+    for lo in range(0, n, chunk_images):
+        hits: list[pd.DataFrame] = []
+        hi = min(n, lo + chunk_images)
+        keys, fine = windows(lo, hi)
+        views = keys.shape[1]
+        flat_keys = np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1)
+        flat_words = np.ascontiguousarray(fine).view(np.uint64).reshape(len(flat_keys), -1)
+        for table, (order, counts, starts) in zip(positions, index, strict=True):
+            values = _codes(fine, table).reshape(-1)
+            sizes = counts[values]
+            reads += int(sizes.sum())
+            for a, b in _read_chunks(sizes):
+                query, entry = _read(values[a:b], np.arange(a, b), sizes[a:b], order, starts)
+                image = lo + query // views
+                keep = entry != image
+                query, entry, image = query[keep], entry[keep], image[keep]
+                keep = popcount64(flat_keys[query] ^ whole_keys[entry]) <= max_distance
+                query, entry, image = query[keep], entry[keep], image[keep]
+                distance = popcount64(flat_words[query] ^ whole_words[entry]).sum(axis=1)
+                keep = distance <= max_fine_distance
+                if keep.any():
+                    hits.append(pd.DataFrame({"query": entry[keep].astype(np.int64), "other": image[keep],
+                                              "view": query[keep] % views, "fine": distance[keep]}))
+        if hits:  # each windowed image of the chunk keeps its closest partners: memory stays ~closest x n
+            chunk = pd.concat(hits, ignore_index=True).sort_values(["fine", "view"], kind="stable")
+            chunk = chunk.drop_duplicates(["query", "other"])
+            found.append(chunk[chunk.groupby("other").cumcount() < closest])
+    columns = ["query", "other", "view", "fine"]
+    if not found:
+        return pd.DataFrame(columns=columns, dtype=np.int64), reads
+    table = pd.concat(found, ignore_index=True)
+    table["a"] = np.minimum(table["query"], table["other"])
+    table["b"] = np.maximum(table["query"], table["other"])
+    table = table.sort_values(["a", "b", "fine", "view"], kind="stable").drop_duplicates(["a", "b"])
+    return _closest(table, closest)[columns].reset_index(drop=True), reads
+
+
+def _closest(table: pd.DataFrame, closest: int) -> pd.DataFrame:
+    """Pairs among the ``closest`` nearest partners of either of their images."""
+    table = table.sort_values(["fine", "a", "b"], kind="stable").reset_index(drop=True)
+    rows = np.arange(len(table))
+    sides = pd.DataFrame({"image": np.concatenate([table["a"].to_numpy(), table["b"].to_numpy()]),
+                          "row": np.concatenate([rows, rows])})
+    sides = sides.sort_values("row", kind="stable")  # closest first, as the table
+    rank = sides.groupby("image").cumcount().to_numpy()
+    best = np.full(len(table), np.iinfo(np.int64).max)
+    np.minimum.at(best, sides["row"].to_numpy(), rank)
+    return table[best < closest].sort_values(["a", "b"], kind="stable")
+
+
+def _read_chunks(sizes: np.ndarray) -> list[tuple[int, int]]:
+    """Consecutive query ranges that read at most about ``_CHUNK_READS`` entries each."""
+    ends = np.searchsorted(np.cumsum(sizes), np.arange(_CHUNK_READS, int(sizes.sum()) + 1, _CHUNK_READS),
+                           side="right")
+    edges = sorted({0, len(sizes), *(int(e) for e in ends if 0 < e < len(sizes))})
+    return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
+
+
+def _read(values: np.ndarray, queries: np.ndarray, sizes: np.ndarray, order: np.ndarray,
+          starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (query, index row) pair sharing a bucket."""
+    total = int(sizes.sum())
+    if total == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    offsets = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return np.repeat(queries, sizes), order[np.repeat(starts[values], sizes) + offsets]
