@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import scipy.fft
 
 from . import image_signature
 
@@ -65,6 +64,8 @@ def scores(windowed: np.ndarray, others: np.ndarray, views: np.ndarray) -> np.nd
 
     ``windowed`` and ``others`` are stacks of thumbnails (k x 64 x 64, uint8). 1.0 is the same picture.
     """
+    import scipy.fft  # here, not with the code location that every dagster command loads
+
     band, taper = _filters()
     keep = np.r_[0 : SHIFT + 1, THUMB_SIDE - SHIFT : THUMB_SIDE]
     out = np.empty(len(views), dtype=np.float64)
