@@ -36,21 +36,24 @@ from isic_assets_tests.e2e_support import _alive, descendants, make_dagster_home
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).with_name("dagster")
 IMAGES = 16
+# The merge checks about 16 such images in well under a second: its test uses this many, so the signal
+# still lands mid-check when the test process reading the run's output lags on a busy machine.
+MERGE_IMAGES = 128
 # Slow enough per image (hair removal at 512 px on 1000x750) that a signal lands mid-pool.
 TRANSFORM = {"ops": {"transformed_images": {"config": {"size": 512, "hair_removal": True, "workers": 2}}}}
 
 
-def _source(folder: Path) -> Path:
+def _source(folder: Path, images: int = IMAGES) -> Path:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     with zipfile.ZipFile(folder / "images.zip", "w") as archive:
-        for i in range(IMAGES):
+        for i in range(images):
             pixels = rng.integers(0, 255, size=(750, 1000, 3), dtype=np.uint8)
             buffer = io.BytesIO()
             Image.fromarray(pixels).save(buffer, format="JPEG", quality=75)
             archive.writestr(f"part3/ISIC_{i:07d}.jpg", buffer.getvalue())
     (folder / "gt.csv").write_text("".join(f"ISIC_{i:07d},{'malignant' if i % 3 == 0 else 'benign'}\r\n"
-                                           for i in range(IMAGES)))
+                                           for i in range(images)))
     catalog = {"sources": {"slow": {"format": "isic2016", "files": {
         "images": (folder / "images.zip").as_uri(), "ground_truth": (folder / "gt.csv").as_uri()}}}}
     path = folder / "catalog.yaml"
@@ -149,6 +152,7 @@ def test_an_interrupted_transform_stops_cleanly_and_the_next_run_completes_ident
 
 def test_a_terminated_merge_stops_cleanly_and_the_next_run_completes_identically(env, tmp_path):
     """Terminate in the UI: SIGTERM to the run process while the merge checks on its threads."""
+    env = {**env, "ISIC_CATALOG": str(_source(tmp_path / "many", MERGE_IMAGES))}
     _run(env, "raw_zips")
     root = Path(env["ISIC_DATA_DIR"])
     process = _materialize(env, "merged_images,merged_metadata")
