@@ -222,7 +222,7 @@ class SqliteLog:
 
     def _open_checked(self) -> sqlite3.Connection:
         if self.path.exists():
-            problem, db = _check_database(self.path, self._VERSION, "records")
+            problem, db = check_database(self.path, self._VERSION, "records")
             if db is not None:
                 return db
             aside = self.path.with_name(self.path.name + ".damaged")
@@ -358,11 +358,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _check_database(path: Path, version: int, *tables: str) -> tuple[str, sqlite3.Connection | None]:
-    """Open ``path`` if it is a sound SQLite file of this layout; else why not (and no connection)."""
+def check_database(path: Path, version: int, *tables: str,
+                   connect: Callable[[Path], sqlite3.Connection] = _connect) -> tuple[str, sqlite3.Connection | None]:
+    """Open ``path`` with ``connect`` if it is a sound SQLite file of this layout (``PRAGMA user_version``
+    and these tables); else why not, in words for the run log, and no connection."""
     db = None
     try:
-        db = _connect(path)
+        db = connect(path)
         result = db.execute("PRAGMA quick_check").fetchone()
         found_version = db.execute("PRAGMA user_version").fetchone()[0]
         found = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

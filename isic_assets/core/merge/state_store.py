@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..scan_state import check_database
+
 STATE_FILE = "merge.sqlite"
 _SCHEMA_VERSION = 1
 _FILE_FACTS = ("source", "name", "sha256", "width", "height", "ext", "file_bytes", "exif_orientation", "format")
@@ -235,20 +237,4 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 def _check(path: Path) -> tuple[str, sqlite3.Connection | None]:
     """Open ``path`` if it is a sound state file of this layout; else why not (and no connection)."""
-    db = None
-    try:
-        db = _connect(path)
-        result = db.execute("PRAGMA quick_check").fetchone()
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if result is None or result[0] != "ok":
-            problem = f"fails SQLite's integrity check ({result[0] if result else 'no answer'})"
-        elif version != _SCHEMA_VERSION or not {"members", "written"} <= tables:
-            problem = f"has another layout (version {version}, tables {sorted(tables)})"
-        else:
-            return "", db
-    except sqlite3.DatabaseError as exc:
-        problem = f"is not a readable SQLite database ({exc})"
-    if db is not None:
-        db.close()
-    return problem, None
+    return check_database(path, _SCHEMA_VERSION, "members", "written", connect=_connect)
