@@ -16,8 +16,9 @@ are listed in ``Combined.conflicts`` for a human to look at.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,7 +51,11 @@ class Combined:
 
 
 def _is_text(series: pd.Series) -> bool:
-    return pd.api.types.is_string_dtype(series.dtype) or series.dtype == object
+    return _is_text_dtype(series.dtype)
+
+
+def _is_text_dtype(dtype: Any) -> bool:
+    return pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype)
 
 
 def _present(series: pd.Series) -> pd.Series:
@@ -185,7 +190,8 @@ def _column_conflicts(
     return conflicts, refined
 
 
-def combine_sources(frames: Sequence[tuple[str, pd.DataFrame]], *, prefer_finer: bool = True) -> Combined:
+def combine_sources(frames: Sequence[tuple[str, pd.DataFrame]], *, prefer_finer: bool = True,
+                    dtypes: Mapping[str, Any] | None = None) -> Combined:
     """Combine ``(source name, harmonized frame)`` pairs given in CATALOG order.
 
     The result has one row per ``isic_id`` (in order of first appearance), a ``sources`` column with
@@ -194,6 +200,10 @@ def combine_sources(frames: Sequence[tuple[str, pd.DataFrame]], *, prefer_finer:
     one is kept unless ``prefer_finer`` is False. ``conflicts`` lists every id and column in
     :data:`CONFLICT_COLUMNS` where sources give incompatible non-empty values, as
     ``values = "isic2016=benign; isic2019=malignant"`` and the ``kept`` value.
+
+    Each id is combined from its own rows alone, so the frames may be one range of ids at a time
+    (merge/id_ranges.py); ``dtypes`` then gives each column the type it has in the whole table,
+    which the rows of one range alone may not show.
     """
     if not frames:
         empty = pd.DataFrame({"isic_id": pd.Series([], dtype="str"), "sources": pd.Series([], dtype="str")})
@@ -225,11 +235,11 @@ def combine_sources(frames: Sequence[tuple[str, pd.DataFrame]], *, prefer_finer:
             combined[column] = kept
 
     for column in columns:
-        original = long[column]
-        if _is_text(original):
+        dtype = dtypes[column] if dtypes is not None and column in dtypes else long[column].dtype
+        if _is_text_dtype(dtype):
             combined[column] = combined[column].fillna(vocab.MISSING).astype("str")
         else:
-            combined[column] = combined[column].astype(original.dtype)
+            combined[column] = combined[column].astype(dtype)
     return Combined(frame=pd.DataFrame(combined, index=index), conflicts=_conflict_frame(conflict_rows))
 
 

@@ -30,7 +30,6 @@ from .. import layout
 from ..atomic import TMP_PREFIX, atomic_write_bytes, remove_stale_temporaries
 from ..compute.setting import LOCAL, ComputeChoice
 from ..operation.disk_space import disk_full_errors, ensure_free_space, format_bytes
-from .combine import combine_sources
 from .duplicates import (
     DUPLICATE_COLUMNS,
     QUARANTINE_COLUMNS,
@@ -42,7 +41,8 @@ from .duplicates import (
 )
 from .harmonize import Harmonized, harmonize
 from .harmonize.isic2024 import FORMAT as ISIC2024
-from .harmonize.isic2024 import harmonize_isic2024_source, refused_records, with_image_type
+from .harmonize.isic2024 import Harmonized2024, Isic2024Chunks, isic2024_source_chunks, refused_records, with_image_type
+from .id_ranges import HarmonizedRanges
 from .image_check import DEFAULT_CHECK_TIME_LIMIT_S, ImageFacts, ImageRejected, inspect_many
 from .member_source import FolderMembers, MemberSource, open_image_file
 from .metadata_table import METADATA_COLUMNS, MetadataSummary, label_conflicts, write_metadata, write_tables
@@ -60,7 +60,8 @@ STAGE = "merge_sources"
 STATE_DIR = "_state"
 _FLUSH_EVERY = 200  # members checked per committed transaction: a kill loses at most this many
 _PAGE = 5000  # members handed to the checker at a time, so only a page of listings is in memory
-_TABLE_PAGE = 20_000  # kept images per page of metadata.csv / metadata.parquet (and combined rows per chunk)
+_TABLE_PAGE = 20_000  # kept images per page of metadata.csv / metadata.parquet
+_METADATA_CHUNK = 20_000  # rows of an ISIC 2024 metadata CSV harmonized at a time
 _FILE_FACTS = ("source", "name", "sha256", "width", "height", "ext", "file_bytes", "exif_orientation", "format")
 
 
@@ -186,43 +187,106 @@ def merge_sources(
     ordered = sorted(sources, key=lambda s: s.order)
     order = {s.name: s.order for s in ordered}
 
-    harmonized = {s.name: harmonize_source(s, options.limits) for s in ordered}
-    for s in ordered:
-        harmonized[s.name].frame = with_image_type(s.format, harmonized[s.name].frame)
-    combined = combine_sources([(s.name, harmonized[s.name].frame) for s in ordered])
-    notes = [f"{name}: {note}" for name, h in harmonized.items() for note in h.notes]
-    metadata_rows = {name: len(h.frame) for name, h in harmonized.items()}
-
-    pairs = [pair for h in harmonized.values() for pair in h.duplicate_pairs]
     has_outputs = any(images_dir.iterdir())
     state = MergeState(out_dir / STATE_DIR, log, has_outputs)
     try:
-        report = _merge(ordered, order, harmonized, metadata_rows, combined, notes, pairs, state, out_dir,
-                        images_dir, options, log)
+        with _harmonized_metadata(ordered, order, state, options.limits) as metadata:
+            report = _merge_and_write(ordered, order, metadata, state, out_dir, images_dir, options, log)
     finally:
         state.close()
     report.seconds = time.monotonic() - started
     return report
 
 
-def _merge(ordered: list[SourceArchive], order: dict[str, int], harmonized: Mapping[str, Harmonized],
-           metadata_rows: Mapping[str, int], combined: Any, notes: list[str], pairs: list[tuple[str, str]],
-           state: MergeState, out_dir: Path, images_dir: Path, options: MergeOptions, log: Log) -> MergeReport:
-    _fill_metadata_tables(state, ordered, order, harmonized, combined.frame)
-    # From here on no whole metadata frame is held: the harmonized frames are dropped (their ids are
-    # in the state's tables) and the combined one waits on disk, in id order, for the table writing.
-    for h in harmonized.values():
-        h.frame = h.frame.iloc[:0]
-    with _spill_in_id_order(combined.frame, state.path.parent) as combined_chunks:
-        combined.frame = combined.frame.iloc[:0]
-        return _merge_and_write(ordered, order, harmonized, metadata_rows, combined, combined_chunks, notes,
-                                pairs, state, out_dir, images_dir, options, log)
+@dataclass
+class _Metadata:
+    """The metadata side of a merge, harmonized and combined; its rows wait on disk, in id order."""
+
+    notes: list[str]
+    pairs: list[tuple[str, str]]
+    rows: dict[str, int]
+    conflicts: pd.DataFrame
+    chunks: Callable[[], Iterator[pd.DataFrame]]
 
 
-def _merge_and_write(ordered: list[SourceArchive], order: dict[str, int], harmonized: Mapping[str, Harmonized],
-                     metadata_rows: Mapping[str, int], combined: Any, combined_chunks: Callable[[], Iterator[Any]],
-                     notes: list[str], pairs: list[tuple[str, str]], state: MergeState, out_dir: Path,
-                     images_dir: Path, options: MergeOptions, log: Log) -> MergeReport:
+@contextlib.contextmanager
+def _harmonized_metadata(ordered: Sequence[SourceArchive], order: Mapping[str, int], state: MergeState,
+                         limits: ZipLimits) -> Iterator[_Metadata]:
+    """Harmonize every source and combine them, holding at most a chunk or a range of ids at a time.
+
+    An ISIC 2024 source is harmonized a chunk of rows at a time (``Isic2024Chunks``); the other
+    formats, whose releases are at most a few tens of thousands of rows, whole. Every chunk goes to
+    disk by id range (``HarmonizedRanges``) and is combined a range at a time; the combined rows are
+    parked, sorted by ``isic_id``, in an anonymous temporary file of the state folder for the table
+    writing, and the facts resolution and the quarantine ask about go to the state's run tables.
+    """
+    import pickle
+    import tempfile
+
+    folder = state.path.parent
+    state.fill("source_order", order.items())
+    notes: list[str] = []
+    pairs: list[tuple[str, str]] = []
+    rows: dict[str, int] = {}
+    own_conflicts: list[pd.DataFrame | None] = []
+    parts: list[pd.DataFrame] = []
+    pieces = 0
+    with tempfile.TemporaryFile(dir=folder, prefix=".tmp-combined-") as handle:
+        with HarmonizedRanges(folder) as ranges:
+            for source in ordered:
+                rows[source.name] = 0
+                if source.format == ISIC2024:
+                    chunks = _isic2024_chunks(source, limits)
+                    index = ranges.source(source.name, chunks.cast)
+                    for frame in chunks:
+                        ranges.add(index, frame)
+                        rows[source.name] += len(frame)
+                        # A 2024 image with no row in its own metadata has no label: quarantined, not kept.
+                        state.fill("listed", ((source.name, i) for i in frame["isic_id"].tolist()))
+                    source_notes, conflicts = chunks.finish()
+                    own_conflicts.append(conflicts)
+                else:
+                    harmonized = harmonize_source(source, limits)
+                    frame = with_image_type(source.format, harmonized.frame)
+                    ranges.add(ranges.source(source.name), frame)
+                    rows[source.name] = len(frame)
+                    source_notes, pairs = harmonized.notes, pairs + harmonized.duplicate_pairs
+                    own_conflicts.append(None)
+                    del harmonized, frame
+                notes += [f"{source.name}: {note}" for note in source_notes]
+            state.commit()
+            for combined in ranges.combined():
+                _fill_metadata_ids(state, combined.frame)
+                pickle.dump(combined.frame, handle, protocol=pickle.HIGHEST_PROTOCOL)
+                pieces += 1
+                if len(combined.conflicts) or not parts:
+                    parts.append(combined.conflicts)
+            state.commit()
+        combined_conflicts = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        conflicts = pd.concat([combined_conflicts, *(combined_conflicts.iloc[:0] if c is None else c
+                                                     for c in own_conflicts)], ignore_index=True)
+
+        def read() -> Iterator[pd.DataFrame]:
+            handle.seek(0)
+            for _ in range(pieces):
+                yield pickle.load(handle)  # written by this process just above: nothing from outside
+
+        yield _Metadata(notes=notes, pairs=pairs, rows=rows, conflicts=conflicts, chunks=read)
+
+
+def _fill_metadata_ids(state: MergeState, frame: pd.DataFrame) -> None:
+    """The ids with a metadata row (and their sources) and the labelled ones, for one range."""
+    if not len(frame):
+        return
+    ids = frame["isic_id"].tolist()
+    state.fill("meta_ids", zip(ids, frame["sources"].tolist(), strict=True))
+    labelled = (frame["benign_malignant"].astype(str) != "").to_numpy()
+    state.fill("labelled", ((i,) for i, keep in zip(ids, labelled, strict=True) if keep))
+
+
+def _merge_and_write(ordered: list[SourceArchive], order: dict[str, int], metadata: _Metadata, state: MergeState,
+                     out_dir: Path, images_dir: Path, options: MergeOptions, log: Log) -> MergeReport:
+    pairs = metadata.pairs
     pair_ids = sorted({i for pair in pairs for i in pair})
     skip_writes = presumed_listed_drops(pairs, labelled_among(state, pair_ids))
     stats: dict[str, SourceStats] = {}
@@ -235,7 +299,7 @@ def _merge_and_write(ordered: list[SourceArchive], order: dict[str, int], harmon
     with contextlib.ExitStack() as stack, disk_full_errors(STAGE, out_dir, needed):
         cluster = _Cluster(options, out_dir, stack, log) if options.compute.uses_dask else None
         for source in ordered:
-            stats[source.name].metadata_rows = metadata_rows[source.name]
+            stats[source.name].metadata_rows = metadata.rows[source.name]
             scan_source(source, state, order, options, stats[source.name], log, skip_writes,
                         cluster=cluster, members=scans[source.name])
 
@@ -245,10 +309,9 @@ def _merge_and_write(ordered: list[SourceArchive], order: dict[str, int], harmon
         out_dir=out_dir,
         duplicates=resolution.duplicates,
         quarantine=quarantine(state, resolution),
-        conflicts=pd.concat([combined.conflicts, *(getattr(h, "conflicts", combined.conflicts.iloc[:0])
-                                                   for h in harmonized.values())], ignore_index=True),
+        conflicts=metadata.conflicts,
         per_source=stats,
-        notes=notes,
+        notes=metadata.notes,
     )
     report.backend = options.compute.kind
     report.compute_workers = cluster.threads if cluster is not None and cluster.threads else options.workers
@@ -262,29 +325,12 @@ def _merge_and_write(ordered: list[SourceArchive], order: dict[str, int], harmon
         "SELECT COUNT(*) FROM best b WHERE kept = 1 AND NOT EXISTS "
         "(SELECT 1 FROM meta_ids m WHERE m.isic_id = b.isic_id)").fetchone()[0])
     with disk_full_errors(STAGE, out_dir):
-        report.table = write_metadata(out_dir, combined_chunks(), _kept_facts(state), order,
+        report.table = write_metadata(out_dir, metadata.chunks(), _kept_facts(state), order,
                                       label_conflicts(report.conflicts), report.images_without_metadata > 0)
         write_tables(out_dir, report)
     for name, stat in stats.items():
         stat.kept = report.table.kept_per_source.get(name, 0)
     return report
-
-
-def _fill_metadata_tables(state: MergeState, ordered: Sequence[SourceArchive], order: Mapping[str, int],
-                          harmonized: Mapping[str, Harmonized], frame: pd.DataFrame) -> None:
-    """The metadata facts resolution and the quarantine ask about, as the run's tables."""
-    state.fill("source_order", order.items())
-    if len(frame):
-        ids = frame["isic_id"].tolist()
-        state.fill("meta_ids", zip(ids, frame["sources"].tolist(), strict=True))
-        labelled = (frame["benign_malignant"].astype(str) != "").to_numpy()
-        state.fill("labelled", ((i,) for i, keep in zip(ids, labelled, strict=True) if keep))
-        del ids
-    for source in ordered:
-        if source.format == ISIC2024:
-            # A 2024 image with no row in its own metadata has no label: quarantined, not kept unlabelled.
-            state.fill("listed", ((source.name, i) for i in harmonized[source.name].frame["isic_id"].tolist()))
-    state.commit()
 
 
 def _all_records(ordered: Sequence[SourceArchive], scans: Mapping[str, MemberSource], state: MergeState,
@@ -313,32 +359,6 @@ def _kept_facts(state: MergeState) -> Iterator[dict[str, list[Any]]]:
         yield {name: list(values) for name, values in zip(names, zip(*page, strict=True), strict=True)}
 
 
-@contextlib.contextmanager
-def _spill_in_id_order(frame: pd.DataFrame, folder: Path) -> Iterator[Callable[[], Iterator[pd.DataFrame]]]:
-    """Park ``frame`` on disk sorted by ``isic_id``, in chunks, and give a reader of those chunks.
-
-    An anonymous temporary file in the state folder (gone with the process, whatever happens to it);
-    pickled frames keep every dtype exactly, so the tables come out as from the frame itself.
-    """
-    import pickle
-    import tempfile
-
-    with tempfile.TemporaryFile(dir=folder, prefix=".tmp-combined-") as handle:
-        ordered = frame.sort_values("isic_id", kind="stable").reset_index(drop=True)
-        del frame  # this generator lives as long as the merge: it must not keep the frame alive
-        for start in range(0, max(len(ordered), 1), _TABLE_PAGE):
-            pickle.dump(ordered.iloc[start:start + _TABLE_PAGE], handle, protocol=pickle.HIGHEST_PROTOCOL)
-        chunks = -(-len(ordered) // _TABLE_PAGE) or 1
-        del ordered
-
-        def read() -> Iterator[pd.DataFrame]:
-            handle.seek(0)
-            for _ in range(chunks):
-                yield pickle.load(handle)  # written by this process just above: nothing from outside
-
-        yield read
-
-
 # ----------------------------------------------------------------------------------------------
 # metadata
 
@@ -350,8 +370,11 @@ def harmonize_source(source: SourceArchive, limits: ZipLimits) -> Harmonized:
         # The API download is written in the isic-cli metadata.csv shape, the same current schema as
         # an Archive export (docs/ISIC_SOURCES.md 2.5), so one harmonizer serves both.
         return harmonize("isic_archive_zip", {"metadata": source.files["folder"] / layout.METADATA_CSV})
-    if source.format == "isic2024":
-        return harmonize_isic2024_source(files, source.image_zip, limits)
+    if source.format == "isic2024":  # whole: the merge itself takes it a chunk at a time
+        chunks = _isic2024_chunks(source, limits)
+        frame = chunks.cast(pd.concat(list(chunks), ignore_index=True))
+        notes, conflicts = chunks.finish()
+        return Harmonized2024(frame=frame, notes=notes, conflicts=conflicts)
     if source.format == "isic_archive_zip":
         files["metadata"] = io.BytesIO(_read_csv_member(source.image_zip, "metadata.csv", limits))
     elif source.format == "isic2017" and "metadata" not in files:
@@ -361,6 +384,11 @@ def harmonize_source(source: SourceArchive, limits: ZipLimits) -> Harmonized:
         if inside:
             files["metadata"] = io.BytesIO(read_member(source.image_zip, inside[0], limits))
     return harmonize(source.format, files)
+
+
+def _isic2024_chunks(source: SourceArchive, limits: ZipLimits) -> Isic2024Chunks:
+    files = {role: path for role, path in source.files.items() if role not in ("images", "archive")}
+    return isic2024_source_chunks(files, source.image_zip, limits, chunk_rows=_METADATA_CHUNK)
 
 
 def _read_csv_member(archive: Path, basename: str, limits: ZipLimits) -> bytes:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sqlite3
 import zipfile
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -112,27 +113,67 @@ class _Table:
         return len(self.frame)
 
 
-def _source_bytes(source: Source, role: str) -> tuple[str, bytes]:
-    """Read a source fully; a zip holding exactly one CSV is opened (2018 ground truth ships so)."""
+def _source_text(source: Source, role: str) -> tuple[str, Iterator[str]]:
+    """The text of a source, a block of whole lines at a time; a zip holding exactly one CSV is
+    opened (2018 ground truth ships so). A file on disk is read a block at a time, never whole."""
     if isinstance(source, (str, Path)):
         path = Path(source)
         try:
-            data = path.read_bytes()
+            handle = path.open("rb")
         except OSError as exc:
             raise HarmonizeError(
                 f"{path}: cannot read the {role} file ({exc.strerror or exc})", file=str(path)
             ) from exc
-        label = str(path)
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        data, label = bytes(source), f"<{role} bytes>"
-    else:
-        data = source.read()
-        label = str(getattr(source, "name", "") or f"<{role} stream>")
-        if isinstance(data, str):
-            raise HarmonizeError(f"{label}: the {role} stream is a text stream; expected bytes", file=label)
-    if data[:4] == b"PK\x03\x04":
-        return _single_csv_from_zip(label, data, role)
-    return label, data
+        return _text_of_stream(str(path), handle, role, close=True)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _text_of_stream(f"<{role} bytes>", io.BytesIO(bytes(source)), role)
+    return _text_of_stream(str(getattr(source, "name", "") or f"<{role} stream>"), source, role)
+
+
+def _text_of_stream(label: str, stream: IO[bytes], role: str, close: bool = False) -> tuple[str, Iterator[str]]:
+    try:
+        first = stream.read(_BLOCK_BYTES)
+    except OSError as exc:
+        stream.close()
+        raise HarmonizeError(f"{label}: cannot read the {role} file ({exc.strerror or exc})", file=label) from exc
+    if isinstance(first, str):
+        raise HarmonizeError(f"{label}: the {role} stream is a text stream; expected bytes", file=label)
+    if first[:4] == b"PK\x03\x04":
+        data = first + stream.read()
+        if close:
+            stream.close()
+        label, data = _single_csv_from_zip(label, data, role)
+        return label, _text_blocks(label, io.BytesIO(data), b"")
+    return label, _text_blocks(label, stream, first, close=close)
+
+
+def _text_blocks(label: str, stream: IO[bytes], first: bytes, close: bool = False) -> Iterator[str]:
+    """The decoded text of ``stream`` a block of whole lines at a time (``first``: bytes already read).
+
+    Blocks end after a ``\\n``, so neither a line ending nor a UTF-8 character is cut; a file without
+    one (``\\r`` line endings) is one block. A byte that is not UTF-8 names its line, as when the
+    file was decoded whole.
+    """
+    carry, newlines, bom = first, 0, True
+    try:
+        while True:
+            block = stream.read(_BLOCK_BYTES)
+            data = carry + block
+            if block:
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    carry = data
+                    continue
+                data, carry = data[:cut], data[cut:]
+            if data:
+                yield _decode(label, data, newlines, bom=bom)
+                bom = False
+                newlines += data.count(b"\n")
+            if not block:
+                return
+    finally:
+        if close:
+            stream.close()
 
 
 def _single_csv_from_zip(label: str, data: bytes, role: str) -> tuple[str, bytes]:
@@ -167,12 +208,12 @@ def _single_csv_from_zip(label: str, data: bytes, role: str) -> tuple[str, bytes
         return f"{label}!{member.filename}", archive.read(member)
 
 
-def _decode(label: str, data: bytes) -> str:
+def _decode(label: str, data: bytes, lines_before: int = 0, *, bom: bool = True) -> str:
     """UTF-8 with or without a BOM (``utf-8-sig`` drops it); anything else names the line."""
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8-sig" if bom else "utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        line = lines_before + data.count(b"\n", 0, exc.start) + 1
         raise HarmonizeError(
             f"{label}: line {line}: byte {data[exc.start]:#04x} is not UTF-8; expected a UTF-8 CSV",
             file=label,
@@ -184,17 +225,20 @@ def _decode(label: str, data: bytes) -> str:
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 
 
-def _lines(text: str) -> Iterator[str]:
-    """The lines of ``text`` for csv.reader, one at a time.
+def _lines(blocks: Iterable[str]) -> Iterator[str]:
+    """The lines of the text blocks for csv.reader, one at a time.
 
     io.StringIO would copy the whole text into a 4-byte-per-character buffer: 180 MB for the
-    45 MB metadata CSV of 100k ISIC 2024 images, more than the table it becomes.
+    45 MB metadata CSV of 100k ISIC 2024 images, more than the table it becomes. Blocks end with a
+    line, so a line is never split between two.
     """
-    for match in _LINE.finditer(text):
-        yield match.group()
+    for text in blocks:
+        for match in _LINE.finditer(text):
+            yield match.group()
 
 
 _CHUNK_ROWS = 8192  # rows parsed before they are turned into compact columns
+_BLOCK_BYTES = 4 << 20  # bytes of a CSV file read and decoded at a time
 _SHARED_VALUES = 4096  # distinct values per column shared as one object; beyond that, ids or numbers
 
 
@@ -287,7 +331,7 @@ def _read_table(
     headerless_columns: Sequence[str] | None = None,
     numeric_columns: Collection[str] = (),
 ) -> _Table:
-    """Parse a CSV into strings, keeping the file line of each row.
+    """Parse a CSV into strings, keeping the file line of each row (the whole file as one table).
 
     The csv module is used instead of ``pd.read_csv`` because pandas silently skips blank lines,
     which would make the reported line numbers wrong. CRLF, a missing final newline and a UTF-8 BOM
@@ -297,10 +341,27 @@ def _read_table(
     the caller needs to judge them), so a 400k-row table of measurements is not held as text.
     Rows are turned into columns every few thousand, so memory follows the table, not its text.
     """
-    label, data = _source_bytes(source, role)
-    text = _decode(label, data)
-    del data  # the text is all that is needed from here on
-    reader = csv.reader(_lines(text))
+    return next(_read_table_chunks(source, role, headerless_columns=headerless_columns,
+                                   numeric_columns=numeric_columns))
+
+
+def _read_table_chunks(
+    source: Source,
+    role: str,
+    *,
+    headerless_columns: Sequence[str] | None = None,
+    numeric_columns: Collection[str] = (),
+    chunk_rows: int | None = None,
+) -> Iterator[_Table]:
+    """:func:`_read_table` a chunk of ``chunk_rows`` rows at a time (``None``: one table of every row).
+
+    Each table carries the file lines of its own rows and the blank lines met since the previous
+    one. The last table is always given, even empty. A fault of the file (unreadable CSV, a row of
+    the wrong width, a repeated header name) is raised before the table of the rows it lies among,
+    so with one chunk the errors come in the order of the whole-file reading.
+    """
+    label, blocks = _source_text(source, role)
+    reader = csv.reader(_lines(blocks))
     header: list[str] | None = list(headerless_columns) if headerless_columns is not None else None
     header_line = 0
     builder = _ColumnBuilder(header, numeric_columns) if header is not None else None
@@ -311,6 +372,19 @@ def _read_table(
     wrong_width: tuple[int, list[str]] | None = None
     blank = 0
     previous_end = 0
+    in_chunk = 0
+
+    def table() -> _Table:
+        assert header is not None
+        _check_header(label, header, header_line, headerless_columns is None)
+        _check_width(label, header, wrong_width)
+        done = builder or _ColumnBuilder(header, numeric_columns)
+        done.add(rows, row_lines)
+        # object dtype while validating (building Arrow strings per step is slow); _assemble converts.
+        frame, numeric = done.frame()
+        return _Table(label=label, frame=frame, lines=np.asarray(body_lines + row_lines, dtype=np.int64),
+                      blank_lines=blank, numeric=numeric)
+
     try:
         for record in reader:
             start = previous_end + 1
@@ -329,7 +403,11 @@ def _read_table(
                 builder = _ColumnBuilder(header, numeric_columns) if len(set(header)) == len(header) else None
             rows.append(values)
             row_lines.append(start)
-            if len(rows) == _CHUNK_ROWS:
+            in_chunk += 1
+            if chunk_rows is not None and in_chunk == chunk_rows:
+                yield table()
+                builder, rows, row_lines, body_lines, blank, in_chunk = None, [], [], [], 0, 0
+            elif len(rows) == _CHUNK_ROWS:
                 if builder is not None:
                     builder.add(rows, row_lines)
                 body_lines += row_lines
@@ -338,43 +416,43 @@ def _read_table(
         raise HarmonizeError(
             f"{label}: line {reader.line_num}: unreadable CSV ({exc})", file=label, line=reader.line_num
         ) from exc
-    del text
 
     if header is None:
         raise HarmonizeError(
             f"{label}: line 1: the file is empty; expected a CSV header", file=label, line=1
         )
-    if headerless_columns is None:
-        seen: set[str] = set()
-        for name in header:
-            if name in seen:
-                raise HarmonizeError(
-                    f"{label}: line {header_line}: column {name!r} appears twice in the header {header}; "
-                    "expected unique column names",
-                    file=label,
-                    line=header_line,
-                    column=name,
-                )
-            seen.add(name)
+    yield table()
+
+
+def _check_header(label: str, header: list[str], header_line: int, named: bool) -> None:
+    if not named:
+        return
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise HarmonizeError(
+                f"{label}: line {header_line}: column {name!r} appears twice in the header {header}; "
+                "expected unique column names",
+                file=label,
+                line=header_line,
+                column=name,
+            )
+        seen.add(name)
+
+
+def _check_width(label: str, header: list[str], wrong_width: tuple[int, list[str]] | None) -> None:
+    if wrong_width is None:
+        return
     width = len(header)
-    if wrong_width is not None:
-        line, record = wrong_width
-        raise HarmonizeError(
-            f"{label}: line {line}: found {len(record)} fields {record}; expected {width} "
-            f"(header {header})",
-            file=label,
-            line=line,
-            value=",".join(record),
-            expected=f"{width} fields",
-        )
-    builder = builder or _ColumnBuilder(header, numeric_columns)
-    builder.add(rows, row_lines)
-    body_lines += row_lines
-    del rows
-    # object dtype while validating (building Arrow strings per step is slow); _assemble converts.
-    frame, numeric = builder.frame()
-    return _Table(label=label, frame=frame, lines=np.asarray(body_lines, dtype=np.int64), blank_lines=blank,
-                  numeric=numeric)
+    line, record = wrong_width
+    raise HarmonizeError(
+        f"{label}: line {line}: found {len(record)} fields {record}; expected {width} "
+        f"(header {header})",
+        file=label,
+        line=line,
+        value=",".join(record),
+        expected=f"{width} fields",
+    )
 
 
 def _require_columns(table: _Table, required: Collection[str], what: str) -> None:
@@ -418,24 +496,56 @@ def _value_error(table: _Table, mask: np.ndarray | pd.Series, column: str, expec
 # ---------------------------------------------------------------------------------------------
 
 
-def _ids(table: _Table, column: str) -> tuple[pd.Series, pd.Series, int]:
+class SeenIds:
+    """The ids of the chunks of one file read so far, kept on disk, so a chunked reading still finds
+    an id repeated in two chunks (a private temporary SQLite database: gone when closed)."""
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect("")  # "": a temporary database on disk, not in memory
+        self.db.execute("CREATE TABLE seen (isic_id TEXT PRIMARY KEY, line INTEGER, written TEXT) WITHOUT ROWID")
+
+    def first_repeat(self, table: _Table, ids: list[str], written: list[str]) -> tuple[int, int, str] | None:
+        """Record this chunk's ids; the first row whose id an earlier row had (in this chunk or an
+        earlier one), as (position, that earlier row's line, its spelling), or None."""
+        before = self.db.total_changes
+        self.db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?)",
+                            zip(ids, table.lines.tolist(), written, strict=True))
+        if self.db.total_changes - before == len(ids):
+            return None
+        for position, isic_id in enumerate(ids):
+            line, spelled = self.db.execute("SELECT line, written FROM seen WHERE isic_id = ?", (isic_id,)).fetchone()
+            if line != table.line(position):
+                return position, int(line), str(spelled)
+        return None
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _ids(table: _Table, column: str, seen: SeenIds | None = None) -> tuple[pd.Series, pd.Series, int]:
     """Canonical ids, the ids as written, and how many had ``_downsampled`` stripped.
 
     Two rows with one canonical id in one file are an error naming both lines: which row is right
-    cannot be decided here, and keeping either would drop the other silently.
+    cannot be decided here, and keeping either would drop the other silently. ``seen`` holds the
+    ids of the earlier chunks when a file is read a chunk at a time.
     """
     written = table.frame[column]
     canonical = [normalize_isic_id(value) for value in written.tolist()]
     _value_error(table, np.array([value is None for value in canonical], dtype=bool), column, _ID_EXPECTED)
     ids = pd.Series(canonical, dtype=object)
-    repeated = ids.duplicated(keep="first").to_numpy()
-    if repeated.any():
+    if seen is not None:  # one look-up finds a repeat within this chunk or of an earlier one
+        repeat = seen.first_repeat(table, canonical, written.tolist())  # type: ignore[arg-type]
+    else:
+        repeated = ids.duplicated(keep="first").to_numpy()
         second = int(np.argmax(repeated))
-        first = int(np.argmax((ids == ids.iloc[second]).to_numpy()))
-        line_a, line_b = table.line(first), table.line(second)
+        first = int(np.argmax((ids == ids.iloc[second]).to_numpy())) if repeated.any() else 0
+        repeat = (second, table.line(first), written.iloc[first]) if repeated.any() else None
+    if repeat is not None:
+        second, line_a, spelled_a = repeat
+        line_b = table.line(second)
         raise HarmonizeError(
             f"{table.label}: lines {line_a} and {line_b}: column {column!r}: id {ids.iloc[second]} appears "
-            f"twice ({written.iloc[first]!r} and {written.iloc[second]!r}); expected one row per image",
+            f"twice ({spelled_a!r} and {written.iloc[second]!r}); expected one row per image",
             file=table.label,
             line=line_b,
             column=column,
