@@ -2,7 +2,8 @@
 
 Order of work, chosen so each image is read from its zip exactly once:
 
-1. harmonize every source's CSVs (cheap) and combine them in catalog order;
+1. harmonize every source's CSVs (an ISIC 2024 CSV a chunk of rows at a time) and combine them in
+   catalog order a range of ids at a time, the combined rows parked on disk in id order;
 2. stream every images zip member by member; each new member is checked and hashed in one read
    and written straight to ``images/<isic_id>.<ext>`` when it is the best copy seen for that id;
 3. resolve duplicates on the recorded facts alone (same id, identical bytes, listed pairs);
