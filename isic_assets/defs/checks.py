@@ -172,7 +172,8 @@ def balanced_dataset_buildable(context: dg.AssetCheckExecutionContext, config: B
 def _balanced_dataset_buildable_verdict(config: BalancedDatasetBuildableConfig,
                                         isic: IsicSettings) -> dg.AssetCheckResult:
     outcome = balanced_dataset_feasibility(
-        _read_metadata(isic, plan_columns(config.label_column)),
+        layout.read_table_shared(isic.path(layout.MERGED, layout.METADATA_CSV),
+                                 columns=plan_columns(config.label_column)),
         layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
         split_config(config), config.min_images_per_class, config.exclude_label_conflicts,
     )

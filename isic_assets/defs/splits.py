@@ -134,7 +134,7 @@ def _balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCo
     # Official evaluation images and everything sharing a leakage group with them stay out of the pool.
     held_out, evaluation = read_held_out(isic)
     metadata_csv = transformed / layout.METADATA_CSV
-    pool = layout.read_table(metadata_csv, columns=plan_columns(settings.label_column))
+    pool = layout.read_table_shared(metadata_csv, columns=plan_columns(settings.label_column))
     pool = pool[~pool["isic_id"].isin(held_out)].reset_index(drop=True)
     if held_out:
         context.log.info(f"held out {len(held_out)} image(s) for the evaluation sets: {evaluation}")

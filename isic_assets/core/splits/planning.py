@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .. import layout
 from .assign import SplitConfig, SplitPlan, assign_splits
 from .folds import assign_folds
 from .grouping import LINK_COLUMNS, build_groups
@@ -40,7 +41,8 @@ def label_conflicts(metadata: pd.DataFrame) -> pd.Series:
     """Rows flagged by the merge as having conflicting benign/malignant labels across sources."""
     if "label_conflict" not in metadata.columns:
         return pd.Series(False, index=metadata.index)
-    return metadata["label_conflict"].astype(str).str.lower().isin({"true", "1"})
+    codes, values = pd.factorize(metadata["label_conflict"].astype(str))  # a few distinct values
+    return pd.Series(pd.Series(values).str.lower().isin({"true", "1"}).to_numpy()[codes], index=metadata.index)
 
 
 def plan_splits(metadata: pd.DataFrame, duplicates: pd.DataFrame | None, config: SplitConfig,
@@ -53,6 +55,8 @@ def plan_splits(metadata: pd.DataFrame, duplicates: pd.DataFrame | None, config:
     one group (``group``), also leave all but one image of each set out (``drop``), or are ignored
     (``off``). ``folds`` > 0 adds grouped, stratified folds over the train+validation pool.
     """
+    # One Python string per distinct value, shared by every step below (docs/PERFORMANCE.md).
+    metadata = layout.shared_strings(metadata)
     conflicted = label_conflicts(metadata) if exclude_label_conflicts else pd.Series(False, index=metadata.index)
     pairs = near_duplicates if near_duplicate_mode != "off" else None
     groups = build_groups(metadata, duplicates, pairs)
