@@ -114,12 +114,12 @@ def run_splits(data: Path) -> None:
     from isic_assets.core.splits.dataset_card import write_dataset_card
     from isic_assets.core.splits.facts import licence_counts, source_facts
     from isic_assets.core.splits.near_duplicates import read_pairs
-    from isic_assets.core.splits.planning import plan_columns, plan_splits
+    from isic_assets.core.splits.planning import plan_splits, read_plan_table
     from isic_assets.core.splits.writer import write_splits
 
     settings = _split_config()
     metadata_csv = data / layout.TRANSFORMED / layout.METADATA_CSV
-    pool = layout.read_table_shared(metadata_csv, columns=plan_columns(settings.label_column))
+    pool = read_plan_table(metadata_csv, settings.label_column)
     planned = plan_splits(pool, layout.read_table(data / layout.MERGED / layout.DUPLICATES_CSV), settings, True,
                           near_duplicates=read_pairs(data), near_duplicate_mode="group", folds=0, seed=0)
     del pool
@@ -191,12 +191,11 @@ def run_eda(data: Path) -> None:
 
 def run_feasibility(data: Path) -> None:
     from isic_assets.core.splits.feasibility import balanced_dataset_feasibility
-    from isic_assets.core.splits.planning import plan_columns
+    from isic_assets.core.splits.planning import read_plan_table
 
     settings = _split_config()
     merged = data / layout.MERGED
-    balanced_dataset_feasibility(layout.read_table_shared(merged / layout.METADATA_CSV,
-                                                   columns=plan_columns(settings.label_column)),
+    balanced_dataset_feasibility(read_plan_table(merged / layout.METADATA_CSV, settings.label_column),
                                  layout.read_table(merged / layout.DUPLICATES_CSV), settings, 10)
 
 

@@ -87,29 +87,34 @@ def read_table_chunks(path: Path, columns: Iterable[str] | None = None,
         yield from reader
 
 
-def read_table_shared(path: Path, columns: Iterable[str] | None = None, rows: int = CHUNK_ROWS) -> pd.DataFrame:
+def read_table_shared(path: Path, columns: Iterable[str] | None = None, rows: int = CHUNK_ROWS,
+                      keep_arrow: Iterable[str] = ()) -> pd.DataFrame:
     """:func:`read_table` with every column as Python strings, one string per distinct value of a chunk
     shared by its rows (:func:`shared_strings`), read a chunk at a time: the same values.
 
     For stages that work on Python objects (grouping, planning): converting the Arrow-backed text of
     a whole table makes a string per row and column, and the parser's buffers for all rows at once
     come on top; a chunk at a time, a repeated value (a label, a source, a patient) costs a pointer
-    per row (docs/PERFORMANCE.md "The stages after the merge").
+    per row (docs/PERFORMANCE.md "The stages after the merge"). Columns named in ``keep_arrow`` (a
+    digest, unique per row and only ever compared) stay Arrow-backed text: about half the bytes.
     """
-    parts = [shared_strings(chunk) for chunk in read_table_chunks(path, columns, rows)]
+    keep = tuple(keep_arrow)
+    parts = [shared_strings(chunk, keep) for chunk in read_table_chunks(path, columns, rows)]
     if len(parts) <= 1:
-        return parts[0] if parts else shared_strings(read_table(path, columns))
+        return parts[0] if parts else shared_strings(read_table(path, columns), keep)
     return pd.concat(parts, ignore_index=True)
 
 
-def shared_strings(frame: pd.DataFrame) -> pd.DataFrame:
+def shared_strings(frame: pd.DataFrame, keep_arrow: Iterable[str] = ()) -> pd.DataFrame:
     """``frame`` with every text column as Python strings, one string per distinct value shared by its
-    rows, values unchanged (other columns as they are). Each conversion of an Arrow-backed text
-    column to Python objects otherwise makes a new string per row (about 60 to 110 bytes)."""
+    rows, values unchanged (other columns, and those named in ``keep_arrow``, as they are). Each
+    conversion of an Arrow-backed text column to Python objects otherwise makes a new string per row
+    (about 60 to 110 bytes)."""
     out = {}
+    keep = set(keep_arrow)
     for column in frame.columns:
         values = frame[column]
-        if values.dtype != object and pd.api.types.is_string_dtype(values.dtype):
+        if column not in keep and values.dtype != object and pd.api.types.is_string_dtype(values.dtype):
             codes, uniques = pd.factorize(values)
             table = np.append(uniques.to_numpy(dtype=object), np.array([np.nan], dtype=object))
             values = pd.Series(table[codes], index=frame.index, dtype=object)

@@ -25,7 +25,7 @@ from ..core.splits.checks import split_proportions as measure_split_proportions
 from ..core.splits.evaluation import evaluation_leakage
 from ..core.splits.feasibility import balanced_dataset_feasibility
 from ..core.splits.near_duplicates import read_pairs
-from ..core.splits.planning import plan_columns
+from ..core.splits.planning import read_plan_table
 from .evaluation import evaluation_source_names
 from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import table_metadata
@@ -172,8 +172,7 @@ def balanced_dataset_buildable(context: dg.AssetCheckExecutionContext, config: B
 def _balanced_dataset_buildable_verdict(config: BalancedDatasetBuildableConfig,
                                         isic: IsicSettings) -> dg.AssetCheckResult:
     outcome = balanced_dataset_feasibility(
-        layout.read_table_shared(isic.path(layout.MERGED, layout.METADATA_CSV),
-                                 columns=plan_columns(config.label_column)),
+        read_plan_table(isic.path(layout.MERGED, layout.METADATA_CSV), config.label_column),
         layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
         split_config(config), config.min_images_per_class, config.exclude_label_conflicts,
     )

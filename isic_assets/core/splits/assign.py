@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .grouping import clean_keys
+from .grouping import clean_keys, factorize
 
 SPLITS = ("train", "validation", "test")
 STRATEGIES = ("undersample", "oversample", "none")
@@ -167,8 +167,8 @@ def map_labels(values: pd.Series, class_map: Mapping[str, str]) -> pd.Series:
     value is mapped once and its rows share the class name (a label column has a handful of values
     and hundreds of thousands of rows).
     """
-    codes, uniques = pd.factorize(values)  # missing values: -1, mapped as ""
-    keys = clean_keys(pd.Series(uniques)).str.lower()
+    codes, distinct = factorize(values)  # missing values: -1, mapped as ""
+    keys = clean_keys(distinct).str.lower()
     mapped = keys.map({k: v for k, v in class_map.items() if k != WILDCARD})
     if WILDCARD in class_map:
         mapped = mapped.where(mapped.notna() | (keys == ""), class_map[WILDCARD])

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..components import component_labels
 
@@ -41,8 +43,7 @@ def clean_keys(values: pd.Series) -> pd.Series:
     raw = values.to_numpy(dtype=object) if values.dtype == object else None
     if raw is not None and all(type(v) is str and v.strip() is v for v in raw):
         return pd.Series(raw.copy(), index=values.index, dtype=object)
-    codes, uniques = pd.factorize(values)  # missing values get -1
-    distinct = pd.Series(uniques, dtype=object if raw is not None else values.dtype)
+    codes, distinct = factorize(values)  # missing values get -1
     cleaned = distinct.to_numpy(dtype=object).copy()
     stripped = distinct.str.strip()
     changed = (stripped != distinct).to_numpy(dtype=bool)
@@ -50,6 +51,27 @@ def clean_keys(values: pd.Series) -> pd.Series:
         cleaned[changed] = _clean_each(distinct[changed]).to_numpy()
     table = np.append(cleaned, np.array([""], dtype=object))
     return pd.Series(table[codes], index=values.index, dtype=object)
+
+
+def factorize(values: pd.Series) -> tuple[np.ndarray, pd.Series]:
+    """``pd.factorize(values)``: a code per row (-1 for missing) and the distinct values in order of
+    first appearance. Arrow-backed text is encoded by Arrow itself: ``pd.factorize`` makes a Python
+    string per row of it first (+93 MiB for 401,059 digests, docs/PERFORMANCE.md "The stages after
+    the merge")."""
+    if isinstance(values.array, pd.arrays.ArrowStringArray):
+        array = pa.array(values.array)
+        if isinstance(array, pa.ChunkedArray):  # one dictionary for every row
+            array = array.combine_chunks()
+        encoded = pc.dictionary_encode(array)
+        codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return codes, pd.Series(encoded.dictionary.to_pandas(types_mapper=_same_text(values.dtype)),
+                                dtype=values.dtype)
+    codes, uniques = pd.factorize(values)
+    return codes.astype(np.int64, copy=False), pd.Series(uniques, dtype=values.dtype)
+
+
+def _same_text(dtype):
+    return lambda _: dtype
 
 
 def _clean_each(values: pd.Series) -> pd.Series:
@@ -199,9 +221,11 @@ def key_codes(values: pd.Series, lower: bool = False) -> np.ndarray:
     changes on cleaning, the usual case; otherwise the distinct values are cleaned as Python strings
     and numbered again.
     """
-    codes, uniques = pd.factorize(values)  # missing values: -1
-    codes = codes.astype(np.int64, copy=False)
-    distinct = pd.Series(uniques)
+    if isinstance(values.array, pd.arrays.ArrowStringArray):
+        codes = _sorted_codes(values, lower)
+        if codes is not None:
+            return codes
+    codes, distinct = factorize(values)  # missing values: -1
     if pd.api.types.infer_dtype(distinct, skipna=True) in ("string", "empty"):
         dirty = (distinct.str.strip() != distinct).to_numpy(dtype=bool)
         if lower:  # anything str.lower could change: an ASCII capital or any non-ASCII character
@@ -213,6 +237,31 @@ def key_codes(values: pd.Series, lower: bool = False) -> np.ndarray:
     numbers, names = pd.factorize(_lowered(keys) if lower else keys.to_numpy(dtype=object))
     numbers = np.append(np.where(names[numbers] == "", -1, numbers), -1)  # codes of -1 read the last
     return numbers[codes].astype(np.int64)
+
+
+def _sorted_codes(values: pd.Series, lower: bool) -> np.ndarray | None:
+    """``key_codes`` of Arrow-backed text by one sort instead of a hash table (Arrow's and pandas'
+    hash tables of 401,059 distinct digests cost about 100 MiB); None when some value would change
+    on cleaning (the caller then cleans the distinct values as Python strings)."""
+    array = pa.array(values.array)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    dirty = pc.not_equal(pc.utf8_trim_whitespace(array), array)
+    if lower:  # anything str.lower could change: an ASCII capital or any non-ASCII character
+        dirty = pc.or_(dirty, pc.match_substring_regex(array, r"[A-Z]|[^\x00-\x7f]"))
+    if pc.any(dirty).as_py():
+        return None
+    n = len(array)
+    order = pc.sort_indices(array).to_numpy().astype(np.int64)  # missing values last
+    ordered = array.take(order)
+    starts = np.ones(n, dtype=bool)
+    if n > 1:
+        starts[1:] = pc.not_equal(ordered.slice(1), ordered.slice(0, n - 1)).fill_null(True).to_numpy(
+            zero_copy_only=False)
+    codes = np.empty(n, dtype=np.int64)
+    codes[order] = np.cumsum(starts) - 1
+    codes[pc.or_(pc.is_null(array), pc.equal(array, "")).fill_null(True).to_numpy(zero_copy_only=False)] = -1
+    return codes
 
 
 def _group_ids(kept_ids: pd.Series, roots: np.ndarray) -> pd.Series:
