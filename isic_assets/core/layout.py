@@ -127,6 +127,10 @@ def read_rows_of(path: Path, isic_ids: Iterable[str], column: str = "isic_id") -
     the same frame as ``read_table(path)`` filtered to those rows (index renumbered), read a chunk at
     a time so the other rows are never all held."""
     wanted = set(isic_ids)
+    if not wanted:  # the header only: nothing to read (evaluation_sets without an evaluation source)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} does not exist; materialize the upstream asset first")
+        return pd.read_csv(path, dtype=str, keep_default_na=False, nrows=0)
     parts = [chunk[chunk[column].isin(wanted)] for chunk in read_table_chunks(path)]
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
 
