@@ -135,40 +135,51 @@ def run_splits(data: Path) -> None:
     licence_counts(plan.manifest, planned.metadata)
 
 
+def _placed_rows(data: Path, manifest: pd.DataFrame) -> pd.DataFrame:
+    """defs/checks.py's ``_placed_rows``: the leak columns of the manifest's images, a chunk at a time."""
+    from isic_assets.core.splits.checks import original_ids
+    from isic_assets.core.splits.grouping import stripped_text
+    from isic_assets.defs.checks import LEAK_COLUMNS
+
+    placed = original_ids(manifest).unique()
+    return pd.concat([chunk[stripped_text(chunk["isic_id"]).isin(placed).to_numpy()] for chunk in
+                      layout.read_table_chunks(data / layout.TRANSFORMED / layout.METADATA_CSV, LEAK_COLUMNS)],
+                     ignore_index=True)
+
+
 def run_no_leakage(data: Path) -> None:
     from isic_assets.core.splits.checks import leakage
     from isic_assets.core.splits.near_duplicates import read_pairs
-    from isic_assets.defs.checks import LEAK_COLUMNS
 
-    outcome = leakage(layout.read_table(data / layout.SPLITS_DIR / layout.MANIFEST_CSV),
-                      layout.read_table(data / layout.TRANSFORMED / layout.METADATA_CSV, columns=LEAK_COLUMNS),
+    manifest = layout.read_table(data / layout.SPLITS_DIR / layout.MANIFEST_CSV)
+    outcome = leakage(manifest, _placed_rows(data, manifest),
                       layout.read_table(data / layout.MERGED / layout.DUPLICATES_CSV),
                       near_duplicates=read_pairs(data))
     assert outcome.passed, outcome.description
 
 
 def run_evaluation_leakage(data: Path) -> None:
+    """No evaluation source selected: the check reads the header only (defs/checks.py)."""
     from isic_assets.core.splits.evaluation import evaluation_leakage
     from isic_assets.core.splits.near_duplicates import read_pairs
-    from isic_assets.defs.checks import LEAK_COLUMNS
 
     offences, _ = evaluation_leakage(layout.read_table(data / layout.SPLITS_DIR / layout.MANIFEST_CSV),
-                                     layout.read_table(data / layout.TRANSFORMED / layout.METADATA_CSV,
-                                                       columns=LEAK_COLUMNS),
+                                     layout.read_rows_of(data / layout.TRANSFORMED / layout.METADATA_CSV, []),
                                      layout.read_table(data / layout.MERGED / layout.DUPLICATES_CSV),
                                      read_pairs(data), [])
     assert not offences
 
 
 def run_evaluation(data: Path) -> None:
-    """evaluation_sets' own work with no evaluation source selected (the bench's ISIC 2024 graph)."""
-    from isic_assets.core.splits.evaluation import evaluation_columns, hold_out
+    """evaluation_sets' own work with no evaluation source selected (the bench's ISIC 2024 graph):
+    the header only, as defs/evaluation.py's ``compute_holdout`` reads it then."""
+    from isic_assets.core.splits.evaluation import hold_out
     from isic_assets.core.splits.near_duplicates import read_pairs
     from isic_assets.core.splits.writer import write_evaluation
 
     settings = _split_config()
     metadata_csv = data / layout.TRANSFORMED / layout.METADATA_CSV
-    holdout = hold_out(layout.read_table(metadata_csv, columns=evaluation_columns(settings.label_column)),
+    holdout = hold_out(layout.read_rows_of(metadata_csv, []),
                        layout.read_table(data / layout.MERGED / layout.DUPLICATES_CSV), read_pairs(data), [],
                        label_column=settings.label_column, class_map=settings.class_map)
     metadata = layout.read_rows_of(metadata_csv, holdout.manifest["isic_id"])
