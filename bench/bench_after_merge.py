@@ -18,8 +18,8 @@ Parts (each the table work of one stage or check, as its Dagster step does it):
 - ``eda``: eda_plots (figures and report of the merged table);
 - ``feasibility``: the merged metadata's balanced_dataset_buildable check (a dry-run plan).
 
-Each part prints one JSON line: seconds, the RSS after imports and the peak RSS (``ru_maxrss``) above
-it; ``--trace`` adds tracemalloc's peak and the ten largest allocation sites at the end.
+Each part prints one JSON line: seconds, the RSS after imports and the peak RSS (``VmHWM``) above
+it (VmHWM); ``--trace`` adds tracemalloc's peak and the ten largest allocation sites at the end.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -94,10 +93,10 @@ def _touch_images(data: Path, ids) -> None:
             path.touch()
 
 
-def _rss_mib() -> float:
+def _status_mib(field: str = "VmRSS") -> float:
     with open("/proc/self/status") as handle:
         for line in handle:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -108,18 +107,27 @@ def _split_config():
     return SplitConfig()
 
 
+def _plan_table(path: Path, label_column: str, plan_columns) -> pd.DataFrame:
+    """How balanced_splits reads its pool: ``read_plan_table``, or, in the code before it, ``read_table``."""
+    try:
+        from isic_assets.core.splits.planning import read_plan_table
+    except ImportError:
+        return layout.read_table(path, columns=plan_columns(label_column))
+    return read_plan_table(path, label_column)
+
+
 def run_splits(data: Path) -> None:
     """balanced_splits' own work (defs/splits.py, without Dagster), no evaluation source selected."""
     from isic_assets.core.splits.checks import original_ids
     from isic_assets.core.splits.dataset_card import write_dataset_card
     from isic_assets.core.splits.facts import licence_counts, source_facts
     from isic_assets.core.splits.near_duplicates import read_pairs
-    from isic_assets.core.splits.planning import plan_splits, read_plan_table
+    from isic_assets.core.splits.planning import plan_columns, plan_splits
     from isic_assets.core.splits.writer import write_splits
 
     settings = _split_config()
     metadata_csv = data / layout.TRANSFORMED / layout.METADATA_CSV
-    pool = read_plan_table(metadata_csv, settings.label_column)
+    pool = _plan_table(metadata_csv, settings.label_column, plan_columns)
     planned = plan_splits(pool, layout.read_table(data / layout.MERGED / layout.DUPLICATES_CSV), settings, True,
                           near_duplicates=read_pairs(data), near_duplicate_mode="group", folds=0, seed=0)
     del pool
@@ -138,10 +146,13 @@ def run_splits(data: Path) -> None:
 def _placed_rows(data: Path, manifest: pd.DataFrame) -> pd.DataFrame:
     """defs/checks.py's ``_placed_rows``: the leak columns of the manifest's images, a chunk at a time."""
     from isic_assets.core.splits.checks import original_ids
-    from isic_assets.core.splits.grouping import stripped_text
     from isic_assets.defs.checks import LEAK_COLUMNS
 
     placed = original_ids(manifest).unique()
+    if not hasattr(layout, "read_table_shared"):  # the code before: every row's leak columns
+        return layout.read_table(data / layout.TRANSFORMED / layout.METADATA_CSV, columns=LEAK_COLUMNS)
+    from isic_assets.core.splits.grouping import stripped_text
+
     return pd.concat([chunk[stripped_text(chunk["isic_id"]).isin(placed).to_numpy()] for chunk in
                       layout.read_table_chunks(data / layout.TRANSFORMED / layout.METADATA_CSV, LEAK_COLUMNS)],
                      ignore_index=True)
@@ -162,9 +173,13 @@ def run_evaluation_leakage(data: Path) -> None:
     """No evaluation source selected: the check reads the header only (defs/checks.py)."""
     from isic_assets.core.splits.evaluation import evaluation_leakage
     from isic_assets.core.splits.near_duplicates import read_pairs
+    from isic_assets.defs.checks import LEAK_COLUMNS
 
+    table = data / layout.TRANSFORMED / layout.METADATA_CSV
+    before = not hasattr(layout, "read_table_shared")  # the code before read every row's leak columns
     offences, _ = evaluation_leakage(layout.read_table(data / layout.SPLITS_DIR / layout.MANIFEST_CSV),
-                                     layout.read_rows_of(data / layout.TRANSFORMED / layout.METADATA_CSV, []),
+                                     layout.read_table(table, columns=LEAK_COLUMNS) if before
+                                     else layout.read_rows_of(table, []),
                                      layout.read_table(data / layout.MERGED / layout.DUPLICATES_CSV),
                                      read_pairs(data), [])
     assert not offences
@@ -173,13 +188,15 @@ def run_evaluation_leakage(data: Path) -> None:
 def run_evaluation(data: Path) -> None:
     """evaluation_sets' own work with no evaluation source selected (the bench's ISIC 2024 graph):
     the header only, as defs/evaluation.py's ``compute_holdout`` reads it then."""
-    from isic_assets.core.splits.evaluation import hold_out
+    from isic_assets.core.splits.evaluation import evaluation_columns, hold_out
     from isic_assets.core.splits.near_duplicates import read_pairs
     from isic_assets.core.splits.writer import write_evaluation
 
     settings = _split_config()
     metadata_csv = data / layout.TRANSFORMED / layout.METADATA_CSV
-    holdout = hold_out(layout.read_rows_of(metadata_csv, []),
+    before = not hasattr(layout, "read_table_shared")  # the code before read every row's columns
+    holdout = hold_out(layout.read_table(metadata_csv, columns=evaluation_columns(settings.label_column)) if before
+                       else layout.read_rows_of(metadata_csv, []),
                        layout.read_table(data / layout.MERGED / layout.DUPLICATES_CSV), read_pairs(data), [],
                        label_column=settings.label_column, class_map=settings.class_map)
     metadata = layout.read_rows_of(metadata_csv, holdout.manifest["isic_id"])
@@ -202,11 +219,11 @@ def run_eda(data: Path) -> None:
 
 def run_feasibility(data: Path) -> None:
     from isic_assets.core.splits.feasibility import balanced_dataset_feasibility
-    from isic_assets.core.splits.planning import read_plan_table
+    from isic_assets.core.splits.planning import plan_columns
 
     settings = _split_config()
     merged = data / layout.MERGED
-    balanced_dataset_feasibility(read_plan_table(merged / layout.METADATA_CSV, settings.label_column),
+    balanced_dataset_feasibility(_plan_table(merged / layout.METADATA_CSV, settings.label_column, plan_columns),
                                  layout.read_table(merged / layout.DUPLICATES_CSV), settings, 10)
 
 
@@ -225,13 +242,15 @@ def _child(part: str, data: Path, trace: bool) -> None:
     from sklearn.model_selection import StratifiedGroupKFold  # noqa: F401
     from sklearn.utils.class_weight import compute_class_weight  # noqa: F401
 
-    base = _rss_mib()
+    base = _status_mib()
     if trace:
         tracemalloc.start(8)
     started = time.perf_counter()
     RUNS[part](data)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux keeps a process's ru_maxrss across exec, so a child would report
+    # at least the parent's peak (this script's, after writing the tables).
+    peak = _status_mib("VmHWM")
     row = {"part": part, "seconds": round(seconds, 1), "base_mib": round(base), "peak_mib": round(peak),
            "above_base_mib": round(peak - base)}
     if trace:
