@@ -154,3 +154,74 @@ def test_sixty_thousand_rows_group_quickly():
         .nunique()
     )
     assert per_patient.max() == 1
+
+
+def _reference_groups(meta: pd.DataFrame, dups: pd.DataFrame, pairs: pd.DataFrame) -> dict[str, str]:
+    """The grouping rule spelled out plainly: a union-find over every record, key by key."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        parent[find(a)] = find(b)
+
+    def clean(value: object) -> str:
+        return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value).strip()
+
+    records = [(clean(r.isic_id), "", r) for r in meta.itertuples()]
+    records += [(clean(r.isic_id), clean(r.kept_isic_id), r) for r in dups.itertuples()]
+    records += [(clean(r.isic_id_b), clean(r.isic_id_a), None) for r in pairs.itertuples()]
+    holder: dict[tuple[str, str], str] = {}
+    for isic_id, kept, row in records:
+        if not isic_id:
+            continue
+        find(isic_id)
+        if kept:
+            union(isic_id, kept)
+        for column in ("patient_id", "lesion_id", "sha256"):
+            key = clean(getattr(row, column, "")) if row is not None else ""
+            key = key.lower() if column == "sha256" else key
+            if key:
+                union(isic_id, holder.setdefault((column, key), isic_id))
+    ids = [clean(i) for i in meta["isic_id"]]
+    smallest: dict[str, str] = {}
+    for isic_id in ids:
+        root = find(isic_id)
+        smallest[root] = min(smallest.get(root, isic_id), isic_id)
+    return {isic_id: "G" + smallest[find(isic_id)] for isic_id in ids}
+
+
+def test_groups_match_a_plain_union_find_on_arrow_and_object_text():
+    """The numbered keys give the groups of a plain union-find over the cleaned keys, whether the
+    table comes as Arrow-backed text (layout.read_table), as shared Python strings
+    (layout.read_table_chunks' chunks made objects) or with values to clean (spaces, capitals, NaN)."""
+    rng = np.random.default_rng(7)
+    n = 3_000
+    patients = rng.integers(0, 400, n)
+    lesions = rng.integers(0, 2_500, n)
+    hashes = rng.integers(0, 2_900, n)
+    meta = pd.DataFrame({
+        "isic_id": [f"ISIC_{i:07d}" for i in rng.permutation(n)],
+        "patient_id": np.where(patients % 4 == 0, "", np.char.add("IP_", patients.astype(str))),
+        "lesion_id": np.where(lesions % 3 == 0, "", np.char.add("IL_", lesions.astype(str))),
+        "sha256": [f"{h:064x}" for h in hashes],
+    })
+    dirty = meta.astype(object).copy()
+    dirty.loc[::97, "patient_id"] = [f" {v} " for v in dirty.loc[::97, "patient_id"]]
+    dirty.loc[::89, "sha256"] = [v.upper() for v in dirty.loc[::89, "sha256"]]
+    dirty.loc[::83, "lesion_id"] = np.nan
+    dups = pd.DataFrame({"isic_id": [f"ISIC_9{i:06d}" for i in range(40)],
+                         "kept_isic_id": [f"ISIC_{i * 61:07d}" for i in range(40)],
+                         "sha256": [f"{h:064X}" for h in rng.integers(0, 2_900, 40)],
+                         "patient_id": [""] * 20 + [f"IP_{p}" for p in rng.integers(0, 400, 20)]})
+    pairs = pd.DataFrame({"isic_id_a": [f"ISIC_{i:07d}" for i in range(0, 300, 7)],
+                          "isic_id_b": [f"ISIC_{i + 1500:07d}" for i in range(0, 300, 7)]})
+    for frame in (meta, meta.astype("str"), meta.astype(object), dirty):
+        for links, near in ((dups.iloc[:0], pairs.iloc[:0]), (dups, pairs), (dups.astype("str"), pairs)):
+            groups = build_groups(frame, links if len(links) else None, near if len(near) else None)
+            expected = _reference_groups(frame, links, near)
+            assert groups.to_dict() == expected
+            assert groups.nunique() < n

@@ -482,3 +482,28 @@ def test_real_2020_metadata_splits_quickly_without_leakage(isic_reference):
     counts = plan.counts
     assert (counts["benign"] == counts["malignant"]).all() and counts["malignant"].sum() > 500
     assert split_proportions(plan.manifest, (0.7, 0.15, 0.15), 0.02).passed
+
+
+@pytest.mark.parametrize("strategy", ["undersample", "oversample", "none"])
+def test_plan_from_shared_chunks_equals_the_plan_from_the_whole_table(tmp_path, strategy):
+    """balanced_splits reads its columns a chunk at a time as shared Python strings
+    (``layout.read_table_shared``); chunks of 7 rows cut through patients, lesion chains and
+    duplicate pairs, and the plan, groups and folds are those of the Arrow-backed whole table."""
+    from isic_assets.core import layout
+    from isic_assets.core.splits.planning import plan_splits
+
+    meta, dups = crafted_metadata(3)
+    path = tmp_path / "metadata.csv"
+    meta.to_csv(path, index=False)
+    whole = layout.read_table(path)
+    shared = layout.read_table_shared(path, rows=7)
+    assert shared.columns.tolist() == whole.columns.tolist()
+    assert shared.astype(str).equals(whole.astype(object).astype(str))
+    assert all(dtype is np.dtype(object) for dtype in shared.dtypes)
+    assert shared["source"].iloc[0] is shared["source"].iloc[1]  # one string per distinct value of a chunk
+    config = SplitConfig(strategy=strategy)
+    folds = 0 if strategy == "oversample" else 3
+    a = plan_splits(whole, dups, config, folds=folds, seed=4).plan
+    b = plan_splits(shared, dups, config, folds=folds, seed=4).plan
+    pd.testing.assert_frame_equal(a.manifest, b.manifest)
+    assert a.summary() == b.summary()

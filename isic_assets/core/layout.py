@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .sources.catalog import Source
@@ -86,11 +87,50 @@ def read_table_chunks(path: Path, columns: Iterable[str] | None = None,
         yield from reader
 
 
+def read_table_shared(path: Path, columns: Iterable[str] | None = None, rows: int = CHUNK_ROWS,
+                      keep_arrow: Iterable[str] = ()) -> pd.DataFrame:
+    """:func:`read_table` with every column as Python strings, one string per distinct value of a chunk
+    shared by its rows (:func:`shared_strings`), read a chunk at a time: the same values.
+
+    For stages that work on Python objects (grouping, planning): converting the Arrow-backed text of
+    a whole table makes a string per row and column, and the parser's buffers for all rows at once
+    come on top; a chunk at a time, a repeated value (a label, a source, a patient) costs a pointer
+    per row (docs/PERFORMANCE.md "The stages after the merge"). Columns named in ``keep_arrow`` (a
+    digest, unique per row and only ever compared) stay Arrow-backed text: about half the bytes.
+    """
+    keep = tuple(keep_arrow)
+    parts = [shared_strings(chunk, keep) for chunk in read_table_chunks(path, columns, rows)]
+    if len(parts) <= 1:
+        return parts[0] if parts else shared_strings(read_table(path, columns), keep)
+    return pd.concat(parts, ignore_index=True)
+
+
+def shared_strings(frame: pd.DataFrame, keep_arrow: Iterable[str] = ()) -> pd.DataFrame:
+    """``frame`` with every text column as Python strings, one string per distinct value shared by its
+    rows, values unchanged (other columns, and those named in ``keep_arrow``, as they are). Each
+    conversion of an Arrow-backed text column to Python objects otherwise makes a new string per row
+    (about 60 to 110 bytes)."""
+    out = {}
+    keep = set(keep_arrow)
+    for column in frame.columns:
+        values = frame[column]
+        if column not in keep and values.dtype != object and pd.api.types.is_string_dtype(values.dtype):
+            codes, uniques = pd.factorize(values)
+            table = np.append(uniques.to_numpy(dtype=object), np.array([np.nan], dtype=object))
+            values = pd.Series(table[codes], index=frame.index, dtype=object)
+        out[column] = values
+    return pd.DataFrame(out, index=frame.index, columns=frame.columns)
+
+
 def read_rows_of(path: Path, isic_ids: Iterable[str], column: str = "isic_id") -> pd.DataFrame:
     """Every column of the rows of ``path`` whose ``column`` is one of ``isic_ids``, in file order:
     the same frame as ``read_table(path)`` filtered to those rows (index renumbered), read a chunk at
     a time so the other rows are never all held."""
     wanted = set(isic_ids)
+    if not wanted:  # the header only: nothing to read (evaluation_sets without an evaluation source)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} does not exist; materialize the upstream asset first")
+        return pd.read_csv(path, dtype=str, keep_default_na=False, nrows=0)
     parts = [chunk[chunk[column].isin(wanted)] for chunk in read_table_chunks(path)]
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
 

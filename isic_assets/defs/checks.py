@@ -20,12 +20,13 @@ from ..core.merge.quality import (
     share_without_grouping_key,
     unreadable_images,
 )
-from ..core.splits.checks import LEAK_KEYS, CheckOutcome, class_balance, leakage
+from ..core.splits.checks import LEAK_KEYS, CheckOutcome, class_balance, leakage, original_ids
 from ..core.splits.checks import split_proportions as measure_split_proportions
 from ..core.splits.evaluation import evaluation_leakage
 from ..core.splits.feasibility import balanced_dataset_feasibility
+from ..core.splits.grouping import stripped_text
 from ..core.splits.near_duplicates import read_pairs
-from ..core.splits.planning import plan_columns
+from ..core.splits.planning import read_plan_table
 from .evaluation import evaluation_source_names
 from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import table_metadata
@@ -75,6 +76,22 @@ def _unless_unchanged(context: dg.AssetCheckExecutionContext, isic: IsicSettings
     return check_unless_unchanged(context, isic.root(), isic.force, name=name, code_version=CHECK_CODE_VERSION,
                                   settings={"config": config.model_dump() if config else {}, **settings},
                                   reads=reads, run=run)
+
+
+def _placed_rows(isic: IsicSettings, manifest: pd.DataFrame) -> pd.DataFrame:
+    """The transformed metadata's ``LEAK_COLUMNS`` of the images the manifest places, a chunk of rows
+    at a time: the leakage check compares only their keys (docs/PERFORMANCE.md "The stages after the
+    merge")."""
+    placed = original_ids(manifest).unique()
+    parts = [chunk[stripped_text(chunk["isic_id"]).isin(placed).to_numpy()]
+             for chunk in layout.read_table_chunks(isic.path(layout.TRANSFORMED, layout.METADATA_CSV), LEAK_COLUMNS)]
+    return pd.concat(parts, ignore_index=True) if parts else _read_transformed(isic, LEAK_COLUMNS)
+
+
+def _no_rows(isic: IsicSettings, columns: tuple[str, ...]) -> pd.DataFrame:
+    """The transformed metadata's ``columns`` with no row (its header only)."""
+    header = layout.read_rows_of(isic.path(layout.TRANSFORMED, layout.METADATA_CSV), [])
+    return header[[c for c in header.columns if c in columns]]
 
 
 def _split_tables(isic: IsicSettings) -> list[Path]:
@@ -172,7 +189,7 @@ def balanced_dataset_buildable(context: dg.AssetCheckExecutionContext, config: B
 def _balanced_dataset_buildable_verdict(config: BalancedDatasetBuildableConfig,
                                         isic: IsicSettings) -> dg.AssetCheckResult:
     outcome = balanced_dataset_feasibility(
-        _read_metadata(isic, plan_columns(config.label_column)),
+        read_plan_table(isic.path(layout.MERGED, layout.METADATA_CSV), config.label_column),
         layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
         split_config(config), config.min_images_per_class, config.exclude_label_conflicts,
     )
@@ -264,9 +281,10 @@ def no_leakage(context: dg.AssetCheckExecutionContext, isic: IsicSettings) -> dg
 
 def _no_leakage_verdict(isic: IsicSettings) -> dg.AssetCheckResult:
     mode = read_plan(isic.path(layout.SPLITS_DIR)).get("near_duplicates", "group")
+    manifest = read_manifest(isic.path(layout.SPLITS_DIR))
     outcome = leakage(
-        read_manifest(isic.path(layout.SPLITS_DIR)),
-        _read_transformed(isic, LEAK_COLUMNS),
+        manifest,
+        _placed_rows(isic, manifest),
         layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
         near_duplicates=read_pairs(isic.root()) if mode != "off" else None,
     )
@@ -291,7 +309,8 @@ def _no_evaluation_leakage_verdict(isic: IsicSettings) -> dg.AssetCheckResult:
     mode = read_plan(isic.path(layout.SPLITS_DIR)).get("near_duplicates", "group")
     offences, checked = evaluation_leakage(
         read_manifest(isic.path(layout.SPLITS_DIR)),
-        _read_transformed(isic, LEAK_COLUMNS),
+        # Without an evaluation source nothing can leak into one: the header is enough.
+        _read_transformed(isic, LEAK_COLUMNS) if names else _no_rows(isic, LEAK_COLUMNS),
         layout.read_table(isic.path(layout.MERGED, layout.DUPLICATES_CSV)),
         read_pairs(isic.root()) if mode != "off" else None,
         names,

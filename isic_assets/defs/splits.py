@@ -19,7 +19,7 @@ from ..core.splits.dataset_card import write_dataset_card
 from ..core.splits.facts import licence_counts, source_facts
 from ..core.splits.folds import fold_class_counts
 from ..core.splits.near_duplicates import read_pairs
-from ..core.splits.planning import plan_columns, plan_splits
+from ..core.splits.planning import plan_splits, read_plan_table
 from ..core.splits.writer import write_splits
 from ..core.table_schema import column_types, typed_columns
 from .evaluation import evaluation_sets, read_held_out
@@ -134,7 +134,7 @@ def _balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCo
     # Official evaluation images and everything sharing a leakage group with them stay out of the pool.
     held_out, evaluation = read_held_out(isic)
     metadata_csv = transformed / layout.METADATA_CSV
-    pool = layout.read_table(metadata_csv, columns=plan_columns(settings.label_column))
+    pool = read_plan_table(metadata_csv, settings.label_column)
     pool = pool[~pool["isic_id"].isin(held_out)].reset_index(drop=True)
     if held_out:
         context.log.info(f"held out {len(held_out)} image(s) for the evaluation sets: {evaluation}")

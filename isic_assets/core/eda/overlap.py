@@ -21,12 +21,15 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from ..splits.grouping import clean_keys
+
 OVERLAP_KINDS = ("same_id", "same_content", "near_duplicate")
 COLUMNS = ["source_a", "source_b", *OVERLAP_KINDS]
 
 
 def _clean(values: pd.Series) -> pd.Series:
-    return values.astype("string").fillna("").str.strip().astype(object)
+    """Stripped text, missing as ``""``: the splits' rule, one string per distinct value."""
+    return clean_keys(values)
 
 
 def source_overlap(metadata: pd.DataFrame, duplicates: pd.DataFrame | None,
@@ -38,15 +41,24 @@ def source_overlap(metadata: pd.DataFrame, duplicates: pd.DataFrame | None,
     """
     sources_of: dict[str, list[str]] = {}
     order: dict[str, int] = {name: k for k, name in enumerate(dict.fromkeys(source_order))}
+    counts: dict[str, Counter] = {kind: Counter() for kind in OVERLAP_KINDS}
     if "sources" in metadata.columns:
-        for isic_id, cell in zip(_clean(metadata["isic_id"]), _clean(metadata["sources"]), strict=True):
+        # Per distinct ``sources`` cell, not per image: an archive of 400,000 images has a handful of
+        # cells, and a list per image was about 250 bytes (docs/PERFORMANCE.md "The stages after the merge").
+        cells = _clean(metadata["sources"])
+        per_cell = cells.value_counts(sort=False)
+        for cell in pd.unique(cells.to_numpy(dtype=object)):  # order of first appearance, as row by row
             names = [n for n in cell.split(";") if n]
-            sources_of[isic_id] = names
             for n in names:
                 order.setdefault(n, len(order))
-    counts: dict[str, Counter] = {kind: Counter() for kind in OVERLAP_KINDS}
-    for names in sources_of.values():
-        _add_pairs(counts["same_id"], names, names, order)
+            _add_pairs(counts["same_id"], names, names, order, int(per_cell[cell]))
+        # The sources of the ids the duplicates and pairs name, and of no other image.
+        wanted = _named_ids(duplicates, near_duplicates)
+        if wanted:
+            ids = _clean(metadata["isic_id"])
+            named = ids.isin(wanted).to_numpy()
+            for isic_id, cell in zip(ids[named], cells[named], strict=True):
+                sources_of[isic_id] = [n for n in cell.split(";") if n]
     if duplicates is not None and len(duplicates) and {"reason", "source", "kept_isic_id"} <= set(duplicates.columns):
         content = duplicates[_clean(duplicates["reason"]) == "identical_content"]
         for source, kept in zip(_clean(content["source"]), _clean(content["kept_isic_id"]), strict=True):
@@ -63,9 +75,21 @@ def source_overlap(metadata: pd.DataFrame, duplicates: pd.DataFrame | None,
     return frame
 
 
-def _add_pairs(counter: Counter, left: Iterable[str], right: Iterable[str], order: dict[str, int]) -> None:
-    """Count each unordered pair of different sources once per image (or image pair); a list against
-    itself (the same-id case) would otherwise give each pair twice."""
+def _named_ids(duplicates: pd.DataFrame | None, near_duplicates: pd.DataFrame | None) -> set[str]:
+    """The kept ids of identical-content duplicates and both ids of every near-duplicate pair."""
+    wanted: set[str] = set()
+    if duplicates is not None and len(duplicates) and {"reason", "source", "kept_isic_id"} <= set(duplicates.columns):
+        wanted.update(_clean(duplicates.loc[_clean(duplicates["reason"]) == "identical_content", "kept_isic_id"]))
+    if near_duplicates is not None and len(near_duplicates):
+        wanted.update(_clean(near_duplicates["isic_id_a"]))
+        wanted.update(_clean(near_duplicates["isic_id_b"]))
+    return wanted
+
+
+def _add_pairs(counter: Counter, left: Iterable[str], right: Iterable[str], order: dict[str, int],
+               times: int = 1) -> None:
+    """Count each unordered pair of different sources once per image (or image pair), ``times``
+    images at once; a list against itself (the same-id case) would otherwise give each pair twice."""
     seen = set()
     for a in left:
         for b in right:
@@ -74,4 +98,4 @@ def _add_pairs(counter: Counter, left: Iterable[str], right: Iterable[str], orde
             pair = (a, b) if order[a] <= order[b] else (b, a)
             if pair not in seen:
                 seen.add(pair)
-                counter[pair] += 1
+                counter[pair] += times

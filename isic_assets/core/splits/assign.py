@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .grouping import clean_keys
+from .grouping import clean_keys, factorize
 
 SPLITS = ("train", "validation", "test")
 STRATEGIES = ("undersample", "oversample", "none")
@@ -163,13 +163,17 @@ def _validated_class_map(class_map: Any) -> dict[str, str]:
 def map_labels(values: pd.Series, class_map: Mapping[str, str]) -> pd.Series:
     """Class name per row, ``""`` where the value is missing or not mapped (those rows stay out).
 
-    ``class_map`` must be validated (lower-case keys), e.g. ``SplitConfig.class_map``.
+    ``class_map`` must be validated (lower-case keys), e.g. ``SplitConfig.class_map``. Each distinct
+    value is mapped once and its rows share the class name (a label column has a handful of values
+    and hundreds of thousands of rows).
     """
-    keys = clean_keys(values).str.lower()
+    codes, distinct = factorize(values)  # missing values: -1, mapped as ""
+    keys = clean_keys(distinct).str.lower()
     mapped = keys.map({k: v for k, v in class_map.items() if k != WILDCARD})
     if WILDCARD in class_map:
         mapped = mapped.where(mapped.notna() | (keys == ""), class_map[WILDCARD])
-    return mapped.fillna("").astype(object)
+    table = np.append(mapped.fillna("").to_numpy(dtype=object), np.array([""], dtype=object))
+    return pd.Series(table[codes], index=values.index, dtype=object)
 
 
 def augmented_name(isic_id: str, k: int) -> str:

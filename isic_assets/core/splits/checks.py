@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from .assign import AUG_MARK, SPLITS, SplitConfig, map_labels
-from .grouping import LINK_COLUMNS, clean_keys, link_keys
+from .grouping import LINK_COLUMNS, clean_keys, link_keys, stripped_text
 
 LEAK_KEYS = LINK_COLUMNS
 MAX_EXAMPLES = 20
@@ -79,6 +79,9 @@ def leakage(
     placed = pd.DataFrame(
         {"isic_id": original_ids(manifest).to_numpy(), "split": clean_keys(manifest["split"]).to_numpy()}
     ).drop_duplicates()
+    # Only the placed images' rows take part (their keys are the occurrences); the rest of a
+    # 400,000-row table is never made Python strings (docs/PERFORMANCE.md "The stages after the merge").
+    metadata = metadata[stripped_text(metadata["isic_id"]).isin(placed["isic_id"].unique()).to_numpy()]
     meta_ids = clean_keys(metadata["isic_id"])
     unknown = sorted(set(placed.loc[~placed["isic_id"].isin(meta_ids), "isic_id"]))
     occurrences = pd.concat(

@@ -22,12 +22,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .assign import IMAGE_EXT, MANIFEST_COLUMNS, map_labels
 from .checks import original_ids
-from .grouping import LINK_COLUMNS, build_groups, clean_keys, link_keys
+from .grouping import LINK_COLUMNS, build_groups, clean_keys, link_keys, stripped_text
 
 EVALUATION_SPLIT = "evaluation"
 OVERLAP_COLUMNS = ["isic_id", "source", "evaluation_isic_id", "evaluation_source", "reason", "group_id"]
@@ -92,17 +91,22 @@ def evaluation_members(
     the leakage check can use it without trusting anything the holdout wrote.
     """
     names = set(evaluation_sources)
-    ids = clean_keys(metadata["isic_id"])
-    cells = source_cells(metadata)
-    # Only a cell naming an evaluation source somewhere can list one; split just those.
-    maybe = (cells.str.contains("|".join(re.escape(n) for n in sorted(names)), regex=True).to_numpy() if names
-             else np.zeros(len(cells), dtype=bool))
-    listed = pd.Series([_names_in(cell, names.__contains__) for cell in cells[maybe]], index=ids[maybe].to_numpy(),
-                       dtype=object)
+    if not names:  # nothing is an evaluation image; no row of the table needs to be looked at
+        return pd.Series([], dtype=object), set()
+    column = "sources" if "sources" in metadata.columns else "source"
+    raw = stripped_text(metadata[column]) if column in metadata.columns else pd.Series("", index=metadata.index)
+    # Only a cell naming an evaluation source somewhere can list one; clean and split just those rows.
+    maybe = raw.str.contains("|".join(re.escape(n) for n in sorted(names)), regex=True).to_numpy(dtype=bool)
+    ids = clean_keys(metadata["isic_id"][maybe])
+    listed = pd.Series([_names_in(cell, names.__contains__) for cell in clean_keys(raw[maybe])],
+                       index=ids.to_numpy(), dtype=object)
     stand_ins: set[str] = set()
     if duplicates is not None and len(duplicates) and "source" in duplicates.columns:
         dropped_eval = clean_keys(duplicates["source"]).isin(names)
-        stand_ins = set(clean_keys(duplicates.loc[dropped_eval, "kept_isic_id"])) & set(ids)
+        kept = set(clean_keys(duplicates.loc[dropped_eval, "kept_isic_id"]))
+        if kept:
+            present = stripped_text(metadata["isic_id"]).isin(sorted(kept)).to_numpy(dtype=bool)
+            stand_ins = set(clean_keys(metadata["isic_id"][present]))
     return listed[listed.map(len) > 0], stand_ins
 
 

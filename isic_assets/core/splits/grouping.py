@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..components import component_labels
 
@@ -30,8 +32,60 @@ def clean_keys(values: pd.Series) -> pd.Series:
 
     The merged CSV writes missing values as empty cells, but frames built in memory may carry NaN;
     both must mean "no link", never a shared key called "nan".
+
+    Text is cleaned once per distinct value and every row holding it shares the one string, so a
+    column of a few distinct values (a label, a source, a patient) costs a pointer per row, and a
+    column that is already clean text is returned without new strings (docs/PERFORMANCE.md "The
+    stages after the merge").
     """
-    return values.astype("string").fillna("").str.strip().astype(object)
+    if isinstance(values.array, pd.arrays.ArrowStringArray) or (
+            pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty")):
+        # Arrow-backed text (a string per row either way, and no hash table of distinct values: for
+        # 401,059 ids that is about 100 MiB), or numbers, booleans, mixed: each value cleaned.
+        return _clean_each(values)
+    raw = values.to_numpy(dtype=object) if values.dtype == object else None
+    if raw is not None and all(type(v) is str and v.strip() is v for v in raw):
+        return pd.Series(raw.copy(), index=values.index, dtype=object)
+    codes, distinct = factorize(values)  # missing values get -1
+    cleaned = distinct.to_numpy(dtype=object).copy()
+    stripped = distinct.str.strip()
+    changed = (stripped != distinct).to_numpy(dtype=bool)
+    if changed.any():
+        cleaned[changed] = _clean_each(distinct[changed]).to_numpy()
+    table = np.append(cleaned, np.array([""], dtype=object))
+    return pd.Series(table[codes], index=values.index, dtype=object)
+
+
+def factorize(values: pd.Series) -> tuple[np.ndarray, pd.Series]:
+    """``pd.factorize(values)``: a code per row (-1 for missing) and the distinct values in order of
+    first appearance. Arrow-backed text is encoded by Arrow itself: ``pd.factorize`` makes a Python
+    string per row of it first (+93 MiB for 401,059 digests, docs/PERFORMANCE.md "The stages after
+    the merge")."""
+    if isinstance(values.array, pd.arrays.ArrowStringArray):
+        array = pa.array(values.array)
+        if isinstance(array, pa.ChunkedArray):  # one dictionary for every row
+            array = array.combine_chunks()
+        encoded = pc.dictionary_encode(array)
+        codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return codes, pd.Series(encoded.dictionary.to_pandas(types_mapper=_same_text(values.dtype)),
+                                dtype=values.dtype)
+    codes, uniques = pd.factorize(values)
+    return codes.astype(np.int64, copy=False), pd.Series(uniques, dtype=values.dtype)
+
+
+def _same_text(dtype):
+    return lambda _: dtype
+
+
+def stripped_text(values: pd.Series) -> pd.Series:
+    """``clean_keys``' values as pandas text (Arrow-backed, no Python string per row): for filtering
+    a large table with ``isin`` before cleaning only the rows kept."""
+    return values.astype("string").fillna("").str.strip()
+
+
+def _clean_each(values: pd.Series) -> pd.Series:
+    """Each value made text, missing as ``""``, stripped: the rule ``clean_keys`` applies."""
+    return stripped_text(values).astype(object)
 
 
 def build_groups(
@@ -47,18 +101,40 @@ def build_groups(
     The group id is ``"G"`` + the smallest ``isic_id`` of the group among the metadata rows, so it
     does not depend on row order and stays stable when unrelated images are added. An image with no
     patient, lesion, content twin or duplicate link is a group of its own.
+
+    Memory is a few integer arrays per row beside the keys themselves: nodes and keys are numbered
+    with ``pd.factorize`` (no per-row objects, no group-by over hundreds of thousands of keys), and
+    the images of one group share one group id string (docs/PERFORMANCE.md "The stages after the
+    merge").
     """
     if "isic_id" not in metadata.columns:
         raise ValueError("metadata has no isic_id column")
     kept_ids = clean_keys(metadata["isic_id"])
     if (kept_ids == "").any():
         raise ValueError("metadata has rows with an empty isic_id; every image needs an id to be grouped")
-    records = _link_records(metadata, kept_ids, _with_pairs(duplicates, near_duplicates))
-    nodes = pd.Index(pd.unique(pd.concat([kept_ids, records["isic_id"], records["kept_isic_id"]])))
-    nodes = nodes[nodes != ""]
-    left, right = _edges(records, nodes)
-    roots = component_labels(len(nodes), left, right)
-    return _group_ids(kept_ids, roots[nodes.get_indexer(kept_ids)])
+    links = _with_pairs(duplicates, near_duplicates)
+    if links is not None and len(links) == 0:
+        links = None
+    if links is not None:
+        for column in ("isic_id", "kept_isic_id"):
+            if column not in links.columns:
+                raise ValueError(f"duplicates has no {column} column (expected merged_data/duplicates.csv)")
+    n_own = len(kept_ids)
+    # Every id named (the metadata's own first, then each dropped copy's, then the ids kept instead)
+    # as a node number; -1 for an empty id.
+    names = [kept_ids.to_numpy(dtype=object)]
+    if links is not None:
+        names += [clean_keys(links["isic_id"]).to_numpy(dtype=object),
+                  clean_keys(links["kept_isic_id"]).to_numpy(dtype=object)]
+    node_of, uniques = pd.factorize(np.concatenate(names))
+    empty = np.flatnonzero(uniques == "")
+    if len(empty):
+        node_of[node_of == empty[0]] = -1
+    n_records = n_own + (len(links) if links is not None else 0)
+    own, kept_of = node_of[:n_records], node_of[n_records:]
+    left, right = _edges(metadata, links, own, kept_of)
+    roots = component_labels(len(uniques), left, right)
+    return _group_ids(kept_ids, roots[own[:n_own]])
 
 
 def _with_pairs(duplicates: pd.DataFrame | None, pairs: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -74,73 +150,145 @@ def _with_pairs(duplicates: pd.DataFrame | None, pairs: pd.DataFrame | None) -> 
     return pd.concat([duplicates, links], ignore_index=True)
 
 
-def _link_records(
-    metadata: pd.DataFrame, kept_ids: pd.Series, duplicates: pd.DataFrame | None
-) -> pd.DataFrame:
-    """One row per known image (kept or dropped) with its link keys and, for dropped ones, its keeper."""
-    own = link_keys(metadata, kept_ids)
-    own["kept_isic_id"] = ""
-    if duplicates is None or len(duplicates) == 0:
-        return own
-    for column in ("isic_id", "kept_isic_id"):
-        if column not in duplicates.columns:
-            raise ValueError(f"duplicates has no {column} column (expected merged_data/duplicates.csv)")
-    dropped = link_keys(duplicates, clean_keys(duplicates["isic_id"]))
-    dropped["kept_isic_id"] = clean_keys(duplicates["kept_isic_id"]).to_numpy()
-    return pd.concat([own, dropped], ignore_index=True)
-
-
 def link_keys(frame: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
     """``isic_id`` (from ``ids``) plus every link column, cleaned; empty where ``frame`` lacks it.
 
     Grouping and the leakage check read keys through this one function, so they can never
-    disagree about what counts as the same patient, lesion or file.
+    disagree about what counts as the same patient, lesion or file. The columns hold Python strings
+    (``dtype=object`` said explicitly: pandas would otherwise copy them into Arrow-backed text, and
+    every later look at them as objects would make a new string per row).
     """
-    out = pd.DataFrame({"isic_id": ids.to_numpy()})
+    n = len(ids)
+    columns = {"isic_id": ids.to_numpy(dtype=object)}
     for column in LINK_COLUMNS:
         if column in frame.columns:
             values = clean_keys(frame[column])
             # Hex digests are case-insensitive; ids are compared exactly as published.
-            out[column] = (values.str.lower() if column == "sha256" else values).to_numpy()
+            columns[column] = _lowered(values) if column == "sha256" else values.to_numpy(dtype=object)
         else:
-            out[column] = ""
+            columns[column] = np.full(n, "", dtype=object)
+    return pd.DataFrame(columns, dtype=object)
+
+
+def _lowered(values: pd.Series) -> np.ndarray:
+    """``values.str.lower()`` as an object array, making new strings only for the values that change:
+    a digest column is almost always lower-case already, and a new string per row is about 110
+    bytes at 400,000 rows (docs/PERFORMANCE.md "The stages after the merge")."""
+    out = values.to_numpy(dtype=object)
+    changed = np.fromiter((v != v.lower() for v in out), dtype=bool, count=len(out))
+    if changed.any():
+        out = out.copy()
+        out[changed] = [v.lower() for v in out[changed]]
     return out
 
 
-def _edges(records: pd.DataFrame, nodes: pd.Index) -> tuple[np.ndarray, np.ndarray]:
-    """Edges as node-index pairs: each record to the first record sharing a key, and dropped -> kept.
+def _edges(metadata: pd.DataFrame, links: pd.DataFrame | None, own: np.ndarray,
+           kept_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges as node-number pairs: each record (a metadata row, then a dropped copy of ``links``) to
+    the first record sharing a key, and each dropped copy to the id kept instead.
 
     Linking to the first holder of a key (instead of every pair) keeps the edge count linear while
-    producing the same connected components.
+    producing the same connected components. Keys are compared as numbers (``key_codes``).
     """
-    node_of = nodes.get_indexer(records["isic_id"])
     lefts, rights = [], []
     for column in LINK_COLUMNS:
-        present = (records[column] != "").to_numpy() & (node_of >= 0)
+        if column not in metadata.columns and (links is None or column not in links.columns):
+            continue
+        codes = key_codes(_records_column(metadata, links, column), lower=column == "sha256")
+        present = (codes >= 0) & (own >= 0)
         if not present.any():
             continue
-        members = node_of[present]
-        codes, _ = pd.factorize(records.loc[present, column])
-        first = pd.Series(members).groupby(codes).transform("first").to_numpy()
+        members, codes = own[present], codes[present]
+        # Writing positions backwards leaves each key's first position.
+        first = np.empty(int(codes.max()) + 1, dtype=np.int64)
+        first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1, dtype=np.int64)
         lefts.append(members)
-        rights.append(first)
-    kept_of = nodes.get_indexer(records["kept_isic_id"])
-    listed = (node_of >= 0) & (kept_of >= 0)
-    lefts.append(node_of[listed])
+        rights.append(members[first[codes]])
+    dropped = own[len(own) - len(kept_of):]
+    listed = (dropped >= 0) & (kept_of >= 0)
+    lefts.append(dropped[listed])
     rights.append(kept_of[listed])
-    left = np.concatenate(lefts) if lefts else np.empty(0, dtype=np.int64)
-    right = np.concatenate(rights) if rights else np.empty(0, dtype=np.int64)
+    left = np.concatenate(lefts)
+    right = np.concatenate(rights)
     differ = left != right
     return left[differ], right[differ]
 
 
+def _records_column(metadata: pd.DataFrame, links: pd.DataFrame | None, column: str) -> pd.Series:
+    """``column`` of the metadata rows then of the dropped copies, ``""`` where a table lacks it."""
+    parts = [frame[column].reset_index(drop=True) if column in frame.columns
+             else pd.Series(np.full(len(frame), "", dtype=object), dtype=object)
+             for frame in (metadata, links) if frame is not None]
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+def key_codes(values: pd.Series, lower: bool = False) -> np.ndarray:
+    """A number per row, equal exactly where the cleaned keys (``clean_keys``, lower-cased when
+    ``lower``) are equal; -1 where the key is empty or missing.
+
+    Arrow-backed text is numbered as it is (no Python string per row) when no distinct value
+    changes on cleaning, the usual case; otherwise the distinct values are cleaned as Python strings
+    and numbered again.
+    """
+    if isinstance(values.array, pd.arrays.ArrowStringArray):
+        codes = _sorted_codes(values, lower)
+        if codes is not None:
+            return codes
+    codes, distinct = factorize(values)  # missing values: -1
+    if pd.api.types.infer_dtype(distinct, skipna=True) in ("string", "empty"):
+        dirty = (distinct.str.strip() != distinct).to_numpy(dtype=bool)
+        if lower:  # anything str.lower could change: an ASCII capital or any non-ASCII character
+            dirty = dirty | distinct.str.contains(r"[A-Z]|[^\x00-\x7f]", regex=True).to_numpy(dtype=bool)
+        if not dirty.any():
+            empty = np.append((distinct == "").to_numpy(dtype=bool), True)  # codes of -1 read the last
+            return np.where(empty[codes], -1, codes)
+    keys = clean_keys(distinct)
+    numbers, names = pd.factorize(_lowered(keys) if lower else keys.to_numpy(dtype=object))
+    numbers = np.append(np.where(names[numbers] == "", -1, numbers), -1)  # codes of -1 read the last
+    return numbers[codes].astype(np.int64)
+
+
+def _sorted_codes(values: pd.Series, lower: bool) -> np.ndarray | None:
+    """``key_codes`` of Arrow-backed text by one sort instead of a hash table (Arrow's and pandas'
+    hash tables of 401,059 distinct digests cost about 100 MiB); None when some value would change
+    on cleaning (the caller then cleans the distinct values as Python strings)."""
+    array = pa.array(values.array)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    dirty = pc.not_equal(pc.utf8_trim_whitespace(array), array)
+    if lower:  # anything str.lower could change: an ASCII capital or any non-ASCII character
+        dirty = pc.or_(dirty, pc.match_substring_regex(array, r"[A-Z]|[^\x00-\x7f]"))
+    if pc.any(dirty).as_py():
+        return None
+    n = len(array)
+    order = pc.sort_indices(array).to_numpy().astype(np.int64)  # missing values last
+    ordered = array.take(order)
+    starts = np.ones(n, dtype=bool)
+    if n > 1:
+        starts[1:] = pc.not_equal(ordered.slice(1), ordered.slice(0, n - 1)).fill_null(True).to_numpy(
+            zero_copy_only=False)
+    codes = np.empty(n, dtype=np.int64)
+    codes[order] = np.cumsum(starts) - 1
+    codes[pc.or_(pc.is_null(array), pc.equal(array, "")).fill_null(True).to_numpy(zero_copy_only=False)] = -1
+    return codes
+
+
 def _group_ids(kept_ids: pd.Series, roots: np.ndarray) -> pd.Series:
-    """``G`` + the smallest kept id per component, indexed by isic_id (first row wins on repeats)."""
-    frame = pd.DataFrame({"isic_id": kept_ids.to_numpy(), "root": roots})
-    smallest = frame.groupby("root")["isic_id"].transform("min")
-    groups = pd.Series(
-        (GROUP_PREFIX + smallest).to_numpy(),
-        index=pd.Index(frame["isic_id"], name="isic_id"),
-        name="group_id",
-    )
-    return groups[~groups.index.duplicated(keep="first")]
+    """``G`` + the smallest kept id per component, indexed by isic_id (first row wins on repeats).
+
+    The smallest id of a component is found by rank (one sort of the ids), and each component's
+    group id is made once and shared by its rows.
+    """
+    ids = kept_ids.to_numpy(dtype=object)
+    n = len(ids)
+    order = np.argsort(ids, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n, dtype=np.int64)
+    components, component_of = np.unique(roots, return_inverse=True)
+    smallest = np.full(len(components), n, dtype=np.int64)
+    np.minimum.at(smallest, component_of, rank)
+    names = np.array([GROUP_PREFIX + i for i in ids[order[smallest]]], dtype=object)
+    groups = pd.Series(names[component_of] if n else np.empty(0, dtype=object),
+                       index=pd.Index(ids, name="isic_id", dtype=object), name="group_id")
+    repeated = groups.index.duplicated(keep="first")
+    return groups[~repeated] if repeated.any() else groups

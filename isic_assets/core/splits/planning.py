@@ -8,12 +8,14 @@ same rows, the same groups and the same plan.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 
+from .. import layout
 from .assign import SplitConfig, SplitPlan, assign_splits
 from .folds import assign_folds
-from .grouping import LINK_COLUMNS, build_groups
+from .grouping import LINK_COLUMNS, build_groups, factorize
 from .near_duplicates import to_drop
 
 
@@ -23,6 +25,17 @@ def plan_columns(label_column: str) -> tuple[str, ...]:
     scale"). The splits' per-image metadata files carry every column, read for the planned rows only."""
     return ("isic_id", label_column, "source", "sources", "image_type", "label_conflict", *LINK_COLUMNS,
             "copyright_license", "attribution")
+
+
+# Read as Arrow-backed text, not Python strings: unique per image and only compared (grouping).
+ARROW_COLUMNS = ("sha256",)
+
+
+def read_plan_table(path: Path, label_column: str) -> pd.DataFrame:
+    """The ``plan_columns`` of a metadata table as planning wants them: a chunk at a time, Python
+    strings shared per distinct value, the digest as Arrow text (docs/PERFORMANCE.md "The stages
+    after the merge")."""
+    return layout.read_table_shared(path, plan_columns(label_column), keep_arrow=ARROW_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -40,7 +53,8 @@ def label_conflicts(metadata: pd.DataFrame) -> pd.Series:
     """Rows flagged by the merge as having conflicting benign/malignant labels across sources."""
     if "label_conflict" not in metadata.columns:
         return pd.Series(False, index=metadata.index)
-    return metadata["label_conflict"].astype(str).str.lower().isin({"true", "1"})
+    codes, values = factorize(metadata["label_conflict"].astype(str))  # a few distinct values
+    return pd.Series(values.str.lower().isin({"true", "1"}).to_numpy()[codes], index=metadata.index)
 
 
 def plan_splits(metadata: pd.DataFrame, duplicates: pd.DataFrame | None, config: SplitConfig,
@@ -53,6 +67,9 @@ def plan_splits(metadata: pd.DataFrame, duplicates: pd.DataFrame | None, config:
     one group (``group``), also leave all but one image of each set out (``drop``), or are ignored
     (``off``). ``folds`` > 0 adds grouped, stratified folds over the train+validation pool.
     """
+    # One Python string per distinct value, shared by every step below; the digest stays Arrow text,
+    # which grouping numbers as it is (docs/PERFORMANCE.md "The stages after the merge").
+    metadata = layout.shared_strings(metadata, keep_arrow=ARROW_COLUMNS)
     conflicted = label_conflicts(metadata) if exclude_label_conflicts else pd.Series(False, index=metadata.index)
     pairs = near_duplicates if near_duplicate_mode != "off" else None
     groups = build_groups(metadata, duplicates, pairs)
