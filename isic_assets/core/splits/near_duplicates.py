@@ -8,7 +8,7 @@ copy in train and its twin in test is the same leak as a shared patient. Three s
    64-bit key and a 256-bit hash. A copy cropped by up to 10% matches one window of its original
    closely; the whole-picture hash alone does not (a crop moves up to a third of its bits). With
    them goes a 64x64 grey thumbnail. All of it is cached by the image's sha256 in
-   ``merged_data/_state/near_duplicates.signatures.bin`` (``near_dup_store``: fixed-size records on
+   ``merged_data/_state/near_duplicates.window_hashes.bin`` (``near_dup_store``: fixed-size records on
    disk, read through a memory map, about 5.6 KB an image), so a re-run decodes only new or changed
    images and memory stays flat.
 2. **Candidates** without comparing all pairs (``near_dup_search``): locality-sensitive hashing of
@@ -57,11 +57,12 @@ DEFAULT_MAX_FINE_DISTANCE = 56  # of 256: 97% of cropped copies within; 64 gains
 DEFAULT_MIN_SIMILARITY = 0.85  # copies scored 0.97+, look-alike pairs at most 0.44 (docs/PERFORMANCE.md 13)
 METHOD = "dct-views+ecc-ncc"
 PAIR_COLUMNS = ["isic_id_a", "isic_id_b", "distance", "method", "similarity"]
-HASHES_STATE = "near_duplicates.signatures.bin"
+HASHES_STATE = "near_duplicates.window_hashes.bin"
 CHECKS_STATE = "near_duplicates.ncc.jsonl"
 # Caches this step kept before (the whole-picture hash, the ORB confirmation, window signatures without
-# thumbnails); nothing reads them.
-_RETIRED_STATE = ("near_duplicates.hashes.jsonl", "near_duplicates.checks.jsonl", "near_duplicates.views.bin")
+# thumbnails, and with thumbnails of the full decode); nothing reads them.
+_RETIRED_STATE = ("near_duplicates.hashes.jsonl", "near_duplicates.checks.jsonl", "near_duplicates.views.bin",
+                  "near_duplicates.signatures.bin")
 _COMPARE_SIDE = 128
 _COMPARE_MARGIN = 12  # pixels left out at the border, where the alignment leaves no data
 _REFINE_FROM = 0.5  # coarse score from which a pair gets the fine alignment
