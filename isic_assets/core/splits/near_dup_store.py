@@ -10,8 +10,10 @@ next open and that image is hashed again.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,18 +58,31 @@ def hash_batch(items: list[tuple[str, str, str]]) -> tuple[np.ndarray, list[tupl
     return records, failed
 
 
-def _hashed_batches(items: list[tuple[str, str, str]], processes: int
-                    ) -> Iterator[tuple[np.ndarray, list[tuple[str, str]]]]:
-    queue = batches_of(items, _HASH_BATCH)
+def run_batches(function: Callable[[list[Any]], list[Any] | Any], items: list[Any], processes: int,
+                size: int) -> Iterator[Any]:
+    """``function`` over batches of ``size`` items in ``processes`` forked workers (in this process when
+    one batch or one process will do), yielding the results of each batch as it completes (any order).
+
+    A list result is yielded item by item. A worker that dies fails the step: what was yielded before
+    is the caller's to keep (the store and the confirmation cache append as they go)."""
+    queue = batches_of(items, size)
     if processes <= 1 or len(queue) <= 1:
-        for batch in queue:
-            yield hash_batch(batch)
-        return
+        results: Iterator[Any] = (function(batch) for batch in queue)
+    else:
+        results = _forked(function, queue, processes)
+    for result in results:
+        if isinstance(result, list):
+            yield from result
+        else:
+            yield result
+
+
+def _forked(function: Callable[[list[Any]], Any], queue: deque[list[Any]], processes: int) -> Iterator[Any]:
     with fork_safe_parent():
-        for _, result in ForkPool(processes).map_batches(hash_batch, queue, (), in_flight=2 * processes):
+        for _, result in ForkPool(processes).map_batches(function, queue, (), in_flight=2 * processes):
             if isinstance(result, LostBatch):
-                raise RuntimeError(f"near-duplicates: a hashing process died ({result.reason}); "
-                                   "the images hashed so far are kept, run the step again")
+                raise RuntimeError(f"near-duplicates: a worker process died ({result.reason}); "
+                                   "what was done so far is kept, run the step again")
             yield result
 
 
@@ -115,7 +130,7 @@ class SignatureStore:
         hashed = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab") as handle:
-            for records, failed in _hashed_batches(items, processes):
+            for records, failed in run_batches(hash_batch, items, processes, _HASH_BATCH):
                 for isic_id, message in failed:
                     log(f"near-duplicates: {isic_id} skipped: {message}")
                     unreadable.add(isic_id)

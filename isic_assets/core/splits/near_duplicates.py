@@ -46,7 +46,7 @@ import pandas as pd
 from .. import layout
 from ..components import component_labels
 from ..scan_state import JsonlLog
-from . import image_signature, near_dup_quick_check, near_dup_search
+from . import image_signature, near_dup_quick_check, near_dup_search, near_dup_store
 from .near_dup_store import SignatureStore
 
 Log = Callable[[str], None]
@@ -66,6 +66,7 @@ _RETIRED_STATE = ("near_duplicates.hashes.jsonl", "near_duplicates.checks.jsonl"
 _COMPARE_SIDE = 128
 _COMPARE_MARGIN = 12  # pixels left out at the border, where the alignment leaves no data
 _REFINE_FROM = 0.5  # coarse score from which a pair gets the fine alignment
+_CONFIRM_BATCH = 50  # candidate pairs a worker confirms at a time (about 0.7 s of ECC)
 
 
 @dataclass(frozen=True)
@@ -212,27 +213,34 @@ def _quick_scores(store: SignatureStore, rows: np.ndarray, found: pd.DataFrame) 
     return out
 
 
-def _confirm(usable: pd.DataFrame, root: Path, found: pd.DataFrame, state_path: Path) -> tuple[np.ndarray, int]:
+def _confirm(usable: pd.DataFrame, root: Path, found: pd.DataFrame, state_path: Path,
+             processes: int = near_dup_store.HASH_PROCESSES) -> tuple[np.ndarray, int]:
+    """The similarity of every candidate: from the cache, or by ``similarity`` in ``processes`` forked workers."""
     state = JsonlLog(state_path, ("pair",))
     shas, paths = usable["sha256"].to_numpy(), usable["image"].to_numpy()
     scores = np.zeros(len(found), dtype=np.float64)
-    keys = []
-    checked = 0
+    pairs = list(found[["query", "other", "view"]].itertuples(index=False))
+    keys = [f"{shas[q]}:{shas[o]}:{view}" for q, o, view in pairs]
+    todo = []
     try:
-        for k, (q, o, view) in enumerate(found[["query", "other", "view"]].itertuples(index=False)):
-            key = f"{shas[q]}:{shas[o]}:{view}"
-            keys.append((key,))
+        for k, (key, (q, o, view)) in enumerate(zip(keys, pairs, strict=True)):
             record = state.get(key)
             if record is None:
-                score = similarity(image_signature.grey(root / paths[q]), image_signature.grey(root / paths[o]), view)
-                record = {"pair": key, "similarity": score}
-                state.append(record)
-                checked += 1
-            scores[k] = float(record["similarity"])
-        state.compact(keep=keys)
+                todo.append((k, str(root / paths[q]), str(root / paths[o]), int(view)))
+            else:
+                scores[k] = float(record["similarity"])
+        for k, score in near_dup_store.run_batches(_similarities, todo, processes, _CONFIRM_BATCH):
+            state.append({"pair": keys[k], "similarity": score})  # each as it comes: a killed run keeps them
+            scores[k] = score
+        state.compact(keep=[(key,) for key in keys])
     finally:
         state.close()
-    return scores, checked
+    return scores, len(todo)
+
+
+def _similarities(batch: list[tuple[int, str, str, int]]) -> list[tuple[int, float]]:
+    return [(k, similarity(image_signature.grey(Path(a)), image_signature.grey(Path(b)), view))
+            for k, a, b, view in batch]
 
 
 # ----------------------------------------------------------------------------------------------
