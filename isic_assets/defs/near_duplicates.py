@@ -97,6 +97,7 @@ def _near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCo
             "candidate_pairs": report.candidates,
             "candidates_checked_this_run": report.confirmed_checked,
             "unreadable": len(report.unreadable),
+            "seconds_by_phase": dg.MetadataValue.json(report.seconds),
             "review_sheet": dg.MetadataValue.md(review_sheet(report.pairs, transformed, images)),
             "path": dg.MetadataValue.path(str(out)),
         },

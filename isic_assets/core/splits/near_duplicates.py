@@ -35,8 +35,9 @@ bits of the 256-bit hash), one row per confirmed pair; ``grouping.build_groups``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -81,6 +82,7 @@ class NearDuplicateReport:
     unreadable: tuple[str, ...]
     candidates_found: int = 0  # out of the search, before the quick check
     bucket_reads: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase: hash, search, quick_check, confirm
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,8 +168,10 @@ def find_near_duplicates(
     images = images[["isic_id", "image", "sha256"]].drop_duplicates("isic_id").reset_index(drop=True)
     for retired in _RETIRED_STATE:
         (Path(state_dir) / retired).unlink(missing_ok=True)
+    clock = _Clock()
     store = SignatureStore(Path(state_dir) / HASHES_STATE)
     hashed, unreadable = store.add_missing(images, Path(image_root), log)
+    clock.lap("hash")
     usable = images[~images["isic_id"].isin(unreadable)].reset_index(drop=True)
     store.keep_only(usable["sha256"])
     rows = store.rows(usable["sha256"])
@@ -179,13 +183,17 @@ def find_near_duplicates(
     found, reads = near_dup_search.search(whole_keys, whole_fine, windows, max_distance=max_distance,
                                           max_fine_distance=max_fine_distance)
     del whole_keys, whole_fine
+    clock.lap("search")
     shas = usable["sha256"].to_numpy()
     found = found[shas[found["query"].to_numpy()] != shas[found["other"].to_numpy()]].reset_index(drop=True)
     quick = _quick_scores(store, rows, found)
+    clock.lap("quick_check")
     log(f"near-duplicates: {len(usable)} images hashed ({hashed} new), {reads} bucket entries read, "
         f"{len(found)} candidate pairs, {int((quick >= near_dup_quick_check.MIN_QUICK).sum())} past the quick check")
     found = found[quick >= near_dup_quick_check.MIN_QUICK].reset_index(drop=True)
     scores, checked = _confirm(usable, Path(image_root), found, Path(state_dir) / CHECKS_STATE)
+    clock.lap("confirm")
+    log(f"near-duplicates: seconds {clock.seconds}")
     ids = usable["isic_id"].to_numpy()
     a, b = ids[found["query"].to_numpy()], ids[found["other"].to_numpy()]
     table = pd.DataFrame({
@@ -198,7 +206,20 @@ def find_near_duplicates(
     table = table[table["similarity"] >= min_similarity]
     table = table.sort_values(["distance", "isic_id_a", "isic_id_b"], kind="stable").reset_index(drop=True)
     return NearDuplicateReport(table, len(usable), hashed, len(found), checked, tuple(sorted(unreadable)),
-                               candidates_found=len(quick), bucket_reads=reads)
+                               candidates_found=len(quick), bucket_reads=reads, seconds=clock.seconds)
+
+
+class _Clock:
+    """Seconds per phase of the step, for the log and the asset's metadata."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 1)
+        self._last = now
 
 
 def _quick_scores(store: SignatureStore, rows: np.ndarray, found: pd.DataFrame) -> np.ndarray:
