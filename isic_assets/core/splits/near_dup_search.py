@@ -33,7 +33,7 @@ TABLES = 32  # crops reaching the candidates: 86% with 16 tables, 92% with 32 (n
 TABLE_BITS = 20
 CLOSEST = 4  # partners kept per image, closest first
 _SEED = 20_240_612  # the bit draws are fixed: the same archive gives the same candidates on every run
-_CHUNK_READS = 1_000_000  # bucket entries read at once (~100 MB of arrays at most)
+_CHUNK_READS = 250_000  # bucket entries read at once (about 10 arrays of 2-8 MB while they are checked)
 
 # windows(lo, hi): keys (images x views, uint64) and 256-bit hashes (images x views x 32) of images lo..hi.
 Windows = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
