@@ -27,7 +27,7 @@ from . import image_signature, near_dup_quick_check
 Log = Callable[[str], None]
 HASH_PROCESSES = 2  # the machine this is sized for has two cores; the step has them to itself
 _HASH_BATCH = 500  # images per batch a worker hashes (2.8 MB of records back)
-_COPY_ROWS = 20_000
+_COPY_ROWS = 5_000  # records mapped at once when copying a column out (28 MB resident)
 
 
 def record_dtype() -> np.dtype:
