@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from isic_assets.core.splits import image_signature, near_dup_quick_check, near_dup_search
+from isic_assets.core.splits import image_signature, near_dup_quick_check, near_dup_search, near_dup_store
 from isic_assets.core.splits import near_duplicates as nd
 from isic_assets.demo.synthetic import encode_jpeg, picture_rng, synth_dermoscopy
 
@@ -95,12 +95,13 @@ def quality(n_images: int, n_copies: int, seed: int) -> dict:
                 planted[(f"ISIC_{i:07d}", new)] = edit_of[i]
         images = pd.DataFrame(rows)
         paths = [root / p for p in images["image"]]
-        hash_ms = _per_image_ms(lambda p: image_signature.view_signatures(image_signature.grey(p)), paths)
+        hash_ms = _hash_ms(images, root)
         started = time.perf_counter()
         report = nd.find_near_duplicates(images, root, root / "_state")
         seconds = time.perf_counter() - started
         scores = _candidate_scores(root / "_state" / nd.CHECKS_STATE, images, planted)
-        keys, fine, thumbs = _signatures(paths)
+        keys, fine, thumbs = _signatures(images, root)
+        quick = _quick_margin(keys, fine, thumbs, images, planted)
         confirm_ms = _confirm_ms(paths, rng)
         quick_us = _quick_us(thumbs, rng)
     found = set(zip(report.pairs["isic_id_a"], report.pairs["isic_id_b"], strict=True))
@@ -116,7 +117,8 @@ def quality(n_images: int, n_copies: int, seed: int) -> dict:
         "candidates": report.candidates, "candidate_rate_per_pair": report.candidates / (n * (n - 1) / 2),
         "search_candidates": report.candidates_found, "bucket_reads": report.bucket_reads,
         "cross_reads_per_pair": _cross_reads(fine) / (n * n), "quick_us_per_pair": quick_us,
-        "run_seconds": round(seconds, 1), "scores": scores, "hash_ms": hash_ms, "confirm_ms_per_candidate": confirm_ms,
+        "run_seconds": round(seconds, 1), "scores": scores, "quick": quick,
+        "hash_ms": hash_ms, "confirm_ms_per_candidate": confirm_ms,
         "signatures": (keys, fine, thumbs),
     }
 
@@ -140,11 +142,37 @@ def _write(root: Path, isic_id: str, data: bytes) -> dict:
     return {"isic_id": isic_id, "image": name, "sha256": isic_id}
 
 
-def _signatures(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    pixels = [image_signature.grey(p) for p in paths]
-    pairs = [image_signature.view_signatures(p) for p in pixels]
-    return (np.stack([k for k, _ in pairs]), np.stack([f for _, f in pairs]),
-            np.stack([near_dup_quick_check.thumbnail(p) for p in pixels]))
+def _items(images: pd.DataFrame, root: Path) -> list[tuple[str, str, str]]:
+    return [(i, str(root / p), s) for i, p, s in images[["isic_id", "image", "sha256"]].itertuples(index=False)]
+
+
+def _signatures(images: pd.DataFrame, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    records, _ = near_dup_store.hash_batch(_items(images, root))
+    return records["keys"].astype(np.uint64), records["fine"], records["thumb"]
+
+
+def _hash_ms(images: pd.DataFrame, root: Path) -> float:
+    """Reading and hashing an image as the step does (one process), per image."""
+    sample = _items(images.iloc[:500], root)
+    started = time.perf_counter()
+    near_dup_store.hash_batch(sample)
+    return round((time.perf_counter() - started) / len(sample) * 1000, 3)
+
+
+def _quick_margin(keys: np.ndarray, fine: np.ndarray, thumbs: np.ndarray, images: pd.DataFrame,
+                  planted: dict) -> dict:
+    """The quick check's scores of the search's candidates: planted copies' lowest against the others' highest."""
+    found, _ = near_dup_search.search(keys[:, 0], fine[:, 0], lambda lo, hi: (keys[lo:hi], fine[lo:hi]),
+                                      max_distance=nd.DEFAULT_MAX_DISTANCE,
+                                      max_fine_distance=nd.DEFAULT_MAX_FINE_DISTANCE)
+    scores = near_dup_quick_check.scores(thumbs[found["other"].to_numpy()], thumbs[found["query"].to_numpy()],
+                                         found["view"].to_numpy())
+    ids = images["isic_id"].to_numpy()
+    is_planted = np.array([tuple(sorted((ids[a], ids[b]))) in planted
+                           for a, b in zip(found["query"], found["other"], strict=True)], dtype=bool)
+    return {"planted": int(is_planted.sum()), "planted_min": float(scores[is_planted].min(initial=np.inf)),
+            "others": int((~is_planted).sum()), "others_max": float(scores[~is_planted].max(initial=-np.inf)),
+            "others_passing": int((scores[~is_planted] >= near_dup_quick_check.MIN_QUICK).sum())}
 
 
 def _cross_reads(fine: np.ndarray) -> int:
@@ -165,14 +193,6 @@ def _quick_us(thumbs: np.ndarray, rng: np.random.Generator) -> float:
     started = time.perf_counter()
     near_dup_quick_check.scores(thumbs[pairs[:, 0]], thumbs[pairs[:, 1]], views)
     return round((time.perf_counter() - started) / len(pairs) * 1e6, 1)
-
-
-def _per_image_ms(fn, paths: list[Path]) -> float:
-    sample = paths[:300]
-    started = time.perf_counter()
-    for path in sample:
-        fn(path)
-    return round((time.perf_counter() - started) / len(sample) * 1000, 2)
 
 
 def _confirm_ms(paths: list[Path], rng: np.random.Generator) -> float:
@@ -240,8 +260,13 @@ def main() -> None:
     scores = result["scores"]
     print(f"confirmation scores: planted copies that became candidates: {scores['planted_candidates']}, lowest "
           f"{scores['planted_min']}; other candidates: {scores['other_candidates']}, highest {scores['other_max']}")
+    quick = result["quick"]
+    print(f"quick check (from {near_dup_quick_check.MIN_QUICK}): planted copies among the search's candidates: "
+          f"{quick['planted']}, lowest {quick['planted_min']:.3f}; other candidates: {quick['others']}, highest "
+          f"{quick['others_max']:.3f}, {quick['others_passing']} passing")
     pairs = result["images"] * (result["images"] - 1) / 2
-    print(f"signatures per image: {result['hash_ms']} ms; quick check: {result['quick_us_per_pair']} us per pair; "
+    print(f"reading and hashing an image: {result['hash_ms']} ms; "
+          f"quick check: {result['quick_us_per_pair']} us per pair; "
           f"confirmation: {result['confirm_ms_per_candidate']} ms per candidate")
     print(f"search: {result['bucket_reads']:,} bucket entries read ({result['cross_reads_per_pair']:.2e} x n^2 "
           f"between different images), {result['search_candidates']} candidates "

@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from isic_assets.core.splits import near_dup_search
+from isic_assets.core.splits import image_signature, near_dup_quick_check, near_dup_search, near_dup_store
 from isic_assets.core.splits import near_duplicates as nd
 from isic_assets.core.splits.checks import leakage
 from isic_assets.core.splits.grouping import build_groups
 from isic_assets.core.splits.near_dup_store import SignatureStore
+from isic_assets.core.transform.image_ops import TransformSettings, transform_bytes
+from isic_assets.demo.isic2024 import tile_jpegs
 from isic_assets.demo.synthetic import encode_jpeg, picture_rng, synth_dermoscopy
 
 SIDE = 256
@@ -273,3 +275,71 @@ def test_dagster_run_groups_or_drops_the_pairs_and_the_check_rereads_them(tmp_pa
     [outcome] = [e for e in again.get_asset_check_evaluations() if e.check_name == "no_leakage"]
     assert not outcome.passed
     assert outcome.metadata["leaking_keys"].value["near_duplicate"] == 1
+
+
+def test_window_hashes_equal_a_resize_and_a_dct_per_window():
+    """The two matrix products give each window's hash as cropping, resizing and ``cv2.dct`` per window do."""
+    for i in range(4):
+        grey = cv2.cvtColor(synth_dermoscopy(picture_rng(3, f"lesion{i}"), 400, 300), cv2.COLOR_RGB2GRAY)
+        keys, fine = image_signature.view_signatures(grey)
+        base = image_signature.base(grey).astype(np.float32)
+        for view, window in enumerate(image_signature.VIEWS):
+            dct = cv2.dct(cv2.resize(image_signature.crop_view(base, window), (64, 64),
+                                     interpolation=cv2.INTER_LINEAR))
+            low, wide = dct[:8, :8].ravel(), dct[:16, :16].ravel()
+            expected_key = np.packbits(low > np.median(low)).view(">u8")[0]
+            expected_fine = np.packbits(wide > np.median(wide))
+            # a coefficient equal to the median (float rounding of the product order) may flip one bit
+            assert image_signature.hamming(np.array([keys[view]]), np.array([expected_key]))[0] <= 1
+            assert image_signature.fine_distance(fine[view], expected_fine) <= 1
+
+
+def test_hashing_in_two_processes_writes_the_records_of_one(archive, tmp_path, monkeypatch):
+    root, images, _ = archive
+    monkeypatch.setattr(near_dup_store, "_HASH_BATCH", 4)  # several batches from 16 images
+    stores = {}
+    for processes in (1, 2):
+        store = SignatureStore(tmp_path / f"{processes}.bin")
+        hashed, unreadable = store.add_missing(images, root, lambda _m: None, processes=processes)
+        assert (hashed, unreadable) == (15, {"ISIC_0000015"})
+        stores[processes] = np.sort(np.fromfile(store.path, dtype=store.dtype), order="sha256")
+    assert stores[1].tobytes() == stores[2].tobytes()
+
+
+def _tile_pictures(count: int) -> list[np.ndarray]:
+    """The first synthetic ISIC 2024 tiles, decoded (RGB)."""
+    return [cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+            for data in tile_jpegs(count)]
+
+
+def test_the_quick_check_rejects_look_alike_tiles_and_passes_their_copies(tmp_path):
+    """The ISIC 2024 mirror's tiles share their smooth outline with the candidates the search finds for
+    them; a band-passed correlation of the thumbnails passed most of those on to the slow confirmation
+    (docs/PERFORMANCE.md 13). Phase correlation rejects them and keeps copies of tiles."""
+    settings = TransformSettings()
+    tiles = _tile_pictures(500)
+    copies = {0: {"window": (0.08, 0.0, 1.0, 0.92), "scale": 0.9, "quality": 70},
+              1: {"scale": 0.6, "contrast": 1.1, "brightness": -20.0, "quality": 60},
+              2: {"window": (0.0, 0.05, 0.94, 1.0), "contrast": 0.92, "brightness": 15.0, "quality": 85}}
+    pictures = [*tiles, *(_edited(tiles[k], **how) for k, how in copies.items())]
+    items = []
+    for i, rgb in enumerate(pictures):
+        jpeg, _ = transform_bytes(encode_jpeg(rgb, 95), settings)
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg)
+        items.append((str(i), str(tmp_path / f"{i}.jpg"), f"{i:064x}"))
+    records, failed = near_dup_store.hash_batch(items)
+    assert not failed
+    keys, fine = records["keys"].astype(np.uint64), records["fine"]
+    found, _ = near_dup_search.search(keys[:, 0], fine[:, 0], lambda lo, hi: (keys[lo:hi], fine[lo:hi]),
+                                      max_distance=nd.DEFAULT_MAX_DISTANCE,
+                                      max_fine_distance=nd.DEFAULT_MAX_FINE_DISTANCE)
+    thumbs = records["thumb"]
+    scores = near_dup_quick_check.scores(thumbs[found["other"].to_numpy()], thumbs[found["query"].to_numpy()],
+                                         found["view"].to_numpy())
+    pairs = [tuple(sorted(p)) for p in found[["query", "other"]].itertuples(index=False)]
+    planted = {(k, len(tiles) + n) for n, k in enumerate(copies)}
+    passed = {pair for pair, score in zip(pairs, scores, strict=True) if score >= near_dup_quick_check.MIN_QUICK}
+    assert planted <= set(pairs), "a copy of a tile did not reach the candidates"
+    assert len(set(pairs) - planted) >= 5, "too few look-alike candidates for the test to mean anything"
+
+    assert passed == planted

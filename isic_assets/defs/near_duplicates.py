@@ -45,7 +45,7 @@ class NearDuplicatesConfig(dg.Config):
 @dg.asset(
     deps=[transformed_images],
     group_name=GROUP,
-    code_version="3",
+    code_version="5",
     kinds={"python", "csv"},
     description="merged_data/near_duplicates.csv: pairs of different ids showing the same photo re-encoded, "
                 "resized, cropped or recoloured (LSH on windowed DCT hashes, a thumbnail check, then aligned detail).",
@@ -97,6 +97,7 @@ def _near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCo
             "candidate_pairs": report.candidates,
             "candidates_checked_this_run": report.confirmed_checked,
             "unreadable": len(report.unreadable),
+            "seconds_by_phase": dg.MetadataValue.json(report.seconds),
             "review_sheet": dg.MetadataValue.md(review_sheet(report.pairs, transformed, images)),
             "path": dg.MetadataValue.path(str(out)),
         },

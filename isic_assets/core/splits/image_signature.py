@@ -69,24 +69,103 @@ def crop_view(pixels: np.ndarray, view: tuple[float, float, float, float]) -> np
     return pixels[round(y0 * h) : round(y1 * h), round(x0 * w) : round(x1 * w)]
 
 
+def _linear_resize_matrix(source: int, target: int) -> np.ndarray:
+    """``target x source``: what ``cv2.resize`` with INTER_LINEAR does along one axis of a float image."""
+    out = np.zeros((target, source), dtype=np.float64)
+    for i in range(target):
+        x = (i + 0.5) * source / target - 0.5  # OpenCV's half-pixel centres, clamped at the edges
+        left = int(np.floor(x))
+        weight = x - left
+        if left < 0:
+            left, weight = 0, 0.0
+        if left >= source - 1:
+            left, weight = source - 1, 0.0
+        out[i, left] += 1 - weight
+        if weight:
+            out[i, left + 1] += weight
+    return out
+
+
+def _dct_matrix(size: int, keep: int) -> np.ndarray:
+    """The first ``keep`` rows of the orthonormal DCT-II of length ``size`` (``cv2.dct``'s)."""
+    grid = np.arange(size)[None, :]
+    out = np.sqrt(2.0 / size) * np.cos(np.pi * (2 * grid + 1) * np.arange(keep)[:, None] / (2 * size))
+    out[0] /= np.sqrt(2.0)
+    return out
+
+
+def _window_matrix() -> np.ndarray:
+    """Per axis window: crop, resize to 64 (INTER_LINEAR) and the 16 lowest DCT rows, as one matrix.
+
+    Stacked (6 windows x 16 rows) x 128: ``M @ base @ M.T`` gives every window's 16x16 lowest
+    frequencies at once, what cropping, resizing and ``cv2.dct`` per window gave (the same bits but
+    for ties at the median), in two matrix products instead of 36 resizes and DCTs.
+    """
+    side = 2 * _VIEW_SIDE
+    dct = _dct_matrix(_VIEW_SIDE, _FINE_SIDE)
+    blocks = []
+    for lo, hi in _AXIS_WINDOWS:
+        start, stop = round(lo * side), round(hi * side)
+        block = np.zeros((_FINE_SIDE, side))
+        block[:, start:stop] = dct @ _linear_resize_matrix(stop - start, _VIEW_SIDE)
+        blocks.append(block)
+    return np.vstack(blocks).astype(np.float32)
+
+
+_WINDOW_MATRIX = _window_matrix()
+_AXES = len(_AXIS_WINDOWS)
+
+
+def base(pixels: np.ndarray) -> np.ndarray:
+    """The grey image at 128x128 (INTER_AREA): what the window hashes and the thumbnail are taken from."""
+    return cv2.resize(pixels, (2 * _VIEW_SIDE, 2 * _VIEW_SIDE), interpolation=cv2.INTER_AREA)
+
+
+def read_base(path: Path) -> np.ndarray:
+    """``base`` of the image at ``path``, decoded at half size where that still leaves 128 pixels a side.
+
+    libjpeg's DCT-scaled decode at half size took 0.30 ms against 0.73 ms for the full decode of a
+    256x256 transformed image (docs/PERFORMANCE.md 13), the largest part of hashing it; the hashes
+    and the planted copies found were the same on the bench. Smaller images are decoded in full.
+    """
+    half = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_2)
+    if half is not None and half.size and min(half.shape) >= 2 * _VIEW_SIDE:
+        return base(half)
+    return base(grey(path))
+
+
 def view_signatures(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per window of ``VIEWS``: a 64-bit key (uint64 array) and a 256-bit hash (uint8 array, 32 per view).
 
     The image is shrunk once to 128x128 (INTER_AREA); each window of that is brought to 64x64 with
-    INTER_LINEAR, which does not alias at a ratio below 2 and is 3x faster than resizing every window
-    of the full picture with INTER_AREA.
+    INTER_LINEAR (no aliasing at a ratio below 2) and its DCT taken, both folded into one matrix
+    (``_window_matrix``). Call it with BLAS held to one thread (``near_dup_store`` does): on 128x128
+    matrices OpenBLAS's threads cost ten times the products themselves (docs/PERFORMANCE.md 13).
     """
-    base = cv2.resize(pixels, (2 * _VIEW_SIDE, 2 * _VIEW_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
-    coefficients = np.stack([
-        cv2.dct(cv2.resize(crop_view(base, view), (_VIEW_SIDE, _VIEW_SIDE), interpolation=cv2.INTER_LINEAR))
-        for view in VIEWS
-    ])
-    low = coefficients[:, :HASH_BITS_SIDE, :HASH_BITS_SIDE].reshape(len(VIEWS), -1)
-    low_bits = (low > np.median(low, axis=1, keepdims=True)).astype(np.uint64)
-    keys = np.bitwise_or.reduce(low_bits * _BIT_WEIGHTS, axis=1)
-    wide = coefficients[:, :_FINE_SIDE, :_FINE_SIDE].reshape(len(VIEWS), -1)
-    fine = np.packbits(wide > np.median(wide, axis=1, keepdims=True), axis=1)
+    keys, fine = signatures_of_bases(base(pixels)[None])
+    return keys[0], fine[0]
+
+
+def signatures_of_bases(bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``view_signatures`` of a stack of 128x128 bases (k x 128 x 128): keys k x 36, hashes k x 36 x 32."""
+    count = len(bases)
+    low16 = _WINDOW_MATRIX @ bases.astype(np.float32) @ _WINDOW_MATRIX.T  # k x 96 x 96: (y window, x window)
+    # VIEWS runs over x windows, then y windows: view = x * 6 + y
+    coefficients = low16.reshape(count, _AXES, _FINE_SIDE, _AXES, _FINE_SIDE).transpose(0, 3, 1, 2, 4)
+    coefficients = coefficients.reshape(count, len(VIEWS), _FINE_SIDE, _FINE_SIDE)
+    low = coefficients[..., :HASH_BITS_SIDE, :HASH_BITS_SIDE].reshape(count, len(VIEWS), -1)
+    key_bits = np.packbits(low > _median(low), axis=-1)
+    keys = key_bits.view(">u8")[..., 0].astype(np.uint64)
+    wide = coefficients.reshape(count, len(VIEWS), -1)
+    fine = np.packbits(wide > _median(wide), axis=-1)
     return keys, fine
+
+
+def _median(values: np.ndarray) -> np.ndarray:
+    """``np.median`` over the last (even-sized) axis, kept: a sort is ten times faster on rows of 64-256."""
+    ordered = np.sort(values, axis=-1)
+    middle = values.shape[-1] // 2
+    return (ordered[..., middle - 1 : middle] + ordered[..., middle : middle + 1]) / 2
 
 
 def fine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ TABLES = 32  # crops reaching the candidates: 86% with 16 tables, 92% with 32 (n
 TABLE_BITS = 20
 CLOSEST = 4  # partners kept per image, closest first
 _SEED = 20_240_612  # the bit draws are fixed: the same archive gives the same candidates on every run
-_CHUNK_READS = 1_000_000  # bucket entries read at once (~100 MB of arrays at most)
+_CHUNK_READS = 250_000  # bucket entries read at once (about 10 arrays of 2-8 MB while they are checked)
 
 # windows(lo, hi): keys (images x views, uint64) and 256-bit hashes (images x views x 32) of images lo..hi.
 Windows = Callable[[int, int], tuple[np.ndarray, np.ndarray]]
@@ -78,10 +78,13 @@ def search(whole_keys: np.ndarray, whole_fine: np.ndarray, windows: Windows, *, 
     positions = table_bits(tables, bits)
     whole_words = np.ascontiguousarray(whole_fine).view(np.uint64)  # n x 4
     index = []
-    for table in positions:  # per table: the index rows sorted by value, and where each value starts
+    for table in positions:  # per table: the index rows sorted by value, and where each value's run starts
         values = _codes(whole_fine, table)
-        counts = np.bincount(values, minlength=1 << bits)
-        index.append((np.argsort(values, kind="stable").astype(np.int32), counts, np.cumsum(counts) - counts))
+        # int32 boundaries, one array (a value's run ends where the next starts): 4 MB a table; int64
+        # counts and starts took 16 MB, 512 MB for 32 tables.
+        bounds = np.zeros((1 << bits) + 1, dtype=np.int32)
+        np.cumsum(np.bincount(values, minlength=1 << bits), out=bounds[1:])
+        index.append((np.argsort(values, kind="stable").astype(np.int32), bounds))
     found: list[pd.DataFrame] = []
     reads = 0
     for lo in range(0, n, chunk_images):
@@ -91,12 +94,13 @@ def search(whole_keys: np.ndarray, whole_fine: np.ndarray, windows: Windows, *, 
         views = keys.shape[1]
         flat_keys = np.ascontiguousarray(keys, dtype=np.uint64).reshape(-1)
         flat_words = np.ascontiguousarray(fine).view(np.uint64).reshape(len(flat_keys), -1)
-        for table, (order, counts, starts) in zip(positions, index, strict=True):
+        for table, (order, bounds) in zip(positions, index, strict=True):
             values = _codes(fine, table).reshape(-1)
-            sizes = counts[values]
+            starts = bounds[values]
+            sizes = bounds[values + 1] - starts
             reads += int(sizes.sum())
             for a, b in _read_chunks(sizes):
-                query, entry = _read(values[a:b], np.arange(a, b), sizes[a:b], order, starts)
+                query, entry = _read(np.arange(a, b), starts[a:b], sizes[a:b], order)
                 image = lo + query // views
                 keep = entry != image
                 query, entry, image = query[keep], entry[keep], image[keep]
@@ -142,12 +146,12 @@ def _read_chunks(sizes: np.ndarray) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(edges) if b > a]
 
 
-def _read(values: np.ndarray, queries: np.ndarray, sizes: np.ndarray, order: np.ndarray,
-          starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every (query, index row) pair sharing a bucket."""
+def _read(queries: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+          order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (query, index row) pair sharing a bucket (``starts``/``sizes``: each query's run in ``order``)."""
     total = int(sizes.sum())
     if total == 0:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty
     offsets = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    return np.repeat(queries, sizes), order[np.repeat(starts[values], sizes) + offsets]
+    return np.repeat(queries, sizes), order[np.repeat(starts, sizes) + offsets]

@@ -10,29 +10,88 @@ next open and that image is hashed again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from ..atomic import atomic_open
+from ..compute.batches import LostBatch, batches_of
+from ..compute.fork_pool import ForkPool, fork_safe_parent
 from . import image_signature, near_dup_quick_check
 
 Log = Callable[[str], None]
-_APPEND_BATCH = 1_000
-_COPY_ROWS = 20_000
+HASH_PROCESSES = 2  # the machine this is sized for has two cores; the step has them to itself
+_HASH_BATCH = 500  # images per batch a worker hashes (2.8 MB of records back)
+_COPY_ROWS = 5_000  # records mapped at once when copying a column out (28 MB resident)
+
+
+def record_dtype() -> np.dtype:
+    """One image's record: sha256, the 36 window keys and 256-bit hashes, the 64x64 thumbnail."""
+    views = len(image_signature.VIEWS)
+    side = near_dup_quick_check.THUMB_SIDE
+    return np.dtype([("sha256", "S64"), ("keys", ">u8", (views,)),
+                     ("fine", "u1", (views, image_signature.FINE_BYTES)), ("thumb", "u1", (side, side))])
+
+
+def hash_batch(items: list[tuple[str, str, str]]) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Records of ``(isic_id, path, sha256)`` items, and ``(isic_id, reason)`` of those that do not decode."""
+    bases, shas, failed = [], [], []
+    for isic_id, path, sha in items:
+        try:
+            bases.append(image_signature.read_base(Path(path)))
+        except image_signature.UnreadableImageError as exc:
+            failed.append((isic_id, str(exc)))
+            continue
+        shas.append(sha.encode("ascii"))
+    records = np.zeros(len(shas), dtype=record_dtype())
+    if shas:
+        stack = np.stack(bases)
+        with threadpool_limits(1, user_api="blas"):  # tiny products: BLAS threads cost 10x the work
+            keys, fine = image_signature.signatures_of_bases(stack)
+        records["sha256"], records["keys"], records["fine"] = shas, keys, fine
+        records["thumb"] = [near_dup_quick_check.thumbnail(base) for base in bases]
+    return records, failed
+
+
+def run_batches(function: Callable[[list[Any]], list[Any] | Any], items: list[Any], processes: int,
+                size: int) -> Iterator[Any]:
+    """``function`` over batches of ``size`` items in ``processes`` forked workers (in this process when
+    one batch or one process will do), yielding the results of each batch as it completes (any order).
+
+    A list result is yielded item by item. A worker that dies fails the step: what was yielded before
+    is the caller's to keep (the store and the confirmation cache append as they go)."""
+    queue = batches_of(items, size)
+    if processes <= 1 or len(queue) <= 1:
+        results: Iterator[Any] = (function(batch) for batch in queue)
+    else:
+        results = _forked(function, queue, processes)
+    for result in results:
+        if isinstance(result, list):
+            yield from result
+        else:
+            yield result
+
+
+def _forked(function: Callable[[list[Any]], Any], queue: deque[list[Any]], processes: int) -> Iterator[Any]:
+    with fork_safe_parent():
+        for _, result in ForkPool(processes).map_batches(function, queue, (), in_flight=2 * processes):
+            if isinstance(result, LostBatch):
+                raise RuntimeError(f"near-duplicates: a worker process died ({result.reason}); "
+                                   "what was done so far is kept, run the step again")
+            yield result
 
 
 class SignatureStore:
     """Per-image records by sha256 in ``path`` (see the module doc)."""
 
     def __init__(self, path: Path) -> None:
-        views = len(image_signature.VIEWS)
-        side = near_dup_quick_check.THUMB_SIDE
         self.path = path
-        self.dtype = np.dtype([("sha256", "S64"), ("keys", ">u8", (views,)),
-                               ("fine", "u1", (views, image_signature.FINE_BYTES)), ("thumb", "u1", (side, side))])
+        self.dtype = record_dtype()
         shas = np.zeros(0, dtype="S64")
         if path.is_file():
             size = path.stat().st_size
@@ -51,41 +110,41 @@ class SignatureStore:
     def _map(self) -> np.ndarray:
         return np.memmap(self.path, dtype=self.dtype, mode="r")
 
-    def add_missing(self, images: pd.DataFrame, root: Path, log: Log) -> tuple[int, set[str]]:
-        """Hash every image whose sha256 has no record; returns how many, and the ids that do not decode."""
+    def add_missing(self, images: pd.DataFrame, root: Path, log: Log,
+                    processes: int = HASH_PROCESSES) -> tuple[int, set[str]]:
+        """Hash every image whose sha256 has no record; returns how many, and the ids that do not decode.
+
+        Batches of ``_HASH_BATCH`` images are hashed by ``processes`` forked workers (one process
+        when there are few): decoding is most of the cost, about 0.5-1 ms an image, a whole-archive
+        pass of several minutes on one core. Each batch's records are appended as it comes back, so
+        a killed run keeps what it hashed.
+        """
         missing = images[self._index.get_indexer(images["sha256"].str.encode("ascii")) < 0]
         missing = missing.drop_duplicates("sha256")
+        items = [(isic_id, str(root / image), sha) for isic_id, image, sha
+                 in missing[["isic_id", "image", "sha256"]].itertuples(index=False)]
+        for isic_id, _, sha in items:
+            if len(sha) > 64:
+                raise ValueError(f"{isic_id}: sha256 {sha!r} is longer than 64 characters")
         unreadable: set[str] = set()
-        batch: list[tuple] = []
         hashed = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("ab") as handle:
-            for isic_id, image, sha in missing[["isic_id", "image", "sha256"]].itertuples(index=False):
-                if len(sha) > 64:
-                    raise ValueError(f"{isic_id}: sha256 {sha!r} is longer than 64 characters")
-                try:
-                    pixels = image_signature.grey(root / image)
-                except image_signature.UnreadableImageError as exc:
-                    log(f"near-duplicates: {isic_id} skipped: {exc}")
+            for records, failed in run_batches(hash_batch, items, processes, _HASH_BATCH):
+                for isic_id, message in failed:
+                    log(f"near-duplicates: {isic_id} skipped: {message}")
                     unreadable.add(isic_id)
-                    continue
-                keys, fine = image_signature.view_signatures(pixels)
-                batch.append((sha.encode("ascii"), keys, fine, near_dup_quick_check.thumbnail(pixels)))
-                hashed += 1
-                if len(batch) == _APPEND_BATCH:
-                    self._append(handle, batch)
-                    batch = []
-            self._append(handle, batch)
+                self._append(handle, records)
+                hashed += len(records)
         self._index = pd.Index(np.concatenate(self._shas))
         self._shas = [self._index.to_numpy()]
         return hashed, unreadable
 
-    def _append(self, handle, batch: list[tuple]) -> None:
-        if batch:
-            new = np.array(batch, dtype=self.dtype)
-            handle.write(new.tobytes())
+    def _append(self, handle, records: np.ndarray) -> None:
+        if len(records):
+            handle.write(records.tobytes())
             handle.flush()
-            self._shas.append(new["sha256"])
+            self._shas.append(np.array(records["sha256"]))
 
     def rows(self, shas: Iterable[str]) -> np.ndarray:
         """The record row of each sha256, in order; a KeyError when one has none."""

@@ -8,7 +8,7 @@ copy in train and its twin in test is the same leak as a shared patient. Three s
    64-bit key and a 256-bit hash. A copy cropped by up to 10% matches one window of its original
    closely; the whole-picture hash alone does not (a crop moves up to a third of its bits). With
    them goes a 64x64 grey thumbnail. All of it is cached by the image's sha256 in
-   ``merged_data/_state/near_duplicates.signatures.bin`` (``near_dup_store``: fixed-size records on
+   ``merged_data/_state/near_duplicates.window_hashes.bin`` (``near_dup_store``: fixed-size records on
    disk, read through a memory map, about 5.6 KB an image), so a re-run decodes only new or changed
    images and memory stays flat.
 2. **Candidates** without comparing all pairs (``near_dup_search``): locality-sensitive hashing of
@@ -25,8 +25,10 @@ copy in train and its twin in test is the same leak as a shared patient. Three s
    their fine detail (a difference of Gaussians: hairs, pigment network,
    noise, JPEG texture) is compared by normalised cross-correlation. A copy keeps its detail
    (0.95 or more on the bench); two different lesions that merely share a layout do not (at most
-   0.68 among the closest look-alike pairs). Decisions are cached by the pair of sha256s and the
-   window in ``merged_data/_state/near_duplicates.ncc.jsonl``.
+   0.68 among the closest look-alike pairs). An affine fit can also bend one smooth lesion onto
+   another's outline, so a copy must also keep its phases once aligned (a whitened correlation,
+   ``MIN_ALIGNED_PHASE``). Decisions are cached by the pair of sha256s and the window in
+   ``merged_data/_state/near_duplicates.confirmations.jsonl``.
 
 The result is a table ``isic_id_a, isic_id_b, distance, method, similarity`` (``a < b``; distance in
 bits of the 256-bit hash), one row per confirmed pair; ``grouping.build_groups`` and
@@ -35,8 +37,9 @@ bits of the 256-bit hash), one row per confirmed pair; ``grouping.build_groups``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -46,7 +49,7 @@ import pandas as pd
 from .. import layout
 from ..components import component_labels
 from ..scan_state import JsonlLog
-from . import image_signature, near_dup_quick_check, near_dup_search
+from . import image_signature, near_dup_quick_check, near_dup_search, near_dup_store
 from .near_dup_store import SignatureStore
 
 Log = Callable[[str], None]
@@ -55,16 +58,21 @@ Accept = Callable[[np.ndarray, np.ndarray], np.ndarray]
 DEFAULT_MAX_DISTANCE = 12  # bits of the 64-bit window keys: 7 lost a tenth of the crops the LSH search met
 DEFAULT_MAX_FINE_DISTANCE = 56  # of 256: 97% of cropped copies within; 64 gains 1% for 7x the look-alike candidates
 DEFAULT_MIN_SIMILARITY = 0.85  # copies scored 0.97+, look-alike pairs at most 0.44 (docs/PERFORMANCE.md 13)
+MIN_ALIGNED_PHASE = 0.5  # and aligned phases: copies 0.70+, look-alikes 0.18, tiles aligned onto each other 0.29
 METHOD = "dct-views+ecc-ncc"
 PAIR_COLUMNS = ["isic_id_a", "isic_id_b", "distance", "method", "similarity"]
-HASHES_STATE = "near_duplicates.signatures.bin"
-CHECKS_STATE = "near_duplicates.ncc.jsonl"
+HASHES_STATE = "near_duplicates.window_hashes.bin"
+CHECKS_STATE = "near_duplicates.confirmations.jsonl"
 # Caches this step kept before (the whole-picture hash, the ORB confirmation, window signatures without
-# thumbnails); nothing reads them.
-_RETIRED_STATE = ("near_duplicates.hashes.jsonl", "near_duplicates.checks.jsonl", "near_duplicates.views.bin")
+# thumbnails, and with thumbnails of the full decode; confirmations without the aligned phase); nothing
+# reads them.
+_RETIRED_STATE = ("near_duplicates.hashes.jsonl", "near_duplicates.checks.jsonl", "near_duplicates.views.bin",
+                  "near_duplicates.signatures.bin", "near_duplicates.ncc.jsonl")
 _COMPARE_SIDE = 128
 _COMPARE_MARGIN = 12  # pixels left out at the border, where the alignment leaves no data
 _REFINE_FROM = 0.5  # coarse score from which a pair gets the fine alignment
+_PHASE_BAND = (0.02, 0.35)  # cycles per pixel at 128 px
+_CONFIRM_BATCH = 50  # candidate pairs a worker confirms at a time (about 0.7 s of ECC)
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class NearDuplicateReport:
     unreadable: tuple[str, ...]
     candidates_found: int = 0  # out of the search, before the quick check
     bucket_reads: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase: hash, search, quick_check, confirm
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,15 +99,19 @@ def _detail(pixels: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(pixels, (0, 0), 1.0) - cv2.GaussianBlur(pixels, (0, 0), 4.0)
 
 
-def similarity(whole: np.ndarray, other: np.ndarray, view: int) -> float:
-    """Normalised cross-correlation of the fine detail of ``whole`` and window ``view`` of ``other``, aligned.
+def similarity(whole: np.ndarray, other: np.ndarray, view: int) -> tuple[float, float]:
+    """How alike ``whole`` and window ``view`` of ``other`` are once aligned: (detail correlation, phase).
 
     Both are brought to 128x128 grey. An affine ECC fit on blurred 64x64 copies aligns the window to
     the whole picture (what the window grid left of a crop, and any stretch), and the detail is
     compared away from the borders. Most candidates are look-alikes, which score far below any copy
     after that coarse fit (at most 0.39 on the bench, copies 0.89 or more), so only a pair scoring
     ``_REFINE_FROM`` or more pays for a second fit at 128x128, which lifts copies to 0.97 or more.
-    1.0 is the same picture.
+
+    The second number is the whitened (phase) correlation of the aligned pair within one pixel of
+    the fit (``_aligned_phase``): an affine fit can bend one smooth lesion onto another's outline,
+    and then their detail correlates (synthetic ISIC 2024 tiles up to 0.93); their phases do not
+    (at most 0.29, planted copies 0.70 or more; docs/PERFORMANCE.md 13). 1.0 is the same picture.
     """
     side = (_COMPARE_SIDE, _COMPARE_SIDE)
     target = cv2.resize(whole, side, interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -110,8 +123,34 @@ def similarity(whole: np.ndarray, other: np.ndarray, view: int) -> float:
     warp[:, 2] *= 2  # the translation, from 64 to 128 pixels
     score = _detail_correlation(target, moving, warp)
     if score >= _REFINE_FROM:
-        score = max(score, _detail_correlation(target, moving, _ecc(target, moving, warp, 2.0, 20)))
-    return round(score, 4)
+        fine = _ecc(target, moving, warp, 2.0, 20)
+        fine_score = _detail_correlation(target, moving, fine)
+        if fine_score > score:
+            score, warp = fine_score, fine
+    return round(score, 4), round(_aligned_phase(target, _aligned(moving, warp)), 4)
+
+
+def _aligned(moving: np.ndarray, warp: np.ndarray) -> np.ndarray:
+    return cv2.warpAffine(moving, warp, moving.shape[::-1], flags=cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP)
+
+
+def _aligned_phase(target: np.ndarray, aligned: np.ndarray) -> float:
+    """Phase correlation of two aligned pictures away from the borders: the best within one pixel."""
+    inner = slice(_COMPARE_MARGIN, _COMPARE_SIDE - _COMPARE_MARGIN)
+    a, b = target[inner, inner], aligned[inner, inner]
+    n = a.shape[0]
+    taper = np.outer(np.hanning(n), np.hanning(n))
+    cross = np.fft.rfft2(a * taper) * np.conj(np.fft.rfft2(b * taper))
+    radius = np.sqrt(np.fft.rfftfreq(n)[None, :] ** 2 + np.fft.fftfreq(n)[:, None] ** 2)
+    band = ((radius >= _PHASE_BAND[0]) & (radius <= _PHASE_BAND[1])).astype(np.float64)
+    cross *= band / np.maximum(np.abs(cross), 1e-12)
+    columns = np.full(cross.shape[1], 2.0)  # Parseval on a real FFT
+    columns[0] = 1.0
+    if n % 2 == 0:
+        columns[-1] = 1.0
+    surface = np.fft.irfft2(cross, s=(n, n)) * n * n / (band * columns).sum()
+    near = np.r_[0:2, n - 1 : n]
+    return float(surface[near][:, near].max())
 
 
 def _ecc(target: np.ndarray, moving: np.ndarray, warp: np.ndarray, blur: float, iterations: int) -> np.ndarray:
@@ -126,7 +165,7 @@ def _ecc(target: np.ndarray, moving: np.ndarray, warp: np.ndarray, blur: float, 
 
 
 def _detail_correlation(target: np.ndarray, moving: np.ndarray, warp: np.ndarray) -> float:
-    aligned = cv2.warpAffine(moving, warp, target.shape[::-1], flags=cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP)
+    aligned = _aligned(moving, warp)
     inner = slice(_COMPARE_MARGIN, _COMPARE_SIDE - _COMPARE_MARGIN)
     x, y = _detail(target)[inner, inner], _detail(aligned)[inner, inner]
     x, y = x - x.mean(), y - y.mean()
@@ -164,8 +203,10 @@ def find_near_duplicates(
     images = images[["isic_id", "image", "sha256"]].drop_duplicates("isic_id").reset_index(drop=True)
     for retired in _RETIRED_STATE:
         (Path(state_dir) / retired).unlink(missing_ok=True)
+    clock = _Clock()
     store = SignatureStore(Path(state_dir) / HASHES_STATE)
     hashed, unreadable = store.add_missing(images, Path(image_root), log)
+    clock.lap("hash")
     usable = images[~images["isic_id"].isin(unreadable)].reset_index(drop=True)
     store.keep_only(usable["sha256"])
     rows = store.rows(usable["sha256"])
@@ -177,13 +218,17 @@ def find_near_duplicates(
     found, reads = near_dup_search.search(whole_keys, whole_fine, windows, max_distance=max_distance,
                                           max_fine_distance=max_fine_distance)
     del whole_keys, whole_fine
+    clock.lap("search")
     shas = usable["sha256"].to_numpy()
     found = found[shas[found["query"].to_numpy()] != shas[found["other"].to_numpy()]].reset_index(drop=True)
     quick = _quick_scores(store, rows, found)
+    clock.lap("quick_check")
     log(f"near-duplicates: {len(usable)} images hashed ({hashed} new), {reads} bucket entries read, "
         f"{len(found)} candidate pairs, {int((quick >= near_dup_quick_check.MIN_QUICK).sum())} past the quick check")
     found = found[quick >= near_dup_quick_check.MIN_QUICK].reset_index(drop=True)
-    scores, checked = _confirm(usable, Path(image_root), found, Path(state_dir) / CHECKS_STATE)
+    scores, phases, checked = _confirm(usable, Path(image_root), found, Path(state_dir) / CHECKS_STATE)
+    clock.lap("confirm")
+    log(f"near-duplicates: seconds {clock.seconds}")
     ids = usable["isic_id"].to_numpy()
     a, b = ids[found["query"].to_numpy()], ids[found["other"].to_numpy()]
     table = pd.DataFrame({
@@ -193,16 +238,32 @@ def find_near_duplicates(
         "method": METHOD,
         "similarity": scores,
     }, columns=PAIR_COLUMNS)
-    table = table[table["similarity"] >= min_similarity]
+    table = table[(table["similarity"] >= min_similarity) & (phases >= MIN_ALIGNED_PHASE)]
     table = table.sort_values(["distance", "isic_id_a", "isic_id_b"], kind="stable").reset_index(drop=True)
     return NearDuplicateReport(table, len(usable), hashed, len(found), checked, tuple(sorted(unreadable)),
-                               candidates_found=len(quick), bucket_reads=reads)
+                               candidates_found=len(quick), bucket_reads=reads, seconds=clock.seconds)
+
+
+class _Clock:
+    """Seconds per phase of the step, for the log and the asset's metadata."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._last, 1)
+        self._last = now
 
 
 def _quick_scores(store: SignatureStore, rows: np.ndarray, found: pd.DataFrame) -> np.ndarray:
-    """The thumbnail check of every candidate, in slices (each reads only its pairs' thumbnails)."""
+    """The thumbnail check of every candidate, in slices (each reads only its pairs' thumbnails).
+
+    A slice's records are resident while the map is open (5.7 KB each, two per pair, scattered):
+    4,000 pairs keep that near 45 MB; 20,000 held about 230 MB plus the copies."""
     out = np.empty(len(found), dtype=np.float64)
-    step = 20_000
+    step = 4_000
     for lo in range(0, len(found), step):
         part = found.iloc[lo : lo + step]
         out[lo : lo + len(part)] = near_dup_quick_check.scores(
@@ -211,27 +272,36 @@ def _quick_scores(store: SignatureStore, rows: np.ndarray, found: pd.DataFrame) 
     return out
 
 
-def _confirm(usable: pd.DataFrame, root: Path, found: pd.DataFrame, state_path: Path) -> tuple[np.ndarray, int]:
+def _confirm(usable: pd.DataFrame, root: Path, found: pd.DataFrame, state_path: Path,
+             processes: int = near_dup_store.HASH_PROCESSES) -> tuple[np.ndarray, np.ndarray, int]:
+    """``similarity`` of every candidate: from the cache, or computed in ``processes`` forked workers."""
     state = JsonlLog(state_path, ("pair",))
     shas, paths = usable["sha256"].to_numpy(), usable["image"].to_numpy()
     scores = np.zeros(len(found), dtype=np.float64)
-    keys = []
-    checked = 0
+    phases = np.zeros(len(found), dtype=np.float64)
+    pairs = list(found[["query", "other", "view"]].itertuples(index=False))
+    keys = [f"{shas[q]}:{shas[o]}:{view}" for q, o, view in pairs]
+    todo = []
     try:
-        for k, (q, o, view) in enumerate(found[["query", "other", "view"]].itertuples(index=False)):
-            key = f"{shas[q]}:{shas[o]}:{view}"
-            keys.append((key,))
+        for k, (key, (q, o, view)) in enumerate(zip(keys, pairs, strict=True)):
             record = state.get(key)
             if record is None:
-                score = similarity(image_signature.grey(root / paths[q]), image_signature.grey(root / paths[o]), view)
-                record = {"pair": key, "similarity": score}
-                state.append(record)
-                checked += 1
-            scores[k] = float(record["similarity"])
-        state.compact(keep=keys)
+                todo.append((k, str(root / paths[q]), str(root / paths[o]), int(view)))
+            else:
+                scores[k], phases[k] = float(record["similarity"]), float(record["phase"])
+        for k, (score, phase) in near_dup_store.run_batches(_similarities, todo, processes, _CONFIRM_BATCH):
+            # each as it comes: a killed run keeps them
+            state.append({"pair": keys[k], "similarity": score, "phase": phase})
+            scores[k], phases[k] = score, phase
+        state.compact(keep=[(key,) for key in keys])
     finally:
         state.close()
-    return scores, checked
+    return scores, phases, len(todo)
+
+
+def _similarities(batch: list[tuple[int, str, str, int]]) -> list[tuple[int, tuple[float, float]]]:
+    return [(k, similarity(image_signature.grey(Path(a)), image_signature.grey(Path(b)), view))
+            for k, a, b, view in batch]
 
 
 # ----------------------------------------------------------------------------------------------
