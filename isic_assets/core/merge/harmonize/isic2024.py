@@ -454,20 +454,3 @@ def refused_records(members: object, source: str) -> list[dict[str, Any]]:
         return []
     return [{"name": item.name, "crc": 0, "size": 0, "isic_id": "", "source": source, "status": "rejected",
              "reason": item.reason, "detail": item.detail} for item in refused()]
-
-
-def reject_unlisted(format: str, records: list[dict[str, Any]], frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A 2024 image with no row in its own metadata has no label: quarantined, not kept unlabelled.
-
-    Every 2024 image has a row (401,059 of each, docs/ISIC_SOURCES.md 1.6), so one without is a
-    damaged or mixed-up download, not a release that labels only some images.
-    """
-    if format != FORMAT:
-        return records
-    listed = set(frame["isic_id"])
-    return [
-        {**rec, "status": "rejected", "reason": "no_metadata_row",
-         "detail": f"{rec['name']}: no row with this isic_id in the source's metadata"}
-        if rec.get("status") == "ok" and rec.get("isic_id") not in listed else rec
-        for rec in records
-    ]
