@@ -130,7 +130,7 @@ def eval_run(tmp_path_factory, generated_demo_mirror):
     data_dir = tmp_path_factory.mktemp("isic_eval")
     copy_demo_mirror(generated_demo_mirror, data_dir)
     with dg.instance_for_test() as instance:
-        result = _materialize(data_dir, instance, "*balanced_splits")
+        result = _materialize(data_dir, instance, ["*balanced_splits", "eda_plots"])
     expected = json.loads((data_dir / layout.DEMO_MIRROR / "MIRROR.json").read_text())["expected"]
     return data_dir, result, expected["evaluation"]
 
@@ -267,3 +267,18 @@ def test_eda_overlap_of_the_demo_shows_every_planted_kind(eval_run):
     assert pair("demo_isic2016_test", "demo_isic2016") == [1, 1, 1]
     assert pair("demo_isic2017_validation", "demo_isic2020")[0] == 1
     assert "source_overlap" in FIGURE_TITLES and "source_overlap" in TABLE_TITLES
+
+
+def test_the_planted_near_duplicate_is_the_only_pair_and_the_report_shows_it_side_by_side(eval_run):
+    """Exactly the planted re-export (a 2016 test image re-exported from a 2016 training image) is
+    found: not the two different 2020 pictures whose detail alone correlates (test_near_duplicates.py)."""
+    data_dir, _, expected = eval_run
+    pairs = pd.read_csv(data_dir / layout.MERGED / layout.NEAR_DUPLICATES_CSV, dtype=str)
+    planted = expected["near_duplicate"]
+    assert set(zip(pairs["isic_id_a"], pairs["isic_id_b"], strict=True)) == {
+        tuple(sorted((planted["evaluation"], planted["training"])))}
+    report = (data_dir / layout.EDA / "report.html").read_text()
+    section = report[report.index('id="near-duplicates"'):]
+    a, b = pairs.iloc[0][["isic_id_a", "isic_id_b"]]
+    assert f"<td>{a}</td><td>{b}</td>" in section
+    assert section.count("data:image/jpeg;base64,") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -343,3 +344,29 @@ def test_the_quick_check_rejects_look_alike_tiles_and_passes_their_copies(tmp_pa
     assert len(set(pairs) - planted) >= 5, "too few look-alike candidates for the test to mean anything"
 
     assert passed == planted
+
+
+def test_two_different_pictures_bent_onto_each_other_are_not_confirmed_but_a_re_export_is(tmp_path):
+    """Two different demo pictures of one size (1024x682, seed 0) share the grid their skin texture
+    was upsampled on: after the affine fit their fine detail correlates at 0.92, over
+    ``min_similarity``, and only the aligned phase tells them apart. A re-export of one of them
+    (a slight crop, 75% of the size, JPEG q87: the demo's own recipe) stays a pair."""
+    from isic_assets.demo.plan import Picture
+    from isic_assets.demo.writing import render_picture
+
+    first, second = Picture("ISIC_3216139", 1024, 682), Picture("ISIC_8451858", 1024, 682)
+    re_export = Picture("near:ISIC_9999999", 768, 512, "near_duplicate", first, 87)
+    rows = []
+    for isic_id, picture in (("ISIC_3216139", first), ("ISIC_8451858", second), ("ISIC_9999999", re_export)):
+        jpeg, _ = transform_bytes(render_picture(picture, 0), TransformSettings())
+        (tmp_path / f"{isic_id}.jpg").write_bytes(jpeg)
+        rows.append({"isic_id": isic_id, "image": f"{isic_id}.jpg", "sha256": isic_id.encode().hex().ljust(64, "0")})
+    report = nd.find_near_duplicates(pd.DataFrame(rows), tmp_path, tmp_path / "state")
+
+    found = set(zip(report.pairs["isic_id_a"], report.pairs["isic_id_b"], strict=True))
+    assert found == {("ISIC_3216139", "ISIC_9999999")}
+    checked = [json.loads(line) for line in (tmp_path / "state" / nd.CHECKS_STATE).read_text().splitlines()]
+    look_alike = [c for c in checked if rows[1]["sha256"] in c["pair"] and rows[2]["sha256"] not in c["pair"]]
+    assert look_alike, "the two different pictures were not even candidates: the test means nothing"
+    assert max(c["similarity"] for c in look_alike) >= nd.DEFAULT_MIN_SIMILARITY  # the detail alone passes
+    assert max(c["phase"] for c in look_alike) < nd.MIN_ALIGNED_PHASE

@@ -45,7 +45,7 @@ class NearDuplicatesConfig(dg.Config):
 @dg.asset(
     deps=[transformed_images],
     group_name=GROUP,
-    code_version="6",
+    code_version="7",
     kinds={"python", "csv"},
     description="merged_data/near_duplicates.csv: pairs of different ids showing the same photo re-encoded, "
                 "resized, cropped or recoloured (LSH on windowed DCT hashes, a thumbnail check, then aligned detail).",

@@ -26,8 +26,9 @@ copy in train and its twin in test is the same leak as a shared patient. Three s
    noise, JPEG texture) is compared by normalised cross-correlation. A copy keeps its detail
    (0.95 or more on the bench); two different lesions that merely share a layout do not (at most
    0.68 among the closest look-alike pairs). An affine fit can also bend one smooth lesion onto
-   another's outline; the phases of the aligned pair (a whitened correlation) are recorded for
-   that, but not required (``MIN_ALIGNED_PHASE``: they also reject real re-exports).
+   another's outline, and then the outline's detail correlates too; so the aligned pair's phases
+   (a whitened correlation, which weighs the many weak frequencies that only a copy keeps) must
+   agree as well (``MIN_ALIGNED_PHASE``).
    Decisions are cached by the pair of sha256s and the window in
    ``merged_data/_state/near_duplicates.confirmations.jsonl``.
 
@@ -59,10 +60,11 @@ Accept = Callable[[np.ndarray, np.ndarray], np.ndarray]
 DEFAULT_MAX_DISTANCE = 12  # bits of the 64-bit window keys: 7 lost a tenth of the crops the LSH search met
 DEFAULT_MAX_FINE_DISTANCE = 56  # of 256: 97% of cropped copies within; 64 gains 1% for 7x the look-alike candidates
 DEFAULT_MIN_SIMILARITY = 0.85  # copies scored 0.97+, look-alike pairs at most 0.44 (docs/PERFORMANCE.md 13)
-# The aligned phase is computed and cached with every confirmation but not required: at 0.5 it removed
-# the synthetic ISIC 2024 tiles bent onto each other (at most 0.29) and also the demo mirror's planted
-# re-export (crop, 75% resize, q87: 0.12), a real kind of copy. None means not applied.
-MIN_ALIGNED_PHASE: float | None = None
+# Both the detail and the aligned phase must pass. Copies on the look-alike lesion set scored 0.76 or
+# more, single-edit copies of the ISIC 2024 tiles 0.48 or more; the different tiles that the affine fit
+# bent onto each other at most 0.29, as did two different demo pictures of one size (0.12), whose
+# shared upsampling grid gave them a detail correlation of 0.92 (docs/PERFORMANCE.md 13).
+MIN_ALIGNED_PHASE = 0.4
 METHOD = "dct-views+ecc-ncc"
 PAIR_COLUMNS = ["isic_id_a", "isic_id_b", "distance", "method", "similarity"]
 HASHES_STATE = "near_duplicates.window_hashes.bin"
@@ -115,7 +117,7 @@ def similarity(whole: np.ndarray, other: np.ndarray, view: int) -> tuple[float, 
     The second number is the whitened (phase) correlation of the aligned pair within one pixel of
     the fit (``_aligned_phase``): an affine fit can bend one smooth lesion onto another's outline,
     and then their detail correlates (synthetic ISIC 2024 tiles up to 0.93); their phases do not
-    (at most 0.29, planted copies 0.70 or more; docs/PERFORMANCE.md 13). 1.0 is the same picture.
+    (at most 0.29, planted copies 0.48 or more; docs/PERFORMANCE.md 13). 1.0 is the same picture.
     """
     side = (_COMPARE_SIDE, _COMPARE_SIDE)
     target = cv2.resize(whole, side, interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -242,10 +244,7 @@ def find_near_duplicates(
         "method": METHOD,
         "similarity": scores,
     }, columns=PAIR_COLUMNS)
-    keep = table["similarity"] >= min_similarity
-    if MIN_ALIGNED_PHASE is not None:
-        keep &= phases >= MIN_ALIGNED_PHASE
-    table = table[keep]
+    table = table[(table["similarity"] >= min_similarity) & (phases >= MIN_ALIGNED_PHASE)]
     table = table.sort_values(["distance", "isic_id_a", "isic_id_b"], kind="stable").reset_index(drop=True)
     return NearDuplicateReport(table, len(usable), hashed, len(found), checked, tuple(sorted(unreadable)),
                                candidates_found=len(quick), bucket_reads=reads, seconds=clock.seconds)
