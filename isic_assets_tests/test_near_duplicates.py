@@ -160,6 +160,37 @@ def test_a_rerun_hashes_and_checks_nothing_again(archive, tmp_path):
     assert third.hashed == 1
 
 
+def test_the_store_reads_any_rows_in_any_order_and_keeps_only_what_it_is_told(archive, tmp_path, monkeypatch):
+    """Rows are read with pread, a run of consecutive records at a time (runs capped here at 3 records):
+    scattered, repeated, unordered and consecutive rows all give the records the file holds."""
+    root, images, _ = archive
+    store = SignatureStore(tmp_path / "signatures.bin")
+    store.add_missing(images, root, lambda _m: None, processes=1)
+    on_disk = np.fromfile(store.path, dtype=store.dtype)
+    monkeypatch.setattr(near_dup_store, "_COPY_ROWS", 3)
+    rows = np.array([7, 0, 1, 2, 3, 4, 5, 13, 7, 6, 12, 0])
+    for field in ("keys", "fine", "thumb"):
+        expected = on_disk[field][rows]
+        expected = expected.astype(np.uint64) if field == "keys" else expected
+        np.testing.assert_array_equal(store.read(rows, field), expected)
+    assert len(store.read(np.array([], dtype=np.int64), "thumb")) == 0
+    reopened = SignatureStore(store.path)  # the sha256 column, read 3 records at a time
+    assert list(reopened.rows(images["sha256"].iloc[:14])) == list(range(14))
+    with pytest.raises(ValueError, match="shorter than its index"):
+        store.read(np.array([len(on_disk)]), "thumb")
+
+    # keep_only rewrites the file once most of it is of other images (here 10 of 200 records)
+    records = np.zeros(200, dtype=store.dtype)
+    records["sha256"] = [f"{i:064x}".encode() for i in range(200)]
+    records["thumb"] = np.random.default_rng(0).integers(0, 256, records["thumb"].shape)
+    big = tmp_path / "big.bin"
+    records.tofile(big)
+    keep = [f"{i:064x}" for i in range(5, 200, 20)]
+    SignatureStore(big).keep_only(keep)
+    assert np.fromfile(big, dtype=store.dtype).tobytes() == records[5::20].tobytes()
+    assert list(SignatureStore(big).rows(keep)) == list(range(10))
+
+
 def test_a_torn_signature_record_is_cut_off_and_that_image_hashed_again(archive, tmp_path):
     """A run killed mid-append leaves part of a record: the next run drops it, keeps the rest, finds the same pairs."""
     root, images, planted = archive

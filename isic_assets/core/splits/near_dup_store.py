@@ -3,13 +3,18 @@
 One append-only file of fixed-size binary records: the sha256 (64 ASCII bytes), the 64-bit keys
 (big-endian) and 256-bit hashes of every window, and the 64x64 grey thumbnail (about 5.6 KB an image).
 Nothing but the sha256 column is held in memory: the search and the quick check read the rows they
-need through a short-lived memory map (mapped pages leave the process with the map), so memory stays
-flat as the archive grows. A run killed mid-append leaves a torn last record: it is cut off on the
-next open and that image is hashed again.
+need with ``os.pread``, a run of consecutive records at a time, so memory stays flat as the archive
+grows. Not through a memory map: a page fault on a map also maps the neighbouring cached pages (the
+kernel's fault-around, 64 KB), and all of them count in the process's RSS while the map is open;
+reading the thumbnails of 4,000 scattered candidate pairs so took the step from 490 to 930 MB at
+100,000 images, and reading the sha256 column at open mapped the whole file (docs/PERFORMANCE.md 13).
+A run killed mid-append leaves a torn last record: it is cut off on the next open and that image is
+hashed again.
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -27,7 +32,7 @@ from . import image_signature, near_dup_quick_check
 Log = Callable[[str], None]
 HASH_PROCESSES = 2  # the machine this is sized for has two cores; the step has them to itself
 _HASH_BATCH = 500  # images per batch a worker hashes (2.8 MB of records back)
-_COPY_ROWS = 5_000  # records mapped at once when copying a column out (28 MB resident)
+_COPY_ROWS = 5_000  # consecutive records read at once (28 MB)
 
 
 def record_dtype() -> np.dtype:
@@ -100,15 +105,39 @@ class SignatureStore:
                 with path.open("r+b") as handle:
                     handle.truncate(whole)
             if whole:
-                shas = np.array(self._map()["sha256"])
+                shas = np.concatenate([block["sha256"] for block in self._blocks()])
         self._shas = [shas]
         self._index = pd.Index(shas)
 
     def __len__(self) -> int:
         return len(self._index)
 
-    def _map(self) -> np.ndarray:
-        return np.memmap(self.path, dtype=self.dtype, mode="r")
+    def _blocks(self) -> Iterator[np.ndarray]:
+        """Every record in file order, ``_COPY_ROWS`` at a time."""
+        with self.path.open("rb") as handle:
+            while len(block := np.fromfile(handle, dtype=self.dtype, count=_COPY_ROWS)):
+                yield block
+
+    def _records(self, rows: np.ndarray) -> np.ndarray:
+        """The whole records of ``rows`` (any order, repeats allowed), one ``pread`` per run of
+        consecutive rows (at most ``_COPY_ROWS`` long)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        wanted = np.unique(rows)
+        if not len(wanted):
+            return np.zeros(0, dtype=self.dtype)
+        breaks = np.nonzero(np.diff(wanted) != 1)[0] + 1
+        size = self.dtype.itemsize
+        with self.path.open("rb", buffering=0) as handle:
+            fd = handle.fileno()
+            parts = []
+            for run in np.split(wanted, breaks):
+                for lo in range(0, len(run), _COPY_ROWS):
+                    start, count = int(run[lo]), min(_COPY_ROWS, len(run) - lo)
+                    parts.append(os.pread(fd, count * size, start * size))
+        data = b"".join(parts)
+        if len(data) != len(wanted) * size:
+            raise ValueError(f"{self.path} is shorter than its index: a record past its end was asked for")
+        return np.frombuffer(data, dtype=self.dtype)[np.searchsorted(wanted, rows)]
 
     def add_missing(self, images: pd.DataFrame, root: Path, log: Log,
                     processes: int = HASH_PROCESSES) -> tuple[int, set[str]]:
@@ -154,12 +183,8 @@ class SignatureStore:
         return rows
 
     def read(self, rows: np.ndarray, field: str) -> np.ndarray:
-        """One field (``keys``, ``fine`` or ``thumb``) of ``rows``, copied out of a map that is closed again."""
-        mapped = self._map()
-        try:
-            values = np.array(mapped[field][np.asarray(rows, dtype=np.int64)])
-        finally:
-            del mapped
+        """One field (``keys``, ``fine`` or ``thumb``) of ``rows``, read from the file (not mapped)."""
+        values = np.ascontiguousarray(self._records(rows)[field])
         return values.astype(np.uint64) if field == "keys" else values
 
     def whole(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -181,8 +206,6 @@ class SignatureStore:
         kept = np.nonzero(keep)[0]
         with atomic_open(self.path, "wb") as handle:
             for lo in range(0, len(kept), _COPY_ROWS):
-                mapped = self._map()
-                handle.write(np.array(mapped[kept[lo : lo + _COPY_ROWS]]).tobytes())
-                del mapped
+                handle.write(self._records(kept[lo : lo + _COPY_ROWS]).tobytes())
         self._index = pd.Index(self._index.to_numpy()[kept])
         self._shas = [self._index.to_numpy()]
