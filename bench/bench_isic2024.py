@@ -9,7 +9,9 @@ patients and 393 malignant at full size, scaled below, distinct 3-5 KB JPEG tile
 streaming), serves it on loopback, and materializes each asset with the ``dagster`` command line in
 its own child process: raw_zips, merge_sources, transformed_images, eda_plots, balanced_splits. The
 child reads ``RUSAGE_CHILDREN`` after the command ends: the peak RSS of the largest single process
-of that stage (the command and every process it waited for). Prints a markdown table.
+of that stage (the command and every process it waited for), and samples the resident set of the
+command's process and its workers, set against each step's start and end in the run's event log.
+Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -36,16 +38,101 @@ STAGES = ("raw_zips", "merged_images,merged_metadata", "transformed_images", "ne
 SOURCE = "bench_isic2024"
 
 
+class _ResidentSamples:
+    """Samples the resident set (``VmRSS``) of a process and of the processes below it, 10 times a second.
+
+    ``dagster asset materialize`` runs the asset and its checks one step after another in its own
+    process (the code location's default, in-process executor); the transform and near_duplicates
+    fork workers below it. ``RUSAGE_CHILDREN`` only gives the stage's overall peak; the samples, set
+    against the steps' start and end times in the run's event log, say which step holds the memory.
+    """
+
+    def __init__(self, root: int, interval: float = 0.1) -> None:
+        import threading
+
+        self.root, self.interval = root, interval
+        self.samples: list[tuple[float, float, float]] = []   # time, the root's RSS, its largest worker's
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    @staticmethod
+    def _rss(pid: int) -> float:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+                return next((int(line.split()[1]) / 1024 for line in handle if line.startswith("VmRSS:")), 0.0)
+        except OSError:
+            return 0.0
+
+    def sample(self) -> None:
+        parents = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                        parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        below = []
+        for pid in parents:
+            cursor, hops = parents[pid], 0
+            while cursor in parents and cursor != self.root and hops < 20:
+                cursor, hops = parents[cursor], hops + 1
+            if cursor == self.root and pid != self.root:
+                below.append(pid)
+        self.samples.append((time.time(), self._rss(self.root), max(map(self._rss, below), default=0.0)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def by_step(self, spans: dict[str, tuple[float, float]]) -> dict[str, dict]:
+        """Per step: the largest RSS of the stage's process and of one worker while the step ran."""
+        steps = {}
+        for step, (start, end) in spans.items():
+            inside = [(own, worker) for when, own, worker in self.samples if start <= when <= end]
+            if inside:
+                steps[step] = {"step_mib": round(max(own for own, _ in inside)),
+                               "worker_mib": round(max(worker for _, worker in inside))}
+        return steps
+
+
+def _step_spans() -> dict[str, tuple[float, float]]:
+    """When each step of the instance's latest run started and ended, from its event log."""
+    import dagster as dg
+
+    spans: dict[str, list[float]] = {}
+    with dg.DagsterInstance.get() as instance:
+        runs = instance.get_runs(limit=1)
+        for entry in instance.all_logs(runs[0].run_id) if runs else ():
+            kind = entry.dagster_event.event_type_value if entry.dagster_event is not None else None
+            if kind == "STEP_START":
+                spans[entry.step_key] = [entry.timestamp, float("inf")]
+            elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and entry.step_key in spans:
+                spans[entry.step_key][1] = entry.timestamp
+    return {step: (start, end) for step, (start, end) in spans.items()}
+
+
 def _child(stage: str) -> int:
     """Inside the wrapper: run the dagster CLI for one asset and print the children's peak RSS."""
     import resource
 
     dagster = str(Path(sys.executable).with_name("dagster"))
     started = time.perf_counter()
-    code = subprocess.call([dagster, "asset", "materialize", "-m", "isic_assets", "--select", stage],
-                           stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([dagster, "asset", "materialize", "-m", "isic_assets", "--select", stage],
+                            stdout=subprocess.DEVNULL)
+    samples = _ResidentSamples(proc.pid)
+    code = proc.wait()
+    samples.stop()
+    seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"stage": stage, "seconds": time.perf_counter() - started, "peak_mib": peak, "code": code}))
+    steps = samples.by_step(_step_spans())
+    print(json.dumps({"stage": stage, "seconds": seconds, "peak_mib": peak, "code": code, "steps": steps}))
     return code
 
 
@@ -115,6 +202,10 @@ def _table(n_images: int, rows: list[dict]) -> str:
         seconds += " (failed)" if row["code"] else ""
         peak = "" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
         lines.append(f"| {row['stage']} | {seconds} | {peak} |")
+    steps = [(row["stage"], name, peaks) for row in rows for name, peaks in sorted((row.get("steps") or {}).items())]
+    if steps:
+        lines += ["", "| stage | step | RSS while it ran (MiB) | largest worker (MiB) |", "|---|---|---:|---:|"]
+        lines += [f"| {stage} | {name} | {p['step_mib']} | {p['worker_mib'] or ''} |" for stage, name, p in steps]
     return "\n".join(lines)
 
 
