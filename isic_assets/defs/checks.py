@@ -14,6 +14,7 @@ from pydantic import Field
 from ..core import layout
 from ..core.eda.tables import MetadataFacts
 from ..core.merge.quality import (
+    CHECK_PROCESSES,
     GROUPING_COLUMNS,
     LABEL_COLUMN,
     class_counts,
@@ -201,7 +202,7 @@ def _balanced_dataset_buildable_verdict(config: BalancedDatasetBuildableConfig,
 
 
 def _readable_result(frame: pd.DataFrame, base: Path, size_column: str | None) -> dg.AssetCheckResult:
-    problems = unreadable_images(frame, base, size_column)
+    problems = unreadable_images(frame, base, size_column, processes=CHECK_PROCESSES)
     metadata = {"rows": len(frame), "unreadable": len(problems), "threshold": 0,
                 "examples": dg.MetadataValue.json(problems[:20])}
     recorded = " of the recorded size" if size_column else ""

@@ -166,3 +166,17 @@ def _die_with_parent(parent_pid: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def forked_results(function: Callable[..., Any], queue: deque[list[Any]], processes: int, what: str
+                   ) -> Iterator[Any]:
+    """``function(batch)`` of every batch of ``queue`` in ``processes`` forked workers, each result as it
+    completes (any order). A worker that dies fails the caller with a sentence naming ``what``; what was
+    yielded before is the caller's to keep."""
+    with fork_safe_parent():
+        for _, result in ForkPool(processes).map_batches(function, queue, (), in_flight=2 * processes):
+            if isinstance(result, LostBatch):
+                raise RuntimeError(f"{what}: a worker process died ({result.reason}); "
+                                   "what was done so far is kept, run the step again")
+            yield result
+

@@ -25,8 +25,8 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from ..atomic import atomic_open
-from ..compute.batches import LostBatch, batches_of
-from ..compute.fork_pool import ForkPool, fork_safe_parent
+from ..compute.batches import batches_of
+from ..compute.fork_pool import forked_results
 from . import image_signature, near_dup_quick_check
 
 Log = Callable[[str], None]
@@ -83,12 +83,7 @@ def run_batches(function: Callable[[list[Any]], list[Any] | Any], items: list[An
 
 
 def _forked(function: Callable[[list[Any]], Any], queue: deque[list[Any]], processes: int) -> Iterator[Any]:
-    with fork_safe_parent():
-        for _, result in ForkPool(processes).map_batches(function, queue, (), in_flight=2 * processes):
-            if isinstance(result, LostBatch):
-                raise RuntimeError(f"near-duplicates: a worker process died ({result.reason}); "
-                                   "what was done so far is kept, run the step again")
-            yield result
+    return forked_results(function, queue, processes, "near-duplicates")
 
 
 class SignatureStore:
