@@ -55,6 +55,54 @@ def test_search_returns_only_pairs_within_the_limits_finds_planted_ones_and_caps
     assert {tuple(sorted(p)) for p in capped[["query", "other"]].itertuples(index=False)} == {(0, 1), (0, 2)}
 
 
+def _reference_caps(hits_by_chunk: list[pd.DataFrame], closest: int) -> pd.DataFrame:
+    """The partner caps as the search first applied them, with pandas: per chunk, then over all pairs."""
+    found = []
+    for hits in hits_by_chunk:
+        chunk = hits.sort_values(["fine", "view"], kind="stable").drop_duplicates(["query", "other"])
+        found.append(chunk[chunk.groupby("other").cumcount() < closest])
+    table = pd.concat(found, ignore_index=True)
+    table["a"] = np.minimum(table["query"], table["other"])
+    table["b"] = np.maximum(table["query"], table["other"])
+    table = table.sort_values(["a", "b", "fine", "view"], kind="stable").drop_duplicates(["a", "b"])
+    table = table.sort_values(["fine", "a", "b"], kind="stable").reset_index(drop=True)
+    rows = np.arange(len(table))
+    sides = pd.DataFrame({"image": np.concatenate([table["a"], table["b"]]), "row": np.concatenate([rows, rows])})
+    sides = sides.sort_values("row", kind="stable")
+    best = np.full(len(table), np.iinfo(np.int64).max)
+    np.minimum.at(best, sides["row"].to_numpy(), sides.groupby("image").cumcount().to_numpy())
+    kept = table[best < closest].sort_values(["a", "b"], kind="stable")
+    return kept[["query", "other", "view", "fine"]].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("closest", [1, 2, 4])
+def test_the_partner_caps_equal_the_pandas_rules_they_replace(closest):
+    """Crowded hits with many ties (equal distances, equal views, both orientations of a pair, repeats):
+    the numpy caps keep exactly the rows, in the order, that the pandas version kept."""
+    rng = np.random.default_rng(closest)
+    chunks = []
+    for _ in range(5):
+        size = int(rng.integers(0, 400))
+        query, other = rng.integers(0, 60, size), rng.integers(0, 60, size)
+        keep = query != other
+        chunks.append(pd.DataFrame({"query": query[keep], "other": other[keep],
+                                    "view": rng.integers(0, 3, size)[keep], "fine": rng.integers(0, 6, size)[keep]}))
+    capped = [near_dup_search._closest_in_chunk(*(chunk[c].to_numpy().astype(t) for c, t in
+                                                  (("query", np.int32), ("other", np.int32),
+                                                   ("view", np.int16), ("fine", np.int16))), closest)
+              for chunk in chunks]
+    for chunk, mine in zip(chunks, capped, strict=True):  # the per-chunk cap alone
+        expected = chunk.sort_values(["fine", "view"], kind="stable").drop_duplicates(["query", "other"])
+        expected = expected[expected.groupby("other").cumcount() < closest]
+        assert [list(column) for column in mine] == [list(expected[c]) for c in ("query", "other", "view", "fine")]
+    query, other, view, fine = (np.concatenate(column) for column in zip(*capped, strict=True))
+    rows = near_dup_search._kept_pairs(query, other, view, fine, closest)
+    expected = _reference_caps(chunks, closest)
+    assert len(expected) > 20
+    assert [list(query[rows]), list(other[rows]), list(view[rows]), list(fine[rows])] == \
+        [list(expected[c]) for c in ("query", "other", "view", "fine")]
+
+
 def _transformed(rgb: np.ndarray) -> bytes:
     return encode_jpeg(cv2.resize(rgb, (SIDE, SIDE), interpolation=cv2.INTER_AREA), 90)
 
