@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +28,7 @@ def _png() -> bytes:
 
 @pytest.fixture
 def table(tmp_path: Path) -> tuple[pd.DataFrame, Path]:
-    """Thirty rows: good JPEGs and a PNG, with five faults spread over them."""
+    """Thirty rows: good JPEGs and a PNG, with six faults spread over them."""
     images = tmp_path / "images"
     images.mkdir()
     rows = []
@@ -41,12 +42,14 @@ def table(tmp_path: Path) -> tuple[pd.DataFrame, Path]:
     (tmp_path / rows[17]["image"]).write_bytes(b"\x00" * int(rows[17]["file_bytes"]))  # not an image
     (tmp_path / rows[23]["image"]).unlink()
     (tmp_path / rows[23]["image"]).mkdir()                                  # a folder in its place
+    (tmp_path / rows[26]["image"]).unlink()
+    os.mkfifo(tmp_path / rows[26]["image"])                                 # a pipe: must not hang the check
     rows[29]["file_bytes"] = ""                                             # no recorded size: not compared
     return pd.DataFrame(rows).astype("string"), tmp_path
 
 
 EXPECTED = {"ISIC_0000005": "missing file", "ISIC_0000011": "size", "ISIC_0000017": "not readable",
-            "ISIC_0000023": "missing file"}
+            "ISIC_0000023": "not a regular file", "ISIC_0000026": "not a regular file"}
 
 
 def _reasons(problems: list[dict[str, str]]) -> dict[str, str]:
@@ -61,6 +64,7 @@ def test_each_fault_is_named_with_its_row(table: tuple[pd.DataFrame, Path]) -> N
         assert _reasons(problems)[isic_id].startswith(start), problems
     assert _reasons(problems)["ISIC_0000011"].endswith(f"!= recorded {frame.loc[11, 'file_bytes']}")
     assert problems[0]["image"] == "images/ISIC_0000005.jpg"
+    assert _reasons(problems)["ISIC_0000017"] == "not readable: Pillow does not recognise it as an image"
 
 
 def test_without_a_size_column_only_missing_and_unreadable_files_count(table: tuple[pd.DataFrame, Path]) -> None:

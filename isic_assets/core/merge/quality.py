@@ -99,21 +99,31 @@ def _check_range(frame: pd.DataFrame, base: Path, size_column: str | None, start
     for isic_id, image, recorded in zip(rows["isic_id"].tolist(), rows["image"].tolist(), sizes, strict=True):
         reason = ""
         try:
-            with open(os.path.join(base, str(image)), "rb") as handle:
-                info = os.fstat(handle.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    reason = "missing file"
-                elif recorded is not None and str(recorded) and info.st_size != int(recorded):
-                    reason = f"size {info.st_size} != recorded {recorded}"
-                else:
-                    with Image.open(handle) as img:
-                        img.size  # noqa: B018 - the header parse is the check
+            # Non-blocking: a FIFO in an image's place must not hang the check (no effect on files).
+            descriptor = os.open(os.path.join(base, str(image)), os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             reason = "missing file"
         except IsADirectoryError:
-            reason = "missing file"
-        except (OSError, UnidentifiedImageError) as exc:
+            reason = "not a regular file"
+        except OSError as exc:
             reason = f"not readable: {exc}"
+        else:
+            info = os.fstat(descriptor)
+            if not stat.S_ISREG(info.st_mode):  # a folder opens too; only a file becomes a file object
+                os.close(descriptor)
+                reason = "not a regular file"
+            elif recorded is not None and str(recorded) and info.st_size != int(recorded):
+                os.close(descriptor)
+                reason = f"size {info.st_size} != recorded {recorded}"
+            else:
+                with open(descriptor, "rb") as handle:
+                    try:
+                        with Image.open(handle) as img:
+                            img.size  # noqa: B018 - the header parse is the check
+                    except UnidentifiedImageError:
+                        reason = "not readable: Pillow does not recognise it as an image"
+                    except OSError as exc:
+                        reason = f"not readable: {exc}"
         if reason:
             problems.append({"isic_id": str(isic_id), "image": str(image), "reason": reason})
     return problems
