@@ -112,9 +112,10 @@ def _check_range(frame: pd.DataFrame, base: Path, size_column: str | None, start
             if not stat.S_ISREG(info.st_mode):  # a folder opens too; only a file becomes a file object
                 os.close(descriptor)
                 reason = "not a regular file"
-            elif recorded is not None and str(recorded) and info.st_size != int(recorded):
+            elif (expected := _recorded_size(recorded)) is not None and info.st_size != expected:
                 os.close(descriptor)
-                reason = f"size {info.st_size} != recorded {recorded}"
+                reason = (f"size {info.st_size} != recorded {recorded}" if expected >= 0
+                          else f"recorded size {recorded!r} is not a whole number of bytes")
             else:
                 with open(descriptor, "rb") as handle:
                     try:
@@ -127,3 +128,15 @@ def _check_range(frame: pd.DataFrame, base: Path, size_column: str | None, start
         if reason:
             problems.append({"isic_id": str(isic_id), "image": str(image), "reason": reason})
     return problems
+
+
+def _recorded_size(value: object) -> int | None:
+    """The recorded byte count; None when none is recorded (empty or NA); -1 when it is not a count."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)) or not str(value).strip():
+        return None
+    try:
+        size = int(str(value).strip())
+    except ValueError:
+        return -1
+    return size if size >= 0 else -1
+
