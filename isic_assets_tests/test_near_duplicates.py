@@ -425,6 +425,53 @@ def test_the_quick_check_rejects_look_alike_tiles_and_passes_their_copies(tmp_pa
     assert passed == planted
 
 
+def _phase_surface_reference(windowed: np.ndarray, others: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """The quick score as first written: the whole inverse FFT of the whitened cross spectrum, its
+    highest value within SHIFT pixels of no shift."""
+    qc = near_dup_quick_check
+    band, taper, weight = qc._filters()
+    keep = np.r_[0 : qc.SHIFT + 1, qc.THUMB_SIDE - qc.SHIFT : qc.THUMB_SIDE]
+    a = np.fft.rfft2(qc._windows(windowed, views).astype(np.float64) * taper)
+    cross = a * np.conj(np.fft.rfft2(others.astype(np.float64) * taper))
+    cross *= band / np.maximum(np.abs(cross), 1e-12)
+    surface = np.fft.irfft2(cross, s=(qc.THUMB_SIDE, qc.THUMB_SIDE))[:, keep][:, :, keep]
+    return surface.reshape(len(views), -1).max(axis=1) * qc.THUMB_SIDE**2 / weight
+
+
+def test_quick_scores_equal_the_inverse_fft_and_are_the_same_in_forked_slices(tmp_path, monkeypatch):
+    """The score is read off the inverse transform at 25 shifts only (a matrix product on the band's
+    entries) and each query's thumbnail is transformed once: the scores equal the whole inverse FFT's
+    (within one step of the 4-decimal rounding), and slices checked by two forked workers give the
+    scores of one process."""
+    tiles = _tile_pictures(120)
+    items = []
+    for i, rgb in enumerate(tiles):
+        (tmp_path / f"{i}.jpg").write_bytes(encode_jpeg(rgb, 95))
+        items.append((str(i), str(tmp_path / f"{i}.jpg"), f"{i:064x}"))
+    store = SignatureStore(tmp_path / "store.bin")
+    images = pd.DataFrame({"isic_id": [i for i, _, _ in items], "image": [f"{i}.jpg" for i, _, _ in items],
+                           "sha256": [sha for _, _, sha in items]})
+    store.add_missing(images, tmp_path, lambda _m: None, processes=1)
+    rows = store.rows(images["sha256"])
+    thumbs = store.read(rows, "thumb")
+    rng = np.random.default_rng(3)
+    query = np.repeat(np.arange(120), 4)  # four partners a query, as the search keeps them
+    other = rng.integers(0, 120, len(query))
+    other[::9] = query[::9]  # some pairs are a picture against itself: 1.0
+    view = rng.integers(0, len(image_signature.VIEWS), len(query)).astype(np.int16)
+    view[::9] = 0
+    found = pd.DataFrame({"query": query, "other": other, "view": view})
+
+    expected = _phase_surface_reference(thumbs[other], thumbs[query], view)
+    once = nd._quick_scores(store, rows, found, processes=1)
+    assert np.abs(once - expected).max() <= 1e-4 + 1e-9
+    assert (once[::9] == 1.0).all() and (once < near_dup_quick_check.MIN_QUICK).mean() > 0.5
+
+    monkeypatch.setattr(nd, "_QUICK_SLICE", 37)  # 13 slices over two workers, back in any order
+    assert np.array_equal(nd._quick_scores(store, rows, found, processes=2), once)
+    assert nd._QUICK is None
+
+
 def test_two_different_pictures_bent_onto_each_other_are_not_confirmed_but_a_re_export_is(tmp_path):
     """Two different demo pictures of one size (1024x682, seed 0) share the grid their skin texture
     was upsampled on: after the affine fit their fine detail correlates at 0.92, over

@@ -73,23 +73,64 @@ def _windows(thumbs: np.ndarray, views: np.ndarray) -> np.ndarray:
     return out
 
 
-def scores(windowed: np.ndarray, others: np.ndarray, views: np.ndarray) -> np.ndarray:
-    """Quick scores of pairs: window ``views[k]`` of ``windowed[k]`` against the whole of ``others[k]``.
+def _shift_basis() -> tuple[np.ndarray, np.ndarray]:
+    """The band's entries of the half spectrum (flat indices) and what the inverse transform does to
+    them at the kept shifts: ``[real, imag] @ basis`` is the whitened surface at every shift within
+    ``SHIFT`` pixels (``(2 SHIFT + 1)^2`` columns), already divided by the band's weight.
 
-    ``windowed`` and ``others`` are stacks of thumbnails (k x 64 x 64, uint8). 1.0 is the same picture.
+    The inverse of a real picture's half spectrum C at shift s is the sum over the half spectrum of
+    w(fx) Re(C(f) exp(2 pi i f.s)) / N^2, w = 1 on the first and last columns and 2 elsewhere
+    (irfft2's own rule); the band holds no entry of the last column. Only 25 of the 4,096 values of
+    the inverse transform are looked at, so a matrix product on the band's entries (about 1,300)
+    does in 3 microseconds a pair what the whole inverse FFT did in 35.
     """
+    band, _, weight = _filters()
+    fy = np.fft.fftfreq(THUMB_SIDE)[:, None] * np.ones((1, band.shape[1]))
+    fx = np.fft.rfftfreq(THUMB_SIDE)[None, :] * np.ones((THUMB_SIDE, 1))
+    columns = np.full(band.shape, 2.0)
+    columns[:, 0] = columns[:, -1] = 1.0
+    index = np.flatnonzero(band)
+    shifts = np.arange(-SHIFT, SHIFT + 1)
+    dy, dx = (grid.ravel() for grid in np.meshgrid(shifts, shifts, indexing="ij"))
+    angle = 2 * np.pi * (fy.ravel()[index, None] * dy[None, :] + fx.ravel()[index, None] * dx[None, :])
+    w = columns.ravel()[index, None] / weight
+    return index, np.vstack([w * np.cos(angle), -w * np.sin(angle)]).astype(np.float32)
+
+
+_BASIS: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _spectra(pictures: np.ndarray, index: np.ndarray, workers: int) -> np.ndarray:
+    """The band's entries of the tapered pictures' half spectra (k x band, complex64)."""
     import scipy.fft  # here, not with the code location that every dagster command loads
 
-    band, taper, weight = _filters()
-    keep = np.r_[0 : SHIFT + 1, THUMB_SIDE - SHIFT : THUMB_SIDE]
+    _, taper, _ = _filters()
+    whole = scipy.fft.rfft2(pictures.astype(np.float32) * taper, workers=workers)
+    return whole.reshape(len(pictures), -1)[:, index]
+
+
+def scores(windowed: np.ndarray, others: np.ndarray, views: np.ndarray, *, which: np.ndarray | None = None,
+           workers: int = _FFT_WORKERS) -> np.ndarray:
+    """Quick scores of pairs: window ``views[k]`` of ``windowed[k]`` against the whole of ``others[k]``
+    (of ``others[which[k]]`` when ``which`` is given: a thumbnail shared by several pairs is then
+    transformed once a batch).
+
+    ``windowed`` and ``others`` are stacks of thumbnails (k x 64 x 64, uint8). 1.0 is the same picture.
+    ``workers``: the FFTs' threads (-1: every core; 1 in a worker of a forked pool, which already
+    fills the cores).
+    """
+    global _BASIS
+    if _BASIS is None:
+        _BASIS = _shift_basis()
+    index, basis = _BASIS
+    which = np.arange(len(views)) if which is None else np.asarray(which)
     out = np.empty(len(views), dtype=np.float64)
-    side = (THUMB_SIDE, THUMB_SIDE)
     for lo in range(0, len(views), _BATCH):
         hi = min(len(views), lo + _BATCH)
-        a = scipy.fft.rfft2(_windows(windowed[lo:hi], views[lo:hi]) * taper, workers=_FFT_WORKERS)
-        cross = a * np.conj(scipy.fft.rfft2(others[lo:hi].astype(np.float32) * taper, workers=_FFT_WORKERS))
-        cross *= band / np.maximum(np.abs(cross), 1e-12)  # whitened: unit magnitude within the band
-        surface = scipy.fft.irfft2(cross, s=side, workers=_FFT_WORKERS)[:, keep][:, :, keep]
-        surface = surface.reshape(hi - lo, -1).max(axis=1)
-        out[lo:hi] = surface * THUMB_SIDE * THUMB_SIDE / weight
+        needed, inverse = np.unique(which[lo:hi], return_inverse=True)
+        theirs = _spectra(others[needed], index, workers)[inverse]
+        cross = _spectra(_windows(windowed[lo:hi], views[lo:hi]), index, workers) * np.conj(theirs)
+        cross /= np.maximum(np.abs(cross), 1e-12)  # whitened: unit magnitude within the band
+        surface = np.concatenate([cross.real, cross.imag], axis=1) @ basis
+        out[lo:hi] = surface.max(axis=1)
     return np.round(out, 4)

@@ -263,18 +263,40 @@ class _Clock:
         self._last = now
 
 
-def _quick_scores(store: SignatureStore, rows: np.ndarray, found: pd.DataFrame) -> np.ndarray:
-    """The thumbnail check of every candidate, in slices (each reads only its pairs' thumbnails).
+def _quick_scores(store: SignatureStore, rows: np.ndarray, found: pd.DataFrame,
+                  processes: int = near_dup_store.HASH_PROCESSES) -> np.ndarray:
+    """The thumbnail check of every candidate, in slices of ``_QUICK_SLICE`` pairs checked by
+    ``processes`` forked workers (in this process when there is one slice).
 
-    A slice's records are resident while the map is open (5.7 KB each, two per pair, scattered):
-    4,000 pairs keep that near 45 MB; 20,000 held about 230 MB plus the copies."""
+    A slice reads only its pairs' thumbnails (5.7 KB records, scattered: 4,000 pairs keep that near
+    45 MB; 20,000 held about 230 MB plus the copies), each query's once. The workers find the
+    candidates and the store as this process left them (``_QUICK``, set before they are forked).
+    """
+    global _QUICK
     out = np.empty(len(found), dtype=np.float64)
-    step = 4_000
-    for lo in range(0, len(found), step):
-        part = found.iloc[lo : lo + step]
-        out[lo : lo + len(part)] = near_dup_quick_check.scores(
-            store.read(rows[part["other"].to_numpy()], "thumb"), store.read(rows[part["query"].to_numpy()], "thumb"),
-            part["view"].to_numpy())
+    slices = [(lo, min(len(found), lo + _QUICK_SLICE)) for lo in range(0, len(found), _QUICK_SLICE)]
+    _QUICK = (store, rows[found["query"].to_numpy()], rows[found["other"].to_numpy()], found["view"].to_numpy(),
+              -1 if len(slices) <= 1 or processes <= 1 else 1)
+    try:
+        for lo, part in near_dup_store.run_batches(_quick_slice, slices, processes, 1):
+            out[lo : lo + len(part)] = part
+    finally:
+        _QUICK = None
+    return out
+
+
+_QUICK_SLICE = 4_000
+_QUICK: tuple[SignatureStore, np.ndarray, np.ndarray, np.ndarray, int] | None = None
+
+
+def _quick_slice(batch: list[tuple[int, int]]) -> list[tuple[int, np.ndarray]]:
+    assert _QUICK is not None, "the quick check's candidates are set before its workers start"
+    store, query, other, view, workers = _QUICK
+    out = []
+    for lo, hi in batch:
+        queries, which = np.unique(query[lo:hi], return_inverse=True)
+        out.append((lo, near_dup_quick_check.scores(store.read(other[lo:hi], "thumb"), store.read(queries, "thumb"),
+                                                    view[lo:hi], which=which, workers=workers)))
     return out
 
 
