@@ -43,3 +43,30 @@ def test_a_fresh_worker_reuses_picture_sized_buffers_instead_of_mapping_them_ane
     assert as_started > 20 * 100, as_started
     # Tuned, the freed buffer stays in the heap and the next ones reuse its pages (0 measured).
     assert tuned * 10 < as_started and tuned < 20 * 100, (tuned, as_started)
+
+
+_TRIM = textwrap.dedent("""
+    import sys
+    import numpy as np
+    sys.path.insert(0, {repo!r})
+    from isic_assets.core.compute.allocator import return_free_memory
+    def rss_mib():
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) // 1024 for line in handle if line.startswith("VmRSS:"))
+    np.ones(30 << 20, dtype=np.uint8)  # freed at once: freeing a mapped block raises the threshold past 2 MiB
+    arrays = [np.ones(2 << 20, dtype=np.uint8) for _ in range(200)]  # 400 MiB of 2 MiB arrays, in the heap
+    tail = [np.ones(1 << 10, dtype=np.uint8) for _ in range(1000)]  # live blocks above them: no trim at the top
+    del arrays
+    freed = rss_mib()
+    print(freed, return_free_memory(), rss_mib())
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_the_heap_pages_a_phase_freed_go_back_to_the_system():
+    code = _TRIM.format(repo=str(REPO))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    freed, returned, after = done.stdout.split()
+    # Freed numpy arrays below the raised mmap threshold stay in the process: 400 MiB still resident.
+    assert int(freed) - int(after) > 300, done.stdout
+    assert returned == "True"

@@ -239,6 +239,27 @@ def test_the_store_reads_any_rows_in_any_order_and_keeps_only_what_it_is_told(ar
     assert list(SignatureStore(big).rows(keep)) == list(range(10))
 
 
+def test_the_sha256_lookup_takes_the_first_of_repeated_records_and_names_bad_values(tmp_path):
+    """The store looks sha256 up by binary search on its sorted column: a sha256 recorded twice (a
+    store written by an older run) is found at its first row and keep_only keeps that one; an
+    unknown sha256 is a KeyError, one longer than a record holds an error naming the image."""
+    records = np.zeros(130, dtype=near_dup_store.record_dtype())
+    shas = [f"{(i * 7919) % 100:064x}" for i in range(130)]  # rows 100..129 repeat rows 0..29's values
+    records["sha256"] = [sha.encode() for sha in shas]
+    records["thumb"] = np.arange(130)[:, None, None] % 251
+    path = tmp_path / "repeated.bin"
+    records.tofile(path)
+    store = SignatureStore(path)
+    assert list(store.rows([shas[105], shas[5], shas[99]])) == [5, 5, 99]
+    with pytest.raises(KeyError):
+        store.rows([f"{999:064x}"])
+    store.keep_only(shas[:40:3])  # 14 distinct values kept: the file is rewritten with their first rows
+    assert np.fromfile(path, dtype=store.dtype).tobytes() == records[:40:3].tobytes()
+    images = pd.DataFrame({"isic_id": ["ISIC_0000001"], "image": ["a.jpg"], "sha256": ["f" * 65]})
+    with pytest.raises(ValueError, match=r"ISIC_0000001: sha256 'f{65}' is longer than 64 characters"):
+        store.add_missing(images, tmp_path, lambda _m: None, processes=1)
+
+
 def test_a_torn_signature_record_is_cut_off_and_that_image_hashed_again(archive, tmp_path):
     """A run killed mid-append leaves part of a record: the next run drops it, keeps the rest, finds the same pairs."""
     root, images, planted = archive

@@ -24,6 +24,7 @@ from typing import Any
 import dagster as dg
 
 from ..core import layout
+from ..core.compute.allocator import return_free_memory
 from ..core.sources.catalog import Source
 from ..core.stage_fingerprint import (
     NO_RECORD,
@@ -95,6 +96,9 @@ def materialize_unless_unchanged(
     _say_why(context, stage, "running", reason)
     store.forget(stage)
     results = list(run())
+    # The in-process executor runs the asset's checks next in this process: hand back what the stage
+    # freed (the merge step left 790 MiB resident at 401,059 images).
+    return_free_memory()
     store.save(StageRecord(stage, fingerprint, parts, signatures(writes), [_freeze(r) for r in results],
                            run_id=context.run.run_id))
     return [_mark(r, fingerprint) for r in results]
@@ -123,6 +127,7 @@ def check_unless_unchanged(
     _say_why(context, name, "checking", reason)
     store.forget(record_name)
     result = run()
+    return_free_memory()  # the next check or asset of the run starts from what is live, not from this one's peak
     saved = {"passed": bool(result.passed), "severity": result.severity.value, "description": result.description,
              "metadata": dg.serialize_value(_normalized(result.metadata or {}))}
     store.save(StageRecord(record_name, fingerprint, parts, {}, saved, run_id=context.run.run_id))

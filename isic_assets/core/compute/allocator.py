@@ -10,6 +10,11 @@ an external cluster ran at 0.80x the local pool as started, 0.89-0.94x with the 
 ``keep_large_buffers`` fixes the thresholds once per process (64 MiB mapped, 128 MiB kept before
 trimming), so a worker reuses its buffers from the first image on, whoever started it. It is a no-op
 where the C library has no ``mallopt`` (musl, macOS).
+
+``return_free_memory`` is the other side, for a step's own process: numpy arrays below the raised
+threshold live in the heap, and when a phase frees them the pages stay with the process (counted in
+its RSS, and in the RSS of every worker it forks next) until ``malloc_trim`` hands them back. At
+401,059 images the near-duplicate search left 659 MiB resident of which 198 were such free pages.
 """
 
 from __future__ import annotations
@@ -40,3 +45,16 @@ def keep_large_buffers() -> bool:
     ok = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
     _done_in = os.getpid() if ok else None
     return ok
+
+
+def return_free_memory() -> bool:
+    """Give the heap's free pages back to the system (glibc ``malloc_trim(0)``, which also releases
+    free pages in the middle of the heap); True if any were. A no-op elsewhere. Call it where a phase
+    has dropped large temporaries and before forking workers; it costs a few milliseconds."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    return trim(0) == 1

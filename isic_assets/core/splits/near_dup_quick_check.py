@@ -28,7 +28,7 @@ THUMB_SIDE = 64
 BAND = (0.04, 0.45)  # cycles per pixel at 64 px: above the lesion's size, below the JPEG-softened top
 SHIFT = 2  # pixels: what the window grid leaves of a crop
 MIN_QUICK = 0.37  # planted copies 0.399+, look-alikes at most 0.312, tiles 0.9% (PERFORMANCE 13)
-_BATCH = 2_000
+_BATCH = 500  # pairs transformed at once: about 10 MB an array (2,000 took a worker 280 MB over its parent)
 # The batch's transforms split over every core (each transform is computed as on one, so the scores
 # are the same): the three FFTs were two thirds of the check's 130-180 microseconds a pair.
 _FFT_WORKERS = -1

@@ -2,10 +2,12 @@
 
 One append-only file of fixed-size binary records: the sha256 (64 ASCII bytes), the 64-bit keys
 (big-endian) and 256-bit hashes of every window, and the 64x64 grey thumbnail (about 5.6 KB an image).
-Nothing but the sha256 column is held in memory: the search and the quick check read the rows they
-need with ``os.pread``, a run of consecutive records at a time, so memory stays flat as the archive
-grows. Not through a memory map: a page fault on a map also maps the neighbouring cached pages (the
-kernel's fault-around, 64 KB), and all of them count in the process's RSS while the map is open;
+Nothing but the sha256 column is held in memory (fixed-width bytes, sorted once for lookups by
+binary search: a pandas index of 401,059 Python bytes objects and its hash table took about 90 MB):
+the search and the quick check read the rows they need with ``os.pread``, a run of consecutive
+records at a time, so memory stays flat as the archive grows. Not through a memory map: a page
+fault on a map also maps the neighbouring cached pages (the kernel's fault-around, 64 KB), and all
+of them count in the process's RSS while the map is open;
 reading the thumbnails of 4,000 scattered candidate pairs so took the step from 490 to 930 MB at
 100,000 images, and reading the sha256 column at open mapped the whole file (docs/PERFORMANCE.md 13).
 A run killed mid-append leaves a torn last record: it is cut off on the next open and that image is
@@ -104,7 +106,7 @@ class SignatureStore:
                 # records) alive until the end, the whole file at once (2.4 GB at 401,059 images).
                 shas = np.concatenate([block["sha256"].copy() for block in self._blocks()])
         self._shas = [shas]
-        self._index = pd.Index(shas)
+        self._index = ShaIndex(shas)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -145,25 +147,31 @@ class SignatureStore:
         pass of several minutes on one core. Each batch's records are appended as it comes back, so
         a killed run keeps what it hashed.
         """
-        missing = images[self._index.get_indexer(images["sha256"].str.encode("ascii")) < 0]
-        missing = missing.drop_duplicates("sha256")
-        items = [(isic_id, str(root / image), sha) for isic_id, image, sha
-                 in missing[["isic_id", "image", "sha256"]].itertuples(index=False)]
-        for isic_id, _, sha in items:
-            if len(sha) > 64:
-                raise ValueError(f"{isic_id}: sha256 {sha!r} is longer than 64 characters")
+        global _TO_HASH
+        shas = sha_bytes(images["sha256"].to_numpy(), images["isic_id"].to_numpy())
+        positions = np.flatnonzero(self._index.rows(shas) < 0)
+        positions = positions[np.unique(shas[positions], return_index=True)[1]]  # one record per sha256
+        positions.sort()
         unreadable: set[str] = set()
         hashed = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("ab") as handle:
-            for records, failed in run_batches(hash_batch, items, processes, _HASH_BATCH):
-                for isic_id, message in failed:
-                    log(f"near-duplicates: {isic_id} skipped: {message}")
-                    unreadable.add(isic_id)
-                self._append(handle, records)
-                hashed += len(records)
-        self._index = pd.Index(np.concatenate(self._shas))
-        self._shas = [self._index.to_numpy()]
+        # The workers make each batch's (id, path, sha256) items from these columns, which they share
+        # with this process: a list of 401,059 such tuples took about 100 MB here and in every worker.
+        _TO_HASH = (images["isic_id"].to_numpy(), images["image"].to_numpy(), shas, str(root))
+        ranges = [(lo, positions[lo : lo + _HASH_BATCH]) for lo in range(0, len(positions), _HASH_BATCH)]
+        try:
+            with self.path.open("ab") as handle:
+                for records, failed in run_batches(_hash_positions, ranges, processes, 1):
+                    for isic_id, message in failed:
+                        log(f"near-duplicates: {isic_id} skipped: {message}")
+                        unreadable.add(isic_id)
+                    self._append(handle, records)
+                    hashed += len(records)
+        finally:
+            _TO_HASH = None
+        if len(self._shas) > 1:
+            self._shas = [np.concatenate(self._shas)]
+            self._index = ShaIndex(self._shas[0])
         return hashed, unreadable
 
     def _append(self, handle, records: np.ndarray) -> None:
@@ -174,7 +182,7 @@ class SignatureStore:
 
     def rows(self, shas: Iterable[str]) -> np.ndarray:
         """The record row of each sha256, in order; a KeyError when one has none."""
-        rows = self._index.get_indexer(pd.Index(list(shas)).str.encode("ascii"))
+        rows = self._index.rows(sha_bytes(_array(shas)))
         if (rows < 0).any():
             raise KeyError("a sha256 has no signature record")
         return rows
@@ -196,13 +204,71 @@ class SignatureStore:
 
     def keep_only(self, shas: Iterable[str]) -> None:
         """Rewrite the file without records of other images once those are half of it."""
-        keep = self._index.isin(pd.Index(list(shas)).str.encode("ascii"))
-        keep &= ~self._index.duplicated()
-        if len(self._index) <= max(64, 2 * int(keep.sum())):
+        current = self._shas[0]
+        keep = np.isin(current, sha_bytes(_array(shas)))
+        keep &= self._index.first_of_each()
+        if len(current) <= max(64, 2 * int(keep.sum())):
             return
         kept = np.nonzero(keep)[0]
         with atomic_open(self.path, "wb") as handle:
             for lo in range(0, len(kept), _COPY_ROWS):
                 handle.write(self._records(kept[lo : lo + _COPY_ROWS]).tobytes())
-        self._index = pd.Index(self._index.to_numpy()[kept])
-        self._shas = [self._index.to_numpy()]
+        self._shas = [current[kept]]
+        self._index = ShaIndex(self._shas[0])
+
+
+_TO_HASH: tuple[np.ndarray, np.ndarray, np.ndarray, str] | None = None
+
+
+def _hash_positions(batch: list[tuple[int, np.ndarray]]) -> list[tuple[np.ndarray, list[tuple[str, str]]]]:
+    """``hash_batch`` of the images at the batch's positions of ``_TO_HASH`` (set before the fork)."""
+    assert _TO_HASH is not None, "the images to hash are set before the workers start"
+    ids, images, shas, root = _TO_HASH
+    return [hash_batch([(str(ids[k]), f"{root}/{images[k]}", shas[k].decode("ascii")) for k in positions])
+            for _, positions in batch]
+
+
+def _array(values: Iterable[str]) -> np.ndarray:
+    return np.asarray(values if hasattr(values, "__array__") else list(values), dtype=object)
+
+
+def sha_bytes(values: np.ndarray, ids: np.ndarray | None = None) -> np.ndarray:
+    """sha256 hex strings as a fixed-width bytes column (64 a value); a clear error names the first
+    that is longer than 64 characters (a record holds 64) or not ASCII."""
+    try:
+        wide = np.asarray(values).astype("S65")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"a sha256 is not ASCII hex: {exc}") from exc
+    too_long = np.flatnonzero(np.char.str_len(wide) > 64)
+    if len(too_long):
+        k = int(too_long[0])
+        who = f"{ids[k]}: " if ids is not None else ""
+        raise ValueError(f"{who}sha256 {values[k]!r} is longer than 64 characters")
+    return wide.astype("S64")
+
+
+class ShaIndex:
+    """Where each sha256 is in the store's column: the column sorted once (stable, so the first of
+    equal values comes first) and binary searches, no Python object per record."""
+
+    def __init__(self, shas: np.ndarray) -> None:
+        self._order = np.argsort(shas, kind="stable")
+        self._sorted = shas[self._order]
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def rows(self, wanted: np.ndarray) -> np.ndarray:
+        """The (first) row of each of ``wanted`` (S64), -1 where there is none."""
+        if not len(self._sorted):
+            return np.full(len(wanted), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._sorted, wanted), len(self._sorted) - 1)
+        return np.where(self._sorted[at] == wanted, self._order[at], -1).astype(np.int64)
+
+    def first_of_each(self) -> np.ndarray:
+        """A mask over rows (file order): True on the first row of each sha256."""
+        first = np.ones(len(self._sorted), dtype=bool)
+        first[1:] = self._sorted[1:] != self._sorted[:-1]
+        mask = np.zeros(len(self._sorted), dtype=bool)
+        mask[self._order[first]] = True
+        return mask

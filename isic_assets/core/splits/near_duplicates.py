@@ -50,6 +50,7 @@ import pandas as pd
 
 from .. import layout
 from ..components import component_labels
+from ..compute.allocator import return_free_memory
 from ..scan_state import JsonlLog
 from . import image_signature, near_dup_quick_check, near_dup_search, near_dup_store
 from .near_dup_store import SignatureStore
@@ -224,6 +225,7 @@ def find_near_duplicates(
     found, reads = near_dup_search.search(whole_keys, whole_fine, windows, max_distance=max_distance,
                                           max_fine_distance=max_fine_distance)
     del whole_keys, whole_fine
+    return_free_memory()  # the search's temporaries: not kept, nor counted again in each forked worker
     clock.lap("search")
     shas = usable["sha256"].to_numpy()
     found = found[shas[found["query"].to_numpy()] != shas[found["other"].to_numpy()]].reset_index(drop=True)
@@ -232,6 +234,7 @@ def find_near_duplicates(
     log(f"near-duplicates: {len(usable)} images hashed ({hashed} new), {reads} bucket entries read, "
         f"{len(found)} candidate pairs, {int((quick >= near_dup_quick_check.MIN_QUICK).sum())} past the quick check")
     found = found[quick >= near_dup_quick_check.MIN_QUICK].reset_index(drop=True)
+    return_free_memory()
     scores, phases, checked = _confirm(usable, Path(image_root), found, Path(state_dir) / CHECKS_STATE)
     clock.lap("confirm")
     log(f"near-duplicates: seconds {clock.seconds}")
@@ -285,7 +288,7 @@ def _quick_scores(store: SignatureStore, rows: np.ndarray, found: pd.DataFrame,
     return out
 
 
-_QUICK_SLICE = 4_000
+_QUICK_SLICE = 2_000
 _QUICK: tuple[SignatureStore, np.ndarray, np.ndarray, np.ndarray, int] | None = None
 
 
