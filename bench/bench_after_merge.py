@@ -138,7 +138,7 @@ def run_splits(data: Path) -> None:
     out_dir = data / layout.SPLITS_DIR
     write_splits(plan, rows, data / layout.TRANSFORMED, out_dir, summary_extra={"near_duplicates": "group"})
     write_dataset_card(plan.manifest, planned.metadata, out_dir, {**settings.as_dict(), "seed": 0, "folds": 0},
-                       source_facts([], planned.metadata), {})
+                       source_facts([], getattr(planned, "source_cells", planned.metadata)), {})
     plan.summary()
     licence_counts(plan.manifest, planned.metadata)
 

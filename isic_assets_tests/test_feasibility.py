@@ -50,4 +50,5 @@ def test_label_conflicts_are_left_out_as_the_splits_leave_them_out():
     assert planned.label_conflicts == list(meta["isic_id"][:5])
     assert not set(planned.label_conflicts) & set(planned.plan.manifest["isic_id"])
     kept = plan_splits(flagged, dups, SplitConfig(), exclude_label_conflicts=False)
-    assert kept.label_conflicts == [] and len(kept.metadata) == len(pd.DataFrame(meta))
+    assert kept.label_conflicts == [] and kept.kept_images == len(pd.DataFrame(meta))
+    assert planned.kept_images == len(meta) - 5

@@ -6,8 +6,10 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from isic_assets.core.splits.grouping import build_groups
+from isic_assets.core.splits.grouping import build_groups, group_codes
+from isic_assets.core.splits.pool import pool_from_frame
 
 
 def _meta(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
@@ -225,3 +227,46 @@ def test_groups_match_a_plain_union_find_on_arrow_and_object_text():
             expected = _reference_groups(frame, links, near)
             assert groups.to_dict() == expected
             assert groups.nunique() < n
+
+
+def test_group_codes_of_a_pool_equal_build_groups_and_the_plain_union_find():
+    """Grouping on fixed-width bytes (what planning does since it holds no Python string per image)
+    gives every image the group build_groups and a plain union-find give it, on keys to clean
+    (spaces, capitals, NaN), ids that share a prefix, repeated ids and links through dropped copies;
+    the group numbers order the groups as their ids."""
+    rng = np.random.default_rng(11)
+    n = 2_000
+    patients, lesions, hashes = rng.integers(0, 300, n), rng.integers(0, 1_500, n), rng.integers(0, 1_900, n)
+    ids = [f"ISIC_{i:07d}" for i in rng.permutation(n)]
+    ids[5], ids[6] = "ISIC_00", "ISIC_00é"  # a prefix of others; a byte above ASCII
+    meta = pd.DataFrame({
+        "isic_id": ids,
+        "patient_id": np.where(patients % 4 == 0, "", np.char.add("IP_", patients.astype(str))),
+        "lesion_id": np.where(lesions % 3 == 0, "", np.char.add("IL_", lesions.astype(str))),
+        "sha256": [f"{h:064x}" for h in hashes],
+    }).astype(object)
+    meta.loc[::97, "patient_id"] = [f" {v} " for v in meta.loc[::97, "patient_id"]]
+    meta.loc[::89, "sha256"] = [v.upper() for v in meta.loc[::89, "sha256"]]
+    meta.loc[::83, "lesion_id"] = np.nan
+    meta.loc[::101, "isic_id"] = [f" {v}" for v in meta.loc[::101, "isic_id"]]
+    dups = pd.DataFrame({"isic_id": [f"ISIC_9{i:06d}" for i in range(30)] + ["", "ISIC_9000000"],
+                         "kept_isic_id": [f"ISIC_{i * 61:07d}" for i in range(30)] + ["ISIC_0000001", ""],
+                         "sha256": [f"{h:064X}" for h in rng.integers(0, 1_900, 32)],
+                         "patient_id": [""] * 16 + [f"IP_{p}" for p in rng.integers(0, 300, 16)]})
+    pairs = pd.DataFrame({"isic_id_a": [f"ISIC_{i:07d}" for i in range(0, 200, 7)],
+                          "isic_id_b": [f"ISIC_{i + 1000:07d}" for i in range(0, 200, 7)]})
+    repeated = pd.concat([meta, meta.iloc[[3, 40]]], ignore_index=True)
+    for frame in (meta, meta.iloc[:, :2], repeated):
+        for links, near in ((dups.iloc[:0], pairs.iloc[:0]), (dups, pairs), (dups.iloc[:, :2], pairs)):
+            pool = pool_from_frame(frame, "benign_malignant")
+            numbers, names = group_codes(pool.ids, pool.keys, links if len(links) else None,
+                                         near if len(near) else None)
+            assert list(names) == sorted(names) and len(set(names)) == len(names)
+            got = dict(zip((v.decode() for v in pool.ids.tolist()), names[numbers], strict=True))
+            assert got == _reference_groups(frame, links, near)
+            assert got == build_groups(frame, links if len(links) else None, near if len(near) else None).to_dict()
+    empty_id = meta.copy()
+    empty_id.loc[4, "isic_id"] = " "
+    pool = pool_from_frame(empty_id, "benign_malignant")
+    with pytest.raises(ValueError, match="empty isic_id"):
+        group_codes(pool.ids, pool.keys)

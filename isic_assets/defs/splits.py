@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
@@ -20,6 +21,7 @@ from ..core.splits.facts import licence_counts, source_facts
 from ..core.splits.folds import fold_class_counts
 from ..core.splits.near_duplicates import read_pairs
 from ..core.splits.planning import plan_splits, read_plan_table
+from ..core.splits.pool import text_bytes
 from ..core.splits.writer import write_splits
 from ..core.table_schema import column_types, typed_columns
 from .evaluation import evaluation_sets, read_held_out
@@ -135,7 +137,7 @@ def _balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCo
     held_out, evaluation = read_held_out(isic)
     metadata_csv = transformed / layout.METADATA_CSV
     pool = read_plan_table(metadata_csv, settings.label_column)
-    pool = pool[~pool["isic_id"].isin(held_out)].reset_index(drop=True)
+    pool = pool.take(~np.isin(pool.raw_ids, text_bytes(pd.Series(sorted(held_out), dtype=object))))
     if held_out:
         context.log.info(f"held out {len(held_out)} image(s) for the evaluation sets: {evaluation}")
     planned = plan_splits(pool,
@@ -171,7 +173,7 @@ def _balanced_splits(context: dg.AssetExecutionContext, config: BalancedSplitsCo
         context.log.warning(f"balanced_splits: {report.link_fallback}")
     card = write_dataset_card(plan.manifest, metadata, out_dir,
                               {**settings.as_dict(), "seed": config.seed, "folds": config.folds},
-                              source_facts(isic.selected_sources(), metadata), evaluation)
+                              source_facts(isic.selected_sources(), planned.source_cells), evaluation)
     summary = plan.summary()
     manifest_path = out_dir / layout.MANIFEST_CSV
     manifest_columns = layout.table_columns(manifest_path)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .grouping import clean_keys, factorize
+from .pool import ID, PlanPool, pool_from_frame
 
 SPLITS = ("train", "validation", "test")
 STRATEGIES = ("undersample", "oversample", "none")
@@ -256,21 +257,39 @@ def _cross_counts(frame: pd.DataFrame, by: str) -> pd.DataFrame:
 
 def assign_splits(metadata: pd.DataFrame, groups: pd.Series, config: SplitConfig) -> SplitPlan:
     """Plan the splits of ``metadata`` (one row per kept image) with ``groups`` from build_groups."""
-    metadata, other_types = select_image_types(metadata, config.image_types)
-    frame, unmapped = _labelled_frame(metadata, groups, config)
+    pool = pool_from_frame(metadata, config.label_column)
+    if ID not in pool:
+        return assign_pool(pool, np.zeros(len(pool), dtype=np.int64), np.empty(0, dtype=object), config)
+    group_of = groups.reindex(clean_keys(metadata["isic_id"]).to_numpy())
+    codes, names = pd.factorize(group_of.astype(object), sort=True)  # missing: -1, no group
+    names = np.asarray([str(name) for name in names], dtype=object)
+    return assign_pool(pool, codes.astype(np.int64), names, config)
+
+
+def assign_pool(pool: PlanPool, group_of: np.ndarray, group_names: np.ndarray, config: SplitConfig) -> SplitPlan:
+    """Plan the splits of ``pool`` (one row per kept image): ``group_of`` numbers each row's leakage
+    group (-1: none), ``group_names`` are the group ids in ascending order (``grouping.group_codes``).
+
+    The rows are held as integer codes (``_Rows``) and text is made only for the rows the manifest
+    names: at archive scale that is a few hundred of 401,059 images (docs/PERFORMANCE.md "The stages
+    after the merge").
+    """
+    keep, other_types = _image_type_rows(pool, config.image_types)
+    if keep is not None:
+        pool, group_of = pool.take(keep), group_of[keep]
+    rows, unmapped = _labelled_rows(pool, group_of, config)
     classes = config.classes
-    present = [c for c in classes if (frame["label"] == c).any()]
+    present = [c for i, c in enumerate(classes) if (rows.label == i).any()]
     if len(present) < 2:
         raise ValueError(
             f"{config.label_column!r} maps to {present or 'no class'} only; a classifier needs at least two "
             f"of {list(classes)} (unmapped values: {unmapped})"
         )
-    frame["split"] = _assign_groups(frame, classes, config)
-    assigned = _split_class_counts(frame, classes)
-    frame["kept"] = True
-    capped = _apply_cap(frame, classes, config) if config.cap_per_class is not None else 0
-    undersampled = _undersample(frame, classes, config) if config.strategy == "undersample" else 0
-    kept = frame[frame["kept"]].drop(columns=["kept"])
+    rows.split = _assign_groups(rows, classes, config)
+    assigned = _split_class_table(rows, classes)
+    capped = _apply_cap(rows, classes, config) if config.cap_per_class is not None else 0
+    undersampled = _undersample(rows, classes, config) if config.strategy == "undersample" else 0
+    kept = _kept_text(rows, pool, group_names, classes)
     warnings: list[str] = []
     augmented = (
         _plan_augmentation(kept, classes, config, warnings) if config.strategy == "oversample" else None
@@ -300,48 +319,85 @@ def select_image_types(metadata: pd.DataFrame, image_types: tuple[str, ...]) -> 
     Asking for a type no row has is an error naming the types present: an empty dataset is never
     what the user meant.
     """
+    keep, left_out = _image_type_rows(pool_from_frame(metadata, ""), image_types)
+    return (metadata, 0) if keep is None else (metadata.loc[keep].reset_index(drop=True), left_out)
+
+
+def _image_type_rows(pool: PlanPool, image_types: tuple[str, ...]) -> tuple[np.ndarray | None, int]:
+    """``select_image_types`` on a pool: the mask of rows kept (None: every row) and how many were left out."""
     if not image_types:
-        return metadata, 0
-    if "image_type" not in metadata.columns:
+        return None, 0
+    if "image_type" not in pool:
         raise ValueError("image_types was given but the metadata has no image_type column; re-run merge_sources")
-    values = clean_keys(metadata["image_type"])
-    present = sorted(set(values))
-    keep = values.isin(image_types).to_numpy()
+    codes, distinct = pool.codes("image_type")
+    values = clean_keys(distinct)
+    present = sorted(set(values.to_numpy()[np.unique(codes)]))
+    keep = values.isin(image_types).to_numpy()[codes]
     if not keep.any():
         raise ValueError(f"no image has image_type {list(image_types)}; the merged data has {present}")
-    return metadata.loc[keep].reset_index(drop=True), int((~keep).sum())
+    return keep, int((~keep).sum())
 
 
-def _labelled_frame(
-    metadata: pd.DataFrame, groups: pd.Series, config: SplitConfig
-) -> tuple[pd.DataFrame, dict[str, int]]:
+@dataclass
+class _Rows:
+    """The labelled images as integer columns, sorted by isic_id: ``position`` in the pool, class
+    index ``label``, ``group`` (its number orders the groups as their ids), ``split`` index into
+    SPLITS (-1 before assignment) and ``kept`` (False once capped or undersampled away)."""
+
+    position: np.ndarray
+    label: np.ndarray
+    group: np.ndarray
+    split: np.ndarray
+    kept: np.ndarray
+
+
+def _labelled_rows(pool: PlanPool, group_of: np.ndarray, config: SplitConfig) -> tuple[_Rows, dict[str, int]]:
     """Rows with a mapped class, sorted by isic_id, plus the unmapped counts by original value."""
-    for column in ("isic_id", config.label_column):
-        if column not in metadata.columns:
+    for column in (ID, config.label_column):
+        if column not in pool:
             raise ValueError(f"metadata has no {column!r} column")
-    ids = clean_keys(metadata["isic_id"])
-    if ids.duplicated().any():
-        raise ValueError(f"metadata repeats isic_ids, e.g. {sorted(set(ids[ids.duplicated()]))[:5]}")
-    group_of = groups.reindex(ids.to_numpy())
-    if group_of.isna().any():
-        missing = ids[group_of.isna().to_numpy()].tolist()
+    ids = pool.ids
+    order = np.argsort(ids, kind="stable")
+    repeated = ids[order][1:] == ids[order][:-1]
+    if repeated.any():
+        examples = sorted({v.decode("utf-8") for v in ids[order][1:][repeated].tolist()})[:5]
+        raise ValueError(f"metadata repeats isic_ids, e.g. {examples}")
+    if (group_of < 0).any():
+        missing = [v.decode("utf-8") for v in ids[group_of < 0].tolist()]
         raise ValueError(f"groups has no group for {len(missing)} images, e.g. {missing[:5]}")
-    raw = clean_keys(metadata[config.label_column])
-    frame = pd.DataFrame(
-        {
-            "isic_id": ids.to_numpy(),
-            "label": map_labels(metadata[config.label_column], config.class_map).to_numpy(),
-            "group_id": group_of.astype(str).to_numpy(),
-            "source": clean_keys(metadata["source"]).to_numpy() if "source" in metadata.columns else "",
-        }
-    )
-    unmapped_raw = raw[(frame["label"] == "").to_numpy()].replace("", "(empty)")
-    unmapped = {str(k): int(v) for k, v in sorted(unmapped_raw.value_counts().items())}
-    frame = frame[frame["label"] != ""].sort_values("isic_id", kind="stable").reset_index(drop=True)
-    return frame, unmapped
+    codes, distinct = pool.codes(config.label_column)
+    index_of = {c: i for i, c in enumerate(config.classes)}
+    class_of_value = np.array([index_of.get(c, -1) for c in map_labels(distinct, config.class_map)], dtype=np.int16)
+    label = class_of_value[codes] if len(codes) else np.empty(0, dtype=np.int16)
+    unmapped = unmapped_counts(codes, distinct, class_of_value < 0)
+    order = order[label[order] >= 0]
+    n = len(order)
+    rows = _Rows(position=order, label=label[order], group=group_of[order],
+                 split=np.full(n, -1, dtype=np.int8), kept=np.ones(n, dtype=bool))
+    return rows, unmapped
 
 
-def _assign_groups(frame: pd.DataFrame, classes: tuple[str, ...], config: SplitConfig) -> pd.Series:
+def unmapped_counts(codes: np.ndarray, distinct: pd.Series, unmapped: np.ndarray) -> dict[str, int]:
+    """Rows per cleaned original value (``(empty)`` for none) among the values ``unmapped`` marks,
+    sorted by value: what the split metadata reports as ``unmapped_values``."""
+    per_value = np.bincount(codes, minlength=len(distinct)) if len(codes) else np.zeros(len(distinct), np.int64)
+    counts: dict[str, int] = {}
+    for value, n, left_out in zip(clean_keys(distinct), per_value.tolist(), unmapped.tolist(), strict=True):
+        if left_out and n:
+            key = value or "(empty)"
+            counts[key] = counts.get(key, 0) + n
+    return {str(k): int(v) for k, v in sorted(counts.items())}
+
+
+def _split_class_table(rows: _Rows, classes: tuple[str, ...]) -> pd.DataFrame:
+    """Rows per split x class (``_split_class_counts`` of the rows as they are now)."""
+    cells = np.bincount(rows.split.astype(np.int64) * len(classes) + rows.label,
+                        minlength=len(SPLITS) * len(classes)).reshape(len(SPLITS), len(classes))
+    return pd.DataFrame(cells.astype("int64"), index=pd.Index(list(SPLITS), name="split"),
+                        columns=pd.Index(list(classes), name="label"))
+
+
+def _assign_groups(rows: _Rows, classes: tuple[str, ...], config: SplitConfig) -> np.ndarray:
     """Split per row: whole groups, largest first, each to the split that best keeps the targets.
 
     The cost of a split is sum over classes of (count - target)^2 / target (a chi-square distance),
@@ -350,16 +406,18 @@ def _assign_groups(frame: pd.DataFrame, classes: tuple[str, ...], config: SplitC
     the earlier split (train first) wins. Groups of equal size are visited in a seeded order, which
     is what makes two seeds give two different splits.
     """
-    table = _cross_counts(frame, "group_id").reindex(columns=list(classes), fill_value=0).sort_index()
+    groups, group_index = np.unique(rows.group, return_inverse=True)  # in the order of their ids
+    table = np.zeros((len(groups), len(classes)), dtype=np.int64)
+    np.add.at(table, (group_index, rows.label), 1)
     rng = np.random.default_rng([config.seed, _STAGE_ORDER])
     tie_break = rng.permutation(len(table))
-    order = np.lexsort((tie_break, -table.sum(axis=1).to_numpy()))
-    counts = table.to_numpy()[order].tolist()
-    totals = table.sum(axis=0).to_numpy()
+    order = np.lexsort((tie_break, -table.sum(axis=1)))
+    counts = table[order].tolist()
+    totals = table.sum(axis=0)
     active = [s for s, r in enumerate(config.ratios) if r > 0]
     targets = [[config.ratios[s] * t for t in totals] for s in range(len(SPLITS))]
     current = [[0.0] * len(classes) for _ in SPLITS]
-    chosen = np.empty(len(order), dtype=np.int64)
+    chosen = np.empty(len(order), dtype=np.int8)
     for position, n in enumerate(counts):
         best, best_cost = active[0], math.inf
         for s in active:
@@ -371,8 +429,9 @@ def _assign_groups(frame: pd.DataFrame, classes: tuple[str, ...], config: SplitC
         chosen[position] = best
         for c, k in enumerate(n):
             current[best][c] += k
-    split_of_group = pd.Series(np.asarray(SPLITS, dtype=object)[chosen], index=table.index[order])
-    return frame["group_id"].map(split_of_group)
+    split_of_group = np.empty(len(groups), dtype=np.int8)
+    split_of_group[order] = chosen
+    return split_of_group[group_index]
 
 
 def share_by_ratios(total: int, ratios: tuple[float, ...]) -> list[int]:
@@ -385,18 +444,18 @@ def share_by_ratios(total: int, ratios: tuple[float, ...]) -> list[int]:
     return parts
 
 
-def _apply_cap(frame: pd.DataFrame, classes: tuple[str, ...], config: SplitConfig) -> int:
+def _apply_cap(rows: _Rows, classes: tuple[str, ...], config: SplitConfig) -> int:
     """Keep at most the split's share of ``cap_per_class`` per class, choosing whole groups."""
     assert config.cap_per_class is not None
     shares = share_by_ratios(config.cap_per_class, config.ratios)
     dropped = 0
-    for s, split in enumerate(SPLITS):
-        for c, label in enumerate(classes):
-            dropped += _reduce_class(frame, split, label, shares[s], [config.seed, _STAGE_CAP, s, c])
+    for s in range(len(SPLITS)):
+        for c in range(len(classes)):
+            dropped += _reduce_class(rows, s, c, shares[s], [config.seed, _STAGE_CAP, s, c])
     return dropped
 
 
-def _undersample(frame: pd.DataFrame, classes: tuple[str, ...], config: SplitConfig) -> int:
+def _undersample(rows: _Rows, classes: tuple[str, ...], config: SplitConfig) -> int:
     """Bring every class of each split down to that split's minority count, choosing whole groups.
 
     The minority class keeps all its images; a majority class keeps whole groups' worth of its
@@ -408,16 +467,16 @@ def _undersample(frame: pd.DataFrame, classes: tuple[str, ...], config: SplitCon
     for s, split in enumerate(SPLITS):
         if config.balance == "train_only" and split != "train":
             continue  # validation and test keep the natural ratio (whole groups, as assigned)
-        in_split = frame["kept"] & (frame["split"] == split)
-        sizes = [int((in_split & (frame["label"] == label)).sum()) for label in classes]
+        in_split = rows.kept & (rows.split == s)
+        sizes = [int((in_split & (rows.label == c)).sum()) for c in range(len(classes))]
         if not any(sizes):
             continue
         target = min(sizes)
-        for c, label in enumerate(classes):
-            before = frame["kept"] & (frame["split"] == split) & (frame["label"] == label)
+        for c in range(len(classes)):
+            before = rows.kept & (rows.split == s) & (rows.label == c)
             seed = [config.seed, _STAGE_UNDERSAMPLE, s, c]
-            dropped += _reduce_class(frame, split, label, target, seed)
-            dropped -= _top_up(frame, before, target, seed)  # whole groups missed by far: single images
+            dropped += _reduce_class(rows, s, c, target, seed)
+            dropped -= _top_up(rows, before, target, seed)  # whole groups missed by far: single images
     return dropped
 
 
@@ -427,7 +486,7 @@ def _undersample(frame: pd.DataFrame, classes: tuple[str, ...], config: SplitCon
 WHOLE_GROUP_SLACK = 0.1
 
 
-def _top_up(frame: pd.DataFrame, before: pd.Series, target: int, seed: list[int]) -> int:
+def _top_up(rows: _Rows, before: np.ndarray, target: int, seed: list[int]) -> int:
     """Bring ``before``'s kept rows to ``target`` with single images when whole groups missed it by
     more than ``WHOLE_GROUP_SLACK``; return how many rows were kept again (negative: dropped more).
 
@@ -436,33 +495,52 @@ def _top_up(frame: pd.DataFrame, before: pd.Series, target: int, seed: list[int]
     over. Splits are already assigned by group, so keeping part of a group leaks nothing; the
     sample is seeded.
     """
-    now = before & frame["kept"]
+    now = before & rows.kept
     kept = int(now.sum())
     rng = np.random.default_rng([*seed, 1])
     if kept * (1.0 + WHOLE_GROUP_SLACK) < target:
-        pool = frame.index[before & ~frame["kept"]].to_numpy()
+        pool = np.flatnonzero(before & ~rows.kept)
         take = rng.choice(pool, size=min(target - kept, len(pool)), replace=False)
-        frame.loc[np.sort(take), "kept"] = True
+        rows.kept[np.sort(take)] = True
         return len(take)
     if kept > target * (1.0 + WHOLE_GROUP_SLACK):
-        pool = frame.index[now].to_numpy()
+        pool = np.flatnonzero(now)
         drop = rng.choice(pool, size=kept - target, replace=False)
-        frame.loc[np.sort(drop), "kept"] = False
+        rows.kept[np.sort(drop)] = False
         return -len(drop)
     return 0
 
 
-def _reduce_class(frame: pd.DataFrame, split: str, label: str, target: int, seed: list[int]) -> int:
+def _reduce_class(rows: _Rows, split: int, label: int, target: int, seed: list[int]) -> int:
     """Unmark rows of (split, label) so about ``target`` remain, whole groups at a time; return drops."""
-    rows = frame["kept"] & (frame["split"] == split) & (frame["label"] == label)
-    if int(rows.sum()) <= target:
+    chosen = rows.kept & (rows.split == split) & (rows.label == label)
+    if int(chosen.sum()) <= target:
         return 0
-    sizes = frame.loc[rows].groupby("group_id").size().sort_index()
-    keep = choose_whole_groups(sizes.to_numpy(), target, np.random.default_rng(seed))
-    dropped_groups = set(sizes.index[~keep])
-    drop = rows & frame["group_id"].isin(dropped_groups)
-    frame.loc[drop, "kept"] = False
+    groups, sizes = np.unique(rows.group[chosen], return_counts=True)  # in the order of their ids
+    keep = choose_whole_groups(sizes, target, np.random.default_rng(seed))
+    drop = chosen & np.isin(rows.group, groups[~keep])
+    rows.kept[drop] = False
     return int(drop.sum())
+
+
+def _kept_text(rows: _Rows, pool: PlanPool, group_names: np.ndarray, classes: tuple[str, ...]) -> pd.DataFrame:
+    """The kept rows as text (isic_id, label, group_id, source, split), sorted by isic_id: the
+    manifest's originals."""
+    position = rows.position[rows.kept]
+    if "source" in pool:
+        codes, distinct = pool.codes("source")
+        source = clean_keys(distinct).to_numpy(dtype=object)[codes[position]]
+    else:
+        source = np.full(len(position), "", dtype=object)
+    return pd.DataFrame(
+        {
+            "isic_id": [v.decode("utf-8") for v in pool.ids[position].tolist()],
+            "label": np.asarray(classes, dtype=object)[rows.label[rows.kept]],
+            "group_id": group_names[rows.group[rows.kept]],
+            "source": source,
+            "split": np.asarray(SPLITS, dtype=object)[rows.split[rows.kept]],
+        }
+    )
 
 
 def choose_whole_groups(sizes: np.ndarray, target: int, rng: np.random.Generator) -> np.ndarray:

@@ -13,10 +13,12 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 
-from .assign import AUG_MARK, SPLITS, SplitConfig, map_labels
+from .assign import AUG_MARK, SPLITS, SplitConfig, map_labels, unmapped_counts
 from .grouping import LINK_COLUMNS, clean_keys, link_keys, stripped_text
+from .pool import PlanPool, coded_column
 
 LEAK_KEYS = LINK_COLUMNS
 MAX_EXAMPLES = 20
@@ -358,7 +360,7 @@ def split_proportions(
 
 
 def natural_imbalance(
-    metadata: pd.DataFrame,
+    metadata: pd.DataFrame | PlanPool,
     label_column: str = "benign_malignant",
     class_map: Mapping[str, str] | None = None,
     *,
@@ -371,21 +373,28 @@ def natural_imbalance(
     them, so the number reported is the one the split strategy faces.
     """
     config = SplitConfig(label_column=label_column, **({"class_map": dict(class_map)} if class_map else {}))
-    if label_column not in metadata.columns:
-        raise ValueError(f"metadata has no {label_column!r} column")
-    labels = map_labels(metadata[label_column], config.class_map)
-    counts = {c: int((labels == c).sum()) for c in config.classes}
+    if isinstance(metadata, PlanPool):
+        if label_column not in metadata:
+            raise ValueError(f"metadata has no {label_column!r} column")
+        codes, distinct = metadata.codes(label_column)
+    else:
+        if label_column not in metadata.columns:
+            raise ValueError(f"metadata has no {label_column!r} column")
+        codes, distinct = coded_column(metadata[label_column])
+    labels = map_labels(distinct, config.class_map).to_numpy(dtype=object)  # per distinct value
+    per_value = np.bincount(codes, minlength=len(distinct)) if len(codes) else np.zeros(len(distinct), np.int64)
+    counts = {c: int(per_value[labels == c].sum()) for c in config.classes}
     ratio = _max_min_ratio(pd.Series(counts))
     passed = math.isfinite(ratio) and ratio <= max_ratio
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-    raw = clean_keys(metadata[label_column])[(labels == "").to_numpy()].replace("", "(empty)")
+    unmapped = unmapped_counts(codes, distinct, labels == "")
     measured = {
         "label_column": label_column,
         "counts": counts,
         "ratio": _json_ratio(ratio),
         "max_ratio": max_ratio,
-        "unmapped": len(raw),
-        "unmapped_values": {str(k): int(v) for k, v in sorted(raw.value_counts().items())},
+        "unmapped": sum(unmapped.values()),
+        "unmapped_values": unmapped,
     }
     offending = [] if passed else [{"class": c, "count": n} for c, n in (ordered[0], ordered[-1])]
     return CheckOutcome(passed, measured, offending)

@@ -292,3 +292,86 @@ def _group_ids(kept_ids: pd.Series, roots: np.ndarray) -> pd.Series:
                        index=pd.Index(ids, name="isic_id", dtype=object), name="group_id")
     repeated = groups.index.duplicated(keep="first")
     return groups[~repeated] if repeated.any() else groups
+
+
+def group_codes(ids: np.ndarray, keys: dict[str, np.ndarray], duplicates: pd.DataFrame | None = None,
+                near_duplicates: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``build_groups`` of images held as fixed-width bytes (``pool.PlanPool``): a group number per
+    row and the group ids, numbered in ascending order of the id (so ordering by number is ordering
+    by group id).
+
+    ``ids`` are the cleaned ``isic_id``; ``keys`` the cleaned link columns the metadata has (the
+    digest lower-cased). The same links, components and group ids as ``build_groups``, without a
+    Python string or hash table per image: ids and keys are numbered by sorting the bytes, which
+    orders them as Python orders the strings (UTF-8 keeps code point order).
+    """
+    if len(ids) and (ids == b"").any():
+        raise ValueError("metadata has rows with an empty isic_id; every image needs an id to be grouped")
+    links = _with_pairs(duplicates, near_duplicates)
+    if links is not None and len(links) == 0:
+        links = None
+    if links is not None:
+        for column in ("isic_id", "kept_isic_id"):
+            if column not in links.columns:
+                raise ValueError(f"duplicates has no {column} column (expected merged_data/duplicates.csv)")
+    n_own = len(ids)
+    names = [ids]
+    if links is not None:
+        names += [_key_bytes(clean_keys(links["isic_id"])), _key_bytes(clean_keys(links["kept_isic_id"]))]
+    uniques, node_of = np.unique(np.concatenate(names) if len(names) > 1 else ids, return_inverse=True)
+    node_of = node_of.astype(np.int64).reshape(-1)
+    if len(uniques) and uniques[0] == b"":  # sorted: the empty id first
+        node_of[node_of == 0] = -1
+    n_records = n_own + (len(links) if links is not None else 0)
+    own, kept_of = node_of[:n_records], node_of[n_records:]
+    lefts, rights = [], []
+    for column in LINK_COLUMNS:
+        if column not in keys and (links is None or column not in links.columns):
+            continue
+        parts = [keys[column] if column in keys else np.zeros(n_own, dtype="S1")]
+        if links is not None:
+            parts.append(_key_bytes(clean_keys(links[column]), lower=column == "sha256") if column in links.columns
+                         else np.zeros(len(links), dtype="S1"))
+        values, codes = np.unique(np.concatenate(parts) if len(parts) > 1 else parts[0], return_inverse=True)
+        codes = codes.astype(np.int64).reshape(-1)
+        if len(values) and values[0] == b"":
+            codes[codes == 0] = -1
+        left, right = _first_holder_edges(own, codes)
+        lefts.append(left)
+        rights.append(right)
+    dropped = own[n_own:]
+    listed = (dropped >= 0) & (kept_of >= 0)
+    lefts.append(dropped[listed])
+    rights.append(kept_of[listed])
+    left, right = np.concatenate(lefts), np.concatenate(rights)
+    differ = left != right
+    roots = component_labels(len(uniques), left[differ], right[differ])[own[:n_own]]
+    components, component_of = np.unique(roots, return_inverse=True)
+    smallest = np.full(len(components), len(uniques), dtype=np.int64)
+    np.minimum.at(smallest, component_of.reshape(-1), own[:n_own])  # nodes are numbered in id order
+    by_name = np.argsort(smallest)
+    number = np.empty(len(components), dtype=np.int64)
+    number[by_name] = np.arange(len(components), dtype=np.int64)
+    group_names = np.array([GROUP_PREFIX + v.decode("utf-8") for v in uniques[smallest[by_name]].tolist()],
+                           dtype=object)
+    return number[component_of.reshape(-1)], group_names
+
+
+def _key_bytes(values: pd.Series, lower: bool = False) -> np.ndarray:
+    """Cleaned keys (``clean_keys``) as fixed-width UTF-8 bytes, lower-cased when ``lower``."""
+    text = _lowered(values) if lower else values.to_numpy(dtype=object)
+    if len(text) == 0:
+        return np.zeros(0, dtype="S1")
+    return np.array([v.encode("utf-8") for v in text], dtype="S")
+
+
+def _first_holder_edges(members: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each record with a key to the first record holding the same key (``_edges``' rule): as few edges
+    as records, the same components as linking every pair."""
+    present = (codes >= 0) & (members >= 0)
+    if not present.any():
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    members, codes = members[present], codes[present]
+    first = np.empty(int(codes.max()) + 1, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes) - 1, -1, -1, dtype=np.int64)
+    return members, members[first[codes]]
