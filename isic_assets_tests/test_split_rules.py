@@ -120,12 +120,12 @@ def _tricky(seed: int, n_patients: int) -> pd.DataFrame:
 
 
 CONFIGS = [
-    dict(),
-    dict(balance="train_only"),
-    dict(cap_per_class=40),
-    dict(strategy="none", ratios=(0.6, 0.4, 0.0)),
-    dict(class_map={"benign": "benign", "malignant": "malignant", "other": "other"}),
-    dict(class_map={"malignant": "malignant", "*": "benign"}, cap_per_class=25, ratios=(0.5, 0.25, 0.25)),
+    {},
+    {"balance": "train_only"},
+    {"cap_per_class": 40},
+    {"strategy": "none", "ratios": (0.6, 0.4, 0.0)},
+    {"class_map": {"benign": "benign", "malignant": "malignant", "other": "other"}},
+    {"class_map": {"malignant": "malignant", "*": "benign"}, "cap_per_class": 25, "ratios": (0.5, 0.25, 0.25)},
 ]
 
 

@@ -318,10 +318,9 @@ def group_codes(ids: np.ndarray, keys: dict[str, np.ndarray], duplicates: pd.Dat
     names = [ids]
     if links is not None:
         names += [_key_bytes(clean_keys(links["isic_id"])), _key_bytes(clean_keys(links["kept_isic_id"]))]
-    uniques, node_of = np.unique(np.concatenate(names) if len(names) > 1 else ids, return_inverse=True)
-    node_of = node_of.astype(np.int64).reshape(-1)
-    if len(uniques) and uniques[0] == b"":  # sorted: the empty id first
-        node_of[node_of == 0] = -1
+    every_id = np.concatenate(names) if len(names) > 1 else ids
+    node_of, firsts = sorted_numbers(every_id)
+    uniques = every_id[firsts]
     n_records = n_own + (len(links) if links is not None else 0)
     own, kept_of = node_of[:n_records], node_of[n_records:]
     lefts, rights = [], []
@@ -332,13 +331,12 @@ def group_codes(ids: np.ndarray, keys: dict[str, np.ndarray], duplicates: pd.Dat
         if links is not None:
             parts.append(_key_bytes(clean_keys(links[column]), lower=column == "sha256") if column in links.columns
                          else np.zeros(len(links), dtype="S1"))
-        values, codes = np.unique(np.concatenate(parts) if len(parts) > 1 else parts[0], return_inverse=True)
-        codes = codes.astype(np.int64).reshape(-1)
-        if len(values) and values[0] == b"":
-            codes[codes == 0] = -1
+        codes, _ = sorted_numbers(np.concatenate(parts) if len(parts) > 1 else parts[0])
         left, right = _first_holder_edges(own, codes)
-        lefts.append(left)
-        rights.append(right)
+        differ = left != right  # a key only one image holds links nothing (every digest, usually)
+        lefts.append(left[differ])
+        rights.append(right[differ])
+        del codes, left, right, differ
     dropped = own[n_own:]
     listed = (dropped >= 0) & (kept_of >= 0)
     lefts.append(dropped[listed])
@@ -355,6 +353,30 @@ def group_codes(ids: np.ndarray, keys: dict[str, np.ndarray], duplicates: pd.Dat
     group_names = np.array([GROUP_PREFIX + v.decode("utf-8") for v in uniques[smallest[by_name]].tolist()],
                            dtype=object)
     return number[component_of.reshape(-1)], group_names
+
+
+# Rows compared at a time when numbering sorted bytes: two gathered blocks, not two copies of a column.
+_BLOCK = 1 << 16
+
+
+def sorted_numbers(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A number per value of a bytes (``S``) array, equal exactly where the values are equal and
+    increasing with the value; -1 for ``b""``. Also the position of one row per number, in number
+    order. ``np.unique`` would hold a sorted copy of the column (64 bytes a row for a digest); this
+    holds the sort order and compares neighbours a block at a time."""
+    n = len(values)
+    order = np.argsort(values, kind="stable")
+    starts = np.ones(n, dtype=bool)
+    for begin in range(1, n, _BLOCK):
+        end = min(begin + _BLOCK, n)
+        starts[begin:end] = values[order[begin:end]] != values[order[begin - 1:end - 1]]
+    numbers = np.empty(n, dtype=np.int64)
+    numbers[order] = np.cumsum(starts) - 1
+    firsts = order[starts]
+    if n and values[firsts[0]] == b"":  # sorted: the empty value first
+        numbers -= 1
+        firsts = firsts[1:]
+    return numbers, firsts
 
 
 def _key_bytes(values: pd.Series, lower: bool = False) -> np.ndarray:
