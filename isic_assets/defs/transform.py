@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
 from ..core import layout
@@ -15,7 +16,7 @@ from ..core.operation.disk_space import disk_full_errors
 from ..core.table_schema import parquet_column_types
 from ..core.transform.image_ops import TRANSFORM_CODE_VERSION, TransformSettings
 from ..core.transform.records import JobTable
-from ..core.transform.runner import DEFAULT_IMAGE_TIME_LIMIT_S, STAGE, transform_images
+from ..core.transform.runner import DEFAULT_IMAGE_TIME_LIMIT_S, STAGE, TransformReport, transform_images
 from ..core.transform.tables import transformed_column_types, write_transform_tables
 from .merge import MERGED_IMAGES, MERGED_METADATA
 from .metadata import column_schema, data_root_metadata
@@ -72,29 +73,39 @@ def transformed_images(context: dg.AssetExecutionContext, config: TransformConfi
     return result
 
 
+def data_version_digest(report: TransformReport) -> str:
+    """The fingerprint, then ``<id>:<sha256>`` of every output in id order (the UTF-8 bytes of each,
+    taken a slice of the bytes columns at a time)."""
+    digest = hashlib.sha256(report.fingerprint.encode())
+    images, rows = report.images, 65_536
+    for start in range(0, len(images), rows):
+        for isic_id, sha256 in zip(images.ids[start : start + rows].tolist(),
+                                   images.sha256[start : start + rows].tolist(), strict=True):
+            digest.update(isic_id + b":" + sha256)
+    return digest.hexdigest()
+
+
 def _transform(context: dg.AssetExecutionContext, config: TransformConfig, isic: IsicSettings,
                root: Path) -> dg.MaterializeResult:
     merged_dir = root / layout.MERGED
     metadata_csv = merged_dir / layout.METADATA_CSV
-    # The jobs need four of the merged columns; the rest are only carried into metadata.csv, a chunk
-    # of rows at a time, after the images are done.
-    inputs = layout.read_table(metadata_csv, columns=JOB_COLUMNS)
-    missing = [c for c in JOB_COLUMNS if c not in inputs.columns]
+    # The jobs need four of the merged columns, read a chunk of rows at a time into compact columns
+    # (the step's process forks its workers while it holds them); the rest are only carried into
+    # metadata.csv, a chunk of rows at a time, after the images are done.
+    header = pd.read_csv(metadata_csv, nrows=0).columns if metadata_csv.is_file() else JOB_COLUMNS
+    missing = [c for c in JOB_COLUMNS if c not in header]
     if missing:
         raise ValueError(f"{metadata_csv} lacks the column(s) {missing}; re-run merge_sources")
     settings = TransformSettings(size=config.size, mode=config.mode, jpeg_quality=config.jpeg_quality,
                                  color_constancy=config.color_constancy, hair_removal=config.hair_removal)
-    jobs = JobTable(merged_dir, inputs["isic_id"], inputs["image"], inputs["sha256"], inputs["exif_orientation"])
-    del inputs
+    jobs = JobTable.read(merged_dir, metadata_csv)
     out_dir = root / layout.TRANSFORMED
     report = transform_images(jobs, out_dir, settings, workers=config.workers, log=context.log.info,
                               compute=isic.compute_choice(), time_limit_s=config.image_time_limit_s)
     del jobs
     with disk_full_errors(STAGE, out_dir):
         table = write_transform_tables(layout.read_table_chunks(metadata_csv), report, settings, out_dir)
-    digest = hashlib.sha256(report.fingerprint.encode())
-    for isic_id, sha256 in zip(report.images.ids, report.images.sha256, strict=True):  # sorted by id
-        digest.update(f"{isic_id}:{sha256}".encode())
+    digest = data_version_digest(report)
     rate = report.processed / report.seconds if report.seconds and report.processed else 0.0
     return dg.MaterializeResult(
         metadata={
@@ -114,12 +125,12 @@ def _transform(context: dg.AssetExecutionContext, config: TransformConfig, isic:
             "normalization": dg.MetadataValue.json(
                 {k: report.normalization.get(k) for k in ("mean", "std", "mean_255", "std_255", "image_count")}
             ),
-            "samples": dg.MetadataValue.md(contact_sheet(out_dir / "images", list(report.images.ids[:8]))),
+            "samples": dg.MetadataValue.md(contact_sheet(out_dir / "images", report.images.id_strings(0, 8))),
             "path": dg.MetadataValue.path(str(out_dir / "images")),
             "metadata_csv": dg.MetadataValue.path(str(out_dir / layout.METADATA_CSV)),
             "normalization_json": dg.MetadataValue.path(str(out_dir / layout.NORMALIZATION_JSON)),
             "dagster/column_schema": column_schema(transformed_column_types(
                 table, parquet_column_types(merged_dir / layout.METADATA_PARQUET))),
         },
-        data_version=dg.DataVersion(digest.hexdigest()[:32]),
+        data_version=dg.DataVersion(digest[:32]),
     )

@@ -15,28 +15,36 @@ import numpy as np
 
 from ..scan_state import SqliteLog
 from .image_ops import TRANSFORM_CODE_VERSION, TransformSettings
-from .records import STATUS_OK, TransformedOutputs, TransformJob, job_columns
+from .records import STATUS_OK, JobTable, TransformedOutputs, TransformJob, decoded
 
 
 def current_records(jobs: Sequence[TransformJob], state: SqliteLog, fingerprint: str) -> Iterator[dict]:
     """The ``ok`` record of every job whose record is current, in id order.
 
     One pass over the state in key order, merged with the jobs sorted by id once (an index of
-    8 bytes a job), instead of a look-up per job."""
-    ids, sha256_at = job_columns(jobs)
-    order = np.argsort(ids, kind="stable")
-    at = 0
+    8 bytes a job; the ids turned into strings a chunk at a time), instead of a look-up per job.
+    SQLite orders the keys by their UTF-8 bytes, as the sorted bytes column and Python's ``<`` on
+    strings do."""
+    table = JobTable.of(jobs)
+    order = np.argsort(table.isic_ids, kind="stable")
+    wanted = _in_order(table.isic_ids, order)
+    job = next(wanted, None)
     for record in state.values():
         isic_id = record["isic_id"]
-        while at < len(order) and ids[order[at]] < isic_id:
-            at += 1
-        if at == len(order):
+        while job is not None and job[0] < isic_id:
+            job = next(wanted, None)
+        if job is None:
             return
-        position = order[at]
-        if ids[position] == isic_id and record.get("status") == STATUS_OK \
-                and record.get("src_sha256") == sha256_at(position) and record.get("fingerprint") == fingerprint:
-            record["isic_id"] = ids[position]  # the job's string, not a copy per output
+        if job[0] == isic_id and record.get("status") == STATUS_OK \
+                and record.get("src_sha256") == table.sha256_at(job[1]) and record.get("fingerprint") == fingerprint:
             yield record
+
+
+def _in_order(ids: np.ndarray, order: np.ndarray, rows: int = 65_536) -> Iterator[tuple[str, int]]:
+    """``(id, position)`` of every job in id order."""
+    for start in range(0, len(order), rows):
+        positions = order[start : start + rows]
+        yield from zip(decoded(ids[positions]), positions.tolist(), strict=True)
 
 
 def outputs_and_normalization(jobs: Sequence[TransformJob], state: SqliteLog, settings: TransformSettings,
@@ -45,7 +53,8 @@ def outputs_and_normalization(jobs: Sequence[TransformJob], state: SqliteLog, se
     over every current output, from the exact integer sums), from one pass over the state: each
     pass parses every record, seconds at 400,000 images."""
     sums = _Sums()
-    outputs = TransformedOutputs(sums.add(record) for record in current_records(jobs, state, fingerprint))
+    outputs = TransformedOutputs((sums.add(record) for record in current_records(jobs, state, fingerprint)),
+                                 capacity=len(jobs))
     return outputs, sums.normalization(settings, fingerprint)
 
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from .. import layout
 from ..scan_state import SqliteLog, iter_jsonl
 
 IMAGES_DIR = "images"
@@ -47,19 +50,26 @@ class TransformJob:
 
 
 class JobTable(Sequence[TransformJob]):
-    """The jobs of a whole archive as four columns, each ``TransformJob`` made when it is asked for.
+    """The jobs of a whole archive as four numpy columns, each ``TransformJob`` made when it is asked for.
 
-    A list of 400,000 jobs, each with its own ``Path``, costs about 250 MB; the columns cost what
-    their strings cost (docs/PERFORMANCE.md "ISIC 2024 at archive scale"). The ids stay Python
-    strings (every stage step compares them); the image names and hashes are UTF-8 bytes in fixed-width
-    numpy columns (about 90 bytes a job instead of about 200 as Python strings), decoded when a job
-    is made.
+    A list of 400,000 jobs, each with its own ``Path``, costs about 250 MB, and even the ids alone as
+    Python strings about 70 bytes a job; here every text column is UTF-8 bytes of a fixed width (an
+    ISIC id 12 bytes, an image name about 25, a hash 64) and no Python object is held per job
+    (docs/PERFORMANCE.md "ISIC 2024 at archive scale"). The step's process forks its workers while it
+    holds this table, so every worker counts it too.
+
+    ``read`` builds it from the merged table, a chunk of rows at a time. An id that is not a
+    string, or a value that fixed-width bytes cannot hold as it is (one ending in a NUL character),
+    is refused here with the message ``transform_images`` gives for it; every other check of the
+    jobs is ``transform_images``'s.
     """
 
     def __init__(self, base: Path, isic_ids: Sequence[str], images: Sequence[str], sha256: Sequence[str],
                  exif_orientation: Sequence[str | int]) -> None:
         self.base = Path(base)
-        self.isic_ids = np.asarray(isic_ids, dtype=object)
+        isic_ids, sha256 = list(isic_ids), list(sha256)
+        _refuse_unstorable(isic_ids, sha256)
+        self.isic_ids = _utf8_column(isic_ids)
         self.images = _utf8_column(images)
         self.sha256 = _utf8_column(sha256)
         # ``or 1``: an empty cell means no EXIF orientation, as upright.
@@ -67,14 +77,54 @@ class JobTable(Sequence[TransformJob]):
         if not len(self.isic_ids) == len(self.images) == len(self.sha256) == len(self.exif):
             raise ValueError("every column of a JobTable needs one value per job")
 
+    @classmethod
+    def read(cls, base: Path, path: Path, rows: int = layout.CHUNK_ROWS) -> JobTable:
+        """The jobs of a table with the columns isic_id, image, sha256 and exif_orientation (the merged
+        metadata.csv), read ``rows`` rows at a time, twice: once for the row count and the width of
+        each column, then into columns made at their final size. Only the table and one chunk are
+        ever held: gathering the chunks' columns and joining them held the table twice, and what was
+        freed then stayed in the heap that every forked worker inherits."""
+        columns = ("isic_id", "image", "sha256", "exif_orientation")
+        count, widths = 0, [1, 1, 1]
+        for chunk in layout.read_table_chunks(path, columns=columns, rows=rows):
+            count += len(chunk)
+            for number, name in enumerate(columns[:3]):
+                longest = pc.max(pc.binary_length(pa.array(chunk[name], type=pa.string()))).as_py()
+                widths[number] = max(widths[number], longest or 0)
+        table = cls(base, [], [], [], [])
+        table.isic_ids, table.images, table.sha256 = (np.zeros(count, dtype=f"S{width}") for width in widths)
+        table.exif = np.zeros(count, dtype=np.int64)
+        at = 0
+        for chunk in layout.read_table_chunks(path, columns=columns, rows=rows):
+            part = cls(base, chunk["isic_id"], chunk["image"], chunk["sha256"], chunk["exif_orientation"])
+            if at + len(part) > count or any(getattr(part, name).itemsize > getattr(table, name).itemsize
+                                             for name in ("isic_ids", "images", "sha256")):
+                raise RuntimeError(f"{path} changed while it was read; run the step again")
+            for name in ("isic_ids", "images", "sha256", "exif"):
+                getattr(table, name)[at : at + len(part)] = getattr(part, name)
+            at += len(part)
+        if at != count:
+            raise RuntimeError(f"{path} changed while it was read; run the step again")
+        return table
+
+    @classmethod
+    def of(cls, jobs: Sequence[TransformJob]) -> JobTable:
+        """``jobs`` as a JobTable (itself if it is one), each job's ``src`` kept whole as its image."""
+        if isinstance(jobs, JobTable):
+            return jobs
+        table = cls(Path(""), [job.isic_id for job in jobs], [str(job.src) for job in jobs],
+                    [job.src_sha256 for job in jobs], [1] * len(jobs))
+        table.exif = np.asarray([job.exif_orientation for job in jobs], dtype=np.int64)
+        return table
+
     def __len__(self) -> int:
         return len(self.isic_ids)
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return TransformJob(self.isic_ids[index], self.base / self.images[index].decode(), self.sha256_at(index),
-                            int(self.exif[index]))
+        return TransformJob(self.isic_ids[index].decode(), self.base / self.images[index].decode(),
+                            self.sha256_at(index), int(self.exif[index]))
 
     def sha256_at(self, index: int) -> str:
         return self.sha256[index].decode()
@@ -84,16 +134,50 @@ class JobTable(Sequence[TransformJob]):
             yield self[i]
 
 
-def job_columns(jobs: Sequence[TransformJob]) -> tuple[Sequence[str], Callable[[int], str]]:
-    """The jobs' ids and their source sha256 by position, without making a ``TransformJob`` per job
-    when ``jobs`` is a JobTable (its columns), else gathered from the jobs."""
-    if isinstance(jobs, JobTable):
-        return jobs.isic_ids, jobs.sha256_at
-    digests = [job.src_sha256 for job in jobs]
-    return np.asarray([job.isic_id for job in jobs], dtype=object), digests.__getitem__
+def _refuse_unstorable(isic_ids: list[Any], sha256: list[Any]) -> None:
+    """Refuse, with ``transform_images``'s message, an id or hash that is not a string or ends in a NUL
+    character (fixed-width bytes would cut it off, and a cut value could pass the checks)."""
+    for isic_id, digest in zip(isic_ids, sha256, strict=False):
+        if not _storable(isic_id):
+            raise ValueError(f"job id {isic_id!r} is not a safe file name")
+        if not _storable(digest):
+            raise ValueError(f"job {isic_id}: src_sha256 must be 64 lower-case hex digits, got {digest!r}")
 
 
-def _utf8_column(values: Sequence[str]) -> np.ndarray:
+def _storable(value: Any) -> bool:
+    if not isinstance(value, str) or value.endswith("\0"):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate: never a safe id nor a hash either
+        return False
+    return True
+
+
+def decoded(column: np.ndarray, rows: int = 65_536) -> Iterator[str]:
+    """The values of a UTF-8 bytes column as strings, converted ``rows`` at a time."""
+    for start in range(0, len(column), rows):
+        yield from (value.decode() for value in column[start : start + rows].tolist())
+
+
+def find_sorted(sorted_ids: np.ndarray, isic_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """The index of each of ``isic_ids`` (strings or UTF-8 bytes) in the sorted bytes column
+    ``sorted_ids``, -1 where it is not there. An id longer than the column's width, or ending in NUL,
+    is never there (it is not cut to fit)."""
+    encoded = [value.encode() if isinstance(value, str) else bytes(value) for value in isic_ids]
+    width = sorted_ids.dtype.itemsize
+    fits = np.fromiter((len(value) <= width and not value.endswith(b"\0") for value in encoded),
+                       dtype=bool, count=len(encoded))
+    if not len(sorted_ids) or not len(encoded):
+        return np.full(len(encoded), -1, dtype=np.int64)
+    wanted = np.array([value if fit else b"" for value, fit in zip(encoded, fits, strict=True)],
+                      dtype=sorted_ids.dtype)
+    at = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1)
+    found = fits & (sorted_ids[at] == wanted)
+    return np.where(found, at, -1).astype(np.int64)
+
+
+def _utf8_column(values: Sequence[Any]) -> np.ndarray:
     """``values`` as a fixed-width bytes column (an empty table gets width 1)."""
     encoded = [str(value).encode() for value in values]
     return np.array(encoded, dtype=f"S{max(1, max(map(len, encoded), default=1))}")
@@ -120,41 +204,57 @@ class TransformedImage:
 
 
 class TransformedOutputs(Mapping[str, TransformedImage]):
-    """Every current output by id, as sorted columns (about 100 bytes an image, not 500 as a dict of
-    ``TransformedImage``); iterates in id order. ``positions`` looks many ids up at once."""
+    """Every current output by id, as sorted numpy columns (ids and hashes as fixed-width bytes, about
+    100 bytes an image and no Python object per image, not 500 as a dict of ``TransformedImage``);
+    iterates in id order. ``positions`` looks many ids up at once; ``id_strings`` and ``sha256_strings``
+    give the text columns as strings a slice at a time."""
 
-    def __init__(self, records: Iterator[dict] | Sequence[dict] = ()) -> None:
-        ids, width, height, size, digest = [], [], [], [], []
+    _ROWS = 4096  # records gathered as Python values before they are copied into the columns
+
+    def __init__(self, records: Iterable[dict] = (), capacity: int = 0) -> None:
+        """``capacity``: how many records there may be at most (the number of jobs), so the columns
+        are made once at that size and filled, not joined from slices (which held the table twice,
+        and left the slices' memory in the heap); the rows never filled are never touched."""
+        columns = [_Column(capacity, text) for text in (True, False, False, False, True)]
+        rows: list[list] = [[] for _ in columns]
+        fields = ("isic_id", "width", "height", "out_bytes", "out_sha256")
+
+        def settle() -> None:
+            for column, values in zip(columns, rows, strict=True):
+                column.extend(values)
+                values.clear()
+
         for record in records:
-            ids.append(record["isic_id"])
-            width.append(record["width"])
-            height.append(record["height"])
-            size.append(record["out_bytes"])
-            digest.append(record["out_sha256"])
-        order = np.argsort(np.asarray(ids, dtype=object), kind="stable") if ids else np.empty(0, dtype=np.int64)
-        self.ids = np.asarray(ids, dtype=object)[order]
-        self.width = np.asarray(width, dtype=np.int64)[order]
-        self.height = np.asarray(height, dtype=np.int64)[order]
-        self.file_bytes = np.asarray(size, dtype=np.int64)[order]
-        self.sha256 = np.asarray(digest, dtype=object)[order]
+            for values, name in zip(rows, fields, strict=True):
+                values.append(record[name])
+            if len(rows[0]) == self._ROWS:
+                settle()
+        settle()
+        ids, width, height, size, digest = (column.values() for column in columns)
+        # The records come in id order from the state: the sort is then only a check.
+        order = None if _is_sorted(ids) else np.argsort(ids, kind="stable")
+        self.ids, self.width, self.height, self.file_bytes, self.sha256 = (
+            values if order is None else values[order] for values in (ids, width, height, size, digest))
         if len(self.ids) > 1 and (self.ids[1:] == self.ids[:-1]).any():
             raise ValueError("an id has two outputs")
 
-    def positions(self, isic_ids: Sequence[str]) -> np.ndarray:
+    def positions(self, isic_ids: Sequence[str] | np.ndarray) -> np.ndarray:
         """Index of each id's output in the columns, -1 where it has none."""
-        wanted = np.asarray(isic_ids, dtype=object)
-        if not len(self.ids) or not len(wanted):
-            return np.full(len(wanted), -1, dtype=np.int64)
-        at = np.searchsorted(self.ids, wanted)
-        found = (at < len(self.ids)) & (self.ids[np.minimum(at, len(self.ids) - 1)] == wanted)
-        return np.where(found, at, -1).astype(np.int64)
+        return find_sorted(self.ids, isic_ids)
+
+    def id_strings(self, start: int = 0, stop: int | None = None) -> list[str]:
+        return [value.decode() for value in self.ids[start:stop].tolist()]
+
+    def sha256_strings(self, positions: np.ndarray) -> list[str]:
+        return [value.decode() for value in self.sha256[positions].tolist()]
 
     def at(self, position: int) -> TransformedImage:
-        return TransformedImage(output_name(self.ids[position]), int(self.width[position]),
-                                int(self.height[position]), int(self.file_bytes[position]), self.sha256[position])
+        return TransformedImage(output_name(self.ids[position].decode()), int(self.width[position]),
+                                int(self.height[position]), int(self.file_bytes[position]),
+                                self.sha256[position].decode())
 
     def __getitem__(self, isic_id: str) -> TransformedImage:
-        position = int(self.positions([isic_id])[0])
+        position = int(self.positions([isic_id])[0]) if isinstance(isic_id, str) else -1
         if position < 0:
             raise KeyError(isic_id)
         return self.at(position)
@@ -163,7 +263,7 @@ class TransformedOutputs(Mapping[str, TransformedImage]):
         return isinstance(isic_id, str) and int(self.positions([isic_id])[0]) >= 0
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.ids.tolist())
+        return decoded(self.ids)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -191,6 +291,43 @@ class TransformReport:
     @property
     def quarantined(self) -> int:
         return len(self.quarantine)
+
+
+class _Column:
+    """A numpy column filled a slice at a time: made at ``capacity`` rows, grown if more come; text as
+    fixed-width UTF-8 bytes, made wider (a copy of what is filled) if a longer value comes."""
+
+    def __init__(self, capacity: int, text: bool) -> None:
+        self.array: np.ndarray | None = None
+        self.size, self.capacity, self.text = 0, max(capacity, 1), text
+
+    def extend(self, values: list) -> None:
+        if not values:
+            return
+        incoming = _utf8_column(values) if self.text else np.asarray(values, dtype=np.int64)
+        need = self.size + len(incoming)
+        if self.array is None or need > len(self.array) or incoming.dtype.itemsize > self.array.dtype.itemsize:
+            length = max(need, self.capacity if self.array is None else len(self.array))
+            if self.array is not None and need > len(self.array):
+                length = max(need, len(self.array) * 3 // 2)
+            dtype = incoming.dtype if self.array is None or incoming.dtype.itemsize > self.array.dtype.itemsize \
+                else self.array.dtype
+            grown = np.empty(length, dtype=dtype)  # the rows not filled yet are not touched
+            if self.array is not None:
+                grown[: self.size] = self.array[: self.size]
+            self.array = grown
+        self.array[self.size : need] = incoming
+        self.size = need
+
+    def values(self) -> np.ndarray:
+        """The filled rows (a view: the untouched rest costs no memory)."""
+        if self.array is None:
+            return np.empty(0, dtype="S1" if self.text else np.int64)
+        return self.array[: self.size]
+
+
+def _is_sorted(column: np.ndarray) -> bool:
+    return bool((column[1:] >= column[:-1]).all()) if len(column) > 1 else True
 
 
 def output_name(isic_id: str) -> str:

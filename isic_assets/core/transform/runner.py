@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import re
 import stat
@@ -54,11 +55,13 @@ from .records import (
     STATE_FILE,
     STATUS_OK,
     STATUS_QUARANTINED,
+    JobTable,
     QuarantineRow,
     TransformJob,
     TransformReport,
     absorb_journals,
-    job_columns,
+    decoded,
+    find_sorted,
     valid_record,
 )
 
@@ -101,14 +104,15 @@ def transform_images(
     started = time.perf_counter()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    wanted = _check_jobs(jobs)
+    jobs = JobTable.of(jobs)
+    _check_jobs(jobs)
     out_dir = Path(out_dir)
     images_dir, state_dir = out_dir / IMAGES_DIR, out_dir / STATE_DIR
     images_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_run(state_dir / LOCK_FILE) as lock_fd, disk_full_errors(STAGE, out_dir):
         return _transform_locked(jobs, out_dir, settings, workers, log, started, lock_fd,
-                                 compute or ComputeChoice(LOCAL), time_limit_s, wanted)
+                                 compute or ComputeChoice(LOCAL), time_limit_s)
 
 
 @contextlib.contextmanager
@@ -128,7 +132,7 @@ def _exclusive_run(lock_path: Path) -> Iterator[int]:
 
 
 def _transform_locked(
-    jobs: Sequence[TransformJob],
+    jobs: JobTable,
     out_dir: Path,
     settings: TransformSettings,
     workers: int,
@@ -137,7 +141,6 @@ def _transform_locked(
     lock_fd: int,
     compute: ComputeChoice,
     time_limit_s: float = DEFAULT_IMAGE_TIME_LIMIT_S,
-    wanted: set[str] | None = None,
 ) -> TransformReport:
     images_dir, state_dir = out_dir / IMAGES_DIR, out_dir / STATE_DIR
     for folder in (out_dir, images_dir, state_dir):
@@ -158,8 +161,8 @@ def _transform_locked(
         if state_missing and next(iter(state.values()), None) is None and any(images_dir.iterdir()):
             log(f"transform: state file {state_dir / STATE_FILE} is missing although {images_dir} holds "
                 "outputs; every image is transformed again (the outputs come out identical)")
-        wanted = wanted if wanted is not None else {job.isic_id for job in jobs}
-        report.removed = _remove_unwanted_outputs(images_dir, wanted)
+        # The sorted ids live for the sweep only: the workers, forked later, do not inherit them.
+        report.removed = _remove_unwanted_outputs(images_dir, np.sort(jobs.isic_ids))
         todo = _plan(jobs, state, images_dir, fingerprint, report)
         if len(todo):
             per_image = _bytes_per_output(state, settings)
@@ -177,7 +180,7 @@ def _transform_locked(
         state.close()
         remove_stale_temporaries(images_dir)  # pools are down: a killed writer's leftovers only
     if report.removed or len(state) > len(jobs):  # records of ids no longer asked for: dropped
-        state.compact(keep=((isic_id,) for isic_id in _job_ids(jobs)))
+        state.compact(keep=((isic_id,) for isic_id in decoded(jobs.isic_ids)))
     report.images, report.normalization = outputs_and_normalization(jobs, state, settings, fingerprint)
     state.close()
     report.quarantine.sort(key=lambda row: row.isic_id)
@@ -190,7 +193,7 @@ def _transform_locked(
     return report
 
 
-def _run(jobs: Sequence[TransformJob], todo: np.ndarray, compute: ComputeChoice, workers: int, lock_fd: int,
+def _run(jobs: JobTable, todo: np.ndarray, compute: ComputeChoice, workers: int, lock_fd: int,
          settings: TransformSettings, out_dir: Path, state: SqliteLog, report: TransformReport, log: Log,
          time_limit_s: float) -> None:
     """Open the engine ISIC_COMPUTE asks for and dispatch ``todo`` on it."""
@@ -203,38 +206,59 @@ def _run(jobs: Sequence[TransformJob], todo: np.ndarray, compute: ComputeChoice,
         TransformDispatch(engine, settings, out_dir, state, report, log, len(todo), time_limit_s).run(jobs, todo)
 
 
-def _check_jobs(jobs: Sequence[TransformJob]) -> set[str]:
-    """Refuse malformed jobs; return the set of their ids (the outputs to keep)."""
-    ids, sha256_at = job_columns(jobs)
-    seen: set[str] = set()
-    for position, isic_id in enumerate(ids):
-        if not isinstance(isic_id, str) or not _SAFE_ID.match(isic_id):
+def _check_jobs(jobs: JobTable) -> None:
+    """Refuse malformed jobs (duplicate or unsafe ids, a hash that is not 64 lower-case hex digits).
+
+    The first job in table order that breaks a rule is the one named, as if they were checked one by
+    one (its id first, then whether an earlier job has it, then its hash), but no Python object is
+    kept per job: ids and hashes are matched a chunk at a time, duplicates found by sorting."""
+    ids, digests = jobs.isic_ids, jobs.sha256
+    order = np.argsort(ids, kind="stable")
+    ordered = ids[order]
+    repeated = order[1:][ordered[1:] == ordered[:-1]]  # stable: each the later of two equal ids
+    del ordered
+    duplicate = int(repeated.min()) if len(repeated) else len(ids)
+    unsafe = _first_mismatch(ids, _SAFE_ID, duplicate)
+    bad_digest = _first_mismatch(digests, _SHA256_HEX, min(unsafe, duplicate))
+    first = min(unsafe, duplicate, bad_digest)
+    if first < len(ids):
+        isic_id = ids[first].decode()
+        if first == unsafe:
             raise ValueError(f"job id {isic_id!r} is not a safe file name")
-        if isic_id in seen:
+        if first == duplicate:
             raise ValueError(f"job id {isic_id} appears more than once")
-        digest = sha256_at(position)
-        if not isinstance(digest, str) or not _SHA256_HEX.match(digest):
-            raise ValueError(f"job {isic_id}: src_sha256 must be 64 lower-case hex digits, got {digest!r}")
-        seen.add(isic_id)
-    return seen
+        raise ValueError(f"job {isic_id}: src_sha256 must be 64 lower-case hex digits, got {jobs.sha256_at(first)!r}")
 
 
-def _job_ids(jobs: Sequence[TransformJob]) -> Iterator[str]:
-    return iter(job_columns(jobs)[0])
+def _first_mismatch(column: np.ndarray, pattern: re.Pattern[str], stop: int, rows: int = 65_536) -> int:
+    """The first position before ``stop`` whose UTF-8 value does not match ``pattern``, else the
+    column's length."""
+    check = re.compile(pattern.pattern.encode()).match
+    for start in range(0, min(stop, len(column)), rows):
+        for offset, value in enumerate(column[start : min(start + rows, stop)].tolist()):
+            if not check(value):
+                return start + offset
+    return len(column)
 
 
-def _remove_unwanted_outputs(images_dir: Path, wanted: set[str]) -> int:
-    """Delete every file in ``images/`` that is not the output of a wanted id; return how many."""
+def _remove_unwanted_outputs(images_dir: Path, wanted: np.ndarray, rows: int = 65_536) -> int:
+    """Delete every file in ``images/`` that is not the output of a wanted id (``wanted``: sorted
+    UTF-8 bytes); return how many. The folder is read ``rows`` entries at a time."""
     removed = 0
     with os.scandir(images_dir) as entries:
-        for entry in entries:
-            stem, suffix = os.path.splitext(entry.name)
-            if suffix == OUTPUT_SUFFIX and stem in wanted:
-                continue
-            if entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
+        while chunk := list(itertools.islice(entries, rows)):
+            stems = []
+            for entry in chunk:
+                stem, suffix = os.path.splitext(entry.name)
+                stems.append(os.fsencode(stem) if suffix == OUTPUT_SUFFIX else b"\0")  # \0: never an id
+            kept = find_sorted(wanted, stems) >= 0
+            for entry, keep in zip(chunk, kept.tolist(), strict=True):
+                if keep:
+                    continue
+                if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                        removed += 1
     return removed
 
 
@@ -259,7 +283,7 @@ def _size_is(path: str, size: int) -> bool:
 
 
 def _plan(
-    jobs: Sequence[TransformJob], state: SqliteLog, images_dir: Path, fingerprint: str, report: TransformReport
+    jobs: JobTable, state: SqliteLog, images_dir: Path, fingerprint: str, report: TransformReport
 ) -> np.ndarray:
     """The positions in ``jobs`` of the jobs to run now; unchanged ones are counted as skipped
     (remembered quarantines re-reported).
@@ -269,9 +293,9 @@ def _plan(
     through a listing of ``images/`` held in memory (a dict of 400,000 directory entries is about
     100 MB)."""
     todo = array("q")
-    ids, sha256_at = job_columns(jobs)  # no TransformJob (and its Path) made per job
+    sha256_at = jobs.sha256_at  # no TransformJob (and its Path) made per job
     folder = str(images_dir)
-    for position, isic_id in enumerate(ids):
+    for position, isic_id in enumerate(decoded(jobs.isic_ids)):
         record = state.get(isic_id)
         path = f"{folder}/{isic_id}{OUTPUT_SUFFIX}"
         if record is not None and record.get("src_sha256") == sha256_at(position) \

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .. import layout
@@ -35,10 +36,10 @@ def transformed_metadata(metadata: pd.DataFrame, report: TransformReport, settin
     done = metadata[has_output].copy()
     done = done.rename(columns=SOURCE_RENAMES)
     outputs, at = report.images, positions[has_output]
-    done["image"] = [output_name(i) for i in outputs.ids[at]]
+    done["image"] = [output_name(i.decode()) for i in outputs.ids[at].tolist()]
     done["width"] = outputs.width[at]
     done["height"] = outputs.height[at]
-    done["sha256"] = outputs.sha256[at]
+    done["sha256"] = np.asarray(outputs.sha256_strings(at), dtype=object)
     done["transform"] = describe_transform(settings)
     done["transform_fingerprint"] = report.fingerprint
     return done
