@@ -241,7 +241,7 @@ def _first_mismatch(column: np.ndarray, pattern: re.Pattern[str], stop: int, row
     return len(column)
 
 
-def _remove_unwanted_outputs(images_dir: Path, wanted: np.ndarray, rows: int = 65_536) -> int:
+def _remove_unwanted_outputs(images_dir: Path, wanted: np.ndarray, rows: int = 4096) -> int:
     """Delete every file in ``images/`` that is not the output of a wanted id (``wanted``: sorted
     UTF-8 bytes); return how many. The folder is read ``rows`` entries at a time."""
     removed = 0
