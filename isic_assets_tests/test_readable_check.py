@@ -77,9 +77,22 @@ def test_without_a_size_column_only_missing_and_unreadable_files_count(table: tu
 def test_forked_workers_find_the_same_problems_in_the_same_order(table: tuple[pd.DataFrame, Path],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     frame, base = table
-    monkeypatch.setattr(quality, "CHECK_BATCH", 4)  # eight ranges over two processes
+    monkeypatch.setattr(quality, "CHECK_BATCH", 4)  # eight batches over two processes
     assert unreadable_images(frame, base, "file_bytes", processes=2) == unreadable_images(frame, base, "file_bytes")
-    assert quality._TABLE is None  # nothing of the table stays behind in the module
+
+
+def test_a_table_given_in_chunks_gives_the_same_problems_in_the_same_order(table: tuple[pd.DataFrame, Path],
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of rows (as the checks read metadata.csv) are checked as they come, cut into batches of
+    CHECK_BATCH rows whatever the chunk size: the same problems, in the table's order, in one process
+    or in forked workers."""
+    frame, base = table
+    whole = unreadable_images(frame, base, "file_bytes")
+    monkeypatch.setattr(quality, "CHECK_BATCH", 4)
+    for size in (7, 3, 30):
+        for processes in (1, 2):
+            chunks = (frame.iloc[start : start + size] for start in range(0, len(frame), size))
+            assert unreadable_images(chunks, base, "file_bytes", processes=processes) == whole
 
 
 def test_an_empty_table_has_no_problem(tmp_path: Path) -> None:

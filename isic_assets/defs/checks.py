@@ -5,6 +5,7 @@ explains itself on the asset page without opening a log.
 """
 
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -14,6 +15,7 @@ from pydantic import Field
 from ..core import layout
 from ..core.eda.tables import MetadataFacts
 from ..core.merge.quality import (
+    CHECK_BATCH,
     CHECK_PROCESSES,
     GROUPING_COLUMNS,
     LABEL_COLUMN,
@@ -51,11 +53,6 @@ class MissingDataConfig(dg.Config):
     max_missing_other_pct: float = Field(
         default=50.0, ge=0, le=100, description="WARN when another core column misses more than this.",
     )
-
-
-def _read_metadata(isic: IsicSettings, columns: tuple[str, ...]) -> pd.DataFrame:
-    """The merged metadata's ``columns`` only (61 in an ISIC 2024 table; each check needs a few)."""
-    return layout.read_table(isic.path(layout.MERGED, layout.METADATA_CSV), columns=columns)
 
 
 def _read_transformed(isic: IsicSettings, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -201,20 +198,31 @@ def _balanced_dataset_buildable_verdict(config: BalancedDatasetBuildableConfig,
 # images_readable: every row's file exists, has the recorded size and opens as an image
 
 
-def _readable_result(frame: pd.DataFrame, base: Path, size_column: str | None) -> dg.AssetCheckResult:
-    problems = unreadable_images(frame, base, size_column, processes=CHECK_PROCESSES)
-    metadata = {"rows": len(frame), "unreadable": len(problems), "threshold": 0,
+def _readable_result(table: Path, columns: tuple[str, ...], base: Path, size_column: str | None
+                     ) -> dg.AssetCheckResult:
+    """The verdict on ``table``'s rows, read a chunk at a time as the check goes (never whole)."""
+    rows = 0
+
+    def counted(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        nonlocal rows
+        for chunk in chunks:
+            rows += len(chunk)
+            yield chunk
+
+    problems = unreadable_images(counted(layout.read_table_chunks(table, columns=columns, rows=CHECK_BATCH)),
+                                 base, size_column, processes=CHECK_PROCESSES)
+    metadata = {"rows": rows, "unreadable": len(problems), "threshold": 0,
                 "examples": dg.MetadataValue.json(problems[:20])}
     recorded = " of the recorded size" if size_column else ""
     if problems:
         first = problems[0]
         return dg.AssetCheckResult(
             passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
-            description=f"{len(problems)} of {len(frame)} rows have no readable image{recorded} (none allowed), "
+            description=f"{len(problems)} of {rows} rows have no readable image{recorded} (none allowed), "
                         f"e.g. {first['isic_id']}: {first['reason']}",
         )
     return dg.AssetCheckResult(passed=True, metadata=metadata,
-                               description=f"all {len(frame)} rows point at a file{recorded} whose header opens")
+                               description=f"all {rows} rows point at a file{recorded} whose header opens")
 
 
 @dg.asset_check(asset=MERGED_IMAGES, name="merged_images_readable", blocking=True,
@@ -227,8 +235,8 @@ def merged_images_readable(context: dg.AssetCheckExecutionContext, isic: IsicSet
 
 
 def _merged_images_readable_verdict(isic: IsicSettings) -> dg.AssetCheckResult:
-    return _readable_result(_read_metadata(isic, ("isic_id", "image", "file_bytes")), isic.path(layout.MERGED),
-                            "file_bytes")
+    return _readable_result(isic.path(layout.MERGED, layout.METADATA_CSV), ("isic_id", "image", "file_bytes"),
+                            isic.path(layout.MERGED), "file_bytes")
 
 
 @dg.asset_check(asset=transformed_images, name="transformed_images_readable", blocking=True)
@@ -241,7 +249,8 @@ def transformed_images_readable(context: dg.AssetCheckExecutionContext, isic: Is
 
 
 def _transformed_images_readable_verdict(isic: IsicSettings) -> dg.AssetCheckResult:
-    return _readable_result(_read_transformed(isic, ("isic_id", "image")), isic.path(layout.TRANSFORMED), None)
+    return _readable_result(isic.path(layout.TRANSFORMED, layout.METADATA_CSV), ("isic_id", "image"),
+                            isic.path(layout.TRANSFORMED), None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
-from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -51,52 +52,78 @@ def class_counts(frame: pd.DataFrame, column: str = LABEL_COLUMN) -> dict[str, i
     return {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
 
 
-# The rows a forked worker checks: set by the parent before it forks, read by the children.
-_TABLE: tuple[pd.DataFrame, Path, str | None] | None = None
 CHECK_BATCH = 4_000
 # Header parsing is CPU-bound Python (Pillow's marker walk): two processes halve it on two cores.
 CHECK_PROCESSES = min(2, os.cpu_count() or 1)
 
+# One batch of rows to check: its number in the table's order, where the images are, and per row the
+# id, the image path and the recorded size (None when none is compared).
+_Batch = tuple[int, Path, list[str], list[str], list[object]]
 
-def unreadable_images(frame: pd.DataFrame, base: Path, size_column: str | None = None,
+
+def unreadable_images(table: pd.DataFrame | Iterable[pd.DataFrame], base: Path, size_column: str | None = None,
                       processes: int = 1) -> list[dict[str, str]]:
     """Rows whose ``image`` file is missing, has another size than recorded, or whose header fails.
 
     A header read (Pillow ``open``, tens of microseconds) proves the file is an image of the
     recorded kind without decoding it again: the full decode already happened when it was written.
-    Ranges of ``CHECK_BATCH`` rows are checked in ``processes`` forked workers (one open and one
-    ``fstat`` a file); the rows are converted to Python values a range at a time, so a table of
-    400,000 rows is never held as objects. Problems come back in the table's order.
+    ``table`` is the whole table or consecutive chunks of its rows (``layout.read_table_chunks``).
+    Batches of ``CHECK_BATCH`` rows are checked in ``processes`` forked workers (one open and one
+    ``fstat`` a file), each batch sent to a worker as Python values when it is its turn: neither this
+    process nor a worker ever holds the table, which is read as the batches go. Problems come back
+    in the table's order.
     """
-    global _TABLE
-    ranges = [(start, min(start + CHECK_BATCH, len(frame))) for start in range(0, len(frame), CHECK_BATCH)]
-    if processes <= 1 or len(ranges) <= 1:
-        return [problem for r in ranges for problem in _check_range(frame, Path(base), size_column, *r)]
+    batches = _batches([table] if isinstance(table, pd.DataFrame) else table, Path(base), size_column)
+    first = list(itertools.islice(batches, 2))
+    if processes <= 1 or len(first) <= 1:
+        return [problem for batch in itertools.chain(first, batches) for problem in _check_batch(batch)]
     from ..compute.fork_pool import forked_results
 
-    _TABLE = (frame, Path(base), size_column)
-    try:
-        found = {r: problems for checked in forked_results(_check_ranges, deque([r] for r in ranges), processes,
-                                                           "image check")
-                 for r, problems in checked}
-    finally:
-        _TABLE = None
-    return [problem for r in ranges for problem in found[r]]
+    found: dict[int, list[dict[str, str]]] = {}
+    queue = _Queue(itertools.chain(first, batches))
+    for checked in forked_results(_check_batches, queue, processes, "image check"):  # type: ignore[arg-type]
+        found.update((number, problems) for number, problems in checked if problems)
+    return [problem for number in sorted(found) for problem in found[number]]
 
 
-def _check_ranges(batch: list[tuple[int, int]]) -> list[tuple[tuple[int, int], list[dict[str, str]]]]:
-    assert _TABLE is not None, "forked from unreadable_images"
-    return [(r, _check_range(*_TABLE, *r)) for r in batch]
+def _batches(chunks: Iterable[pd.DataFrame], base: Path, size_column: str | None) -> Iterator[_Batch]:
+    """Every ``CHECK_BATCH`` rows of the chunks as Python values, numbered in order."""
+    number = 0
+    for chunk in chunks:
+        for start in range(0, len(chunk), CHECK_BATCH):
+            rows = chunk.iloc[start : start + CHECK_BATCH]
+            sizes = rows[size_column].tolist() if size_column else [None] * len(rows)
+            yield number, base, rows["isic_id"].tolist(), rows["image"].tolist(), sizes
+            number += 1
 
 
-def _check_range(frame: pd.DataFrame, base: Path, size_column: str | None, start: int, stop: int
-                 ) -> list[dict[str, str]]:
+class _Queue:
+    """The batches as the queue the fork pool takes (``popleft``, truth value), drawn when taken."""
+
+    def __init__(self, batches: Iterator[_Batch]) -> None:
+        self.batches = batches
+        self.next = next(self.batches, None)
+
+    def __bool__(self) -> bool:
+        return self.next is not None
+
+    def popleft(self) -> list[_Batch]:
+        if self.next is None:
+            raise IndexError("pop from an empty queue")
+        taken, self.next = self.next, next(self.batches, None)
+        return [taken]
+
+
+def _check_batches(batches: list[_Batch]) -> list[tuple[int, list[dict[str, str]]]]:
+    return [(batch[0], _check_batch(batch)) for batch in batches]
+
+
+def _check_batch(batch: _Batch) -> list[dict[str, str]]:
     from PIL import Image, UnidentifiedImageError
 
-    rows = frame.iloc[start:stop]
-    sizes = rows[size_column].tolist() if size_column else [None] * len(rows)
+    _, base, ids, images, sizes = batch
     problems = []
-    for isic_id, image, recorded in zip(rows["isic_id"].tolist(), rows["image"].tolist(), sizes, strict=True):
+    for isic_id, image, recorded in zip(ids, images, sizes, strict=True):
         reason = ""
         try:
             # Non-blocking: a FIFO in an image's place must not hang the check (no effect on files).
