@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from isic_assets.core import layout
+from isic_assets.core.merge import member_source
 from isic_assets.core.merge.harmonize import HarmonizeError
 from isic_assets.core.merge.harmonize.isic2024 import harmonize_isic2024
 from isic_assets.core.merge.member_source import (
@@ -91,7 +92,11 @@ def test_container_is_told_by_content_not_name(tmp_path):
         container_kind(junk)
 
 
-def test_every_byte_layout_reads_back_and_bad_objects_are_refused(tmp_path):
+@pytest.mark.parametrize("open_at_once", [25_000, 2])
+def test_every_byte_layout_reads_back_and_bad_objects_are_refused(tmp_path, monkeypatch, open_at_once):
+    """Also with a fresh file handle every 2 datasets (the listing reopens the file every
+    ``_OPEN_AT_ONCE`` so HDF5's cache of opened headers stays small): the same entries, in order."""
+    monkeypatch.setattr(member_source, "_OPEN_AT_ONCE", open_at_once)
     tiles = list(tile_jpegs(3))
     path = tmp_path / "t.hdf5"
     with h5py.File(path, "w") as handle:
@@ -103,6 +108,7 @@ def test_every_byte_layout_reads_back_and_bad_objects_are_refused(tmp_path):
         handle.create_group("ISIC_0000005")
     members = Hdf5Members(path, ZipLimits())
     entries = members.entries()
+    assert [e.name for e in entries] == ["ISIC_0000001.jpg", "ISIC_0000002.jpg", "ISIC_0000003.jpg"]
     reads = {r.entry.name: r.data for r in members.iter_bytes(entries)}
     assert reads == {"ISIC_0000001.jpg": tiles[0], "ISIC_0000002.jpg": tiles[1], "ISIC_0000003.jpg": tiles[2]}
     assert members.read("ISIC_0000002.jpg") == tiles[1]

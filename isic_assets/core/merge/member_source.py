@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from ..ids import ISIC_ID_RE
 from .zip_stream import (
     MemberRead,
@@ -234,44 +236,52 @@ class Hdf5Members:
             if len(handle) > self.limits.max_members:
                 raise ZipRefused(f"{self.path.name}: {len(handle)} datasets exceed max_members "
                                  f"{self.limits.max_members}")
-            for key in handle:
-                if not ISIC_ID_RE.match(key):
-                    refused.append(RefusedMember(key, "not_an_isic_id",
-                                                 f"HDF5 key {key!r} is not ISIC_ + 7 digits"))
-                    continue
-                plain = _plain_string_dataset(handle, key)
-                if plain is not None:
-                    declared, stored, address = plain
+            names = _dataset_names(handle)
+        # HDF5 keeps the header of every dataset opened in the file's metadata cache until the file is
+        # closed, deserialized (about 5 KB each, up to the cache's limit: +300 MB at 401,059 datasets,
+        # +90 at 100,000); a fresh handle every _OPEN_AT_ONCE datasets keeps that flat (136 MiB
+        # against 342 in all, and no slower: the names are looked up in a cache that stays small).
+        for lo in range(0, len(names), _OPEN_AT_ONCE):
+            with self._open() as handle:
+                for raw in names[lo : lo + _OPEN_AT_ONCE]:
+                    key = raw.decode("utf-8", "surrogateescape")
+                    if not ISIC_ID_RE.match(key):
+                        refused.append(RefusedMember(key, "not_an_isic_id",
+                                                     f"HDF5 key {key!r} is not ISIC_ + 7 digits"))
+                        continue
+                    plain = _plain_string_dataset(handle, key)
+                    if plain is not None:
+                        declared, stored, address = plain
+                        total += declared
+                        # An ISIC id (matched above) + ".jpg" is an image member by definition (member_kind).
+                        yield ZipEntry(name=f"{key}.jpg", file_size=declared, compress_size=stored,
+                                       crc=zlib.crc32(f"{mtime}:{address}:{stored}".encode()),
+                                       is_dir=False, kind="image", header_offset=address)
+                        position += 1
+                        continue
+                    try:
+                        item = handle.get(key)
+                    except (OSError, KeyError, RuntimeError) as exc:
+                        refused.append(RefusedMember(key, "read_error", f"HDF5 object {key!r}: {exc}"))
+                        continue
+                    if not isinstance(item, h5py.Dataset):
+                        refused.append(RefusedMember(key, "not_a_dataset",
+                                                     f"HDF5 object {key!r} is a {type(item).__name__}, not a dataset"))
+                        continue
+                    problem = _byte_layout_problem(item)
+                    if problem:
+                        refused.append(RefusedMember(key, "not_image_bytes", f"HDF5 dataset {key!r}: {problem}"))
+                        continue
+                    declared = int(item.dtype.itemsize) * int(item.size or 0)
+                    stored = int(item.id.get_storage_size())
                     total += declared
-                    # An ISIC id (matched above) + ".jpg" is an image member by definition (member_kind).
-                    yield ZipEntry(name=f"{key}.jpg", file_size=declared, compress_size=stored,
-                                   crc=zlib.crc32(f"{mtime}:{address}:{stored}".encode()),
-                                   is_dir=False, kind="image", header_offset=address)
+                    offset = item.id.get_offset() or 0
+                    # Named <key>.jpg: every key listed is an ISIC id, so the name gives the key back.
+                    name = f"{key}.jpg"
+                    yield ZipEntry(name=name, file_size=declared, compress_size=stored,
+                                   crc=zlib.crc32(f"{mtime}:{offset}:{stored}".encode()),
+                                   is_dir=False, kind=member_kind(name), header_offset=-(position + 1))
                     position += 1
-                    continue
-                try:
-                    item = handle.get(key)
-                except (OSError, KeyError, RuntimeError) as exc:
-                    refused.append(RefusedMember(key, "read_error", f"HDF5 object {key!r}: {exc}"))
-                    continue
-                if not isinstance(item, h5py.Dataset):
-                    refused.append(RefusedMember(key, "not_a_dataset",
-                                                 f"HDF5 object {key!r} is a {type(item).__name__}, not a dataset"))
-                    continue
-                problem = _byte_layout_problem(item)
-                if problem:
-                    refused.append(RefusedMember(key, "not_image_bytes", f"HDF5 dataset {key!r}: {problem}"))
-                    continue
-                declared = int(item.dtype.itemsize) * int(item.size or 0)
-                stored = int(item.id.get_storage_size())
-                total += declared
-                offset = item.id.get_offset() or 0
-                # Named <key>.jpg: every key listed is an ISIC id, so the name gives the key back.
-                name = f"{key}.jpg"
-                yield ZipEntry(name=name, file_size=declared, compress_size=stored,
-                               crc=zlib.crc32(f"{mtime}:{offset}:{stored}".encode()),
-                               is_dir=False, kind=member_kind(name), header_offset=-(position + 1))
-                position += 1
         if total > self.limits.max_total_bytes:
             raise ZipRefused(f"{self.path.name}: datasets declare {total} bytes in all, over max_total_bytes "
                              f"{self.limits.max_total_bytes}")
@@ -347,6 +357,23 @@ class Hdf5Members:
                 return self._dataset_bytes(handle, name)
             except (OSError, KeyError, RuntimeError) as exc:
                 raise UnreadableImages(f"{self.path.name}: dataset for {name}: {exc}") from exc
+
+
+_OPEN_AT_ONCE = 25_000  # datasets opened through one file handle (see Hdf5Members.iter_entries)
+
+
+def _dataset_names(handle: Any) -> np.ndarray:
+    """The file's top-level names in iteration order, as UTF-8 bytes (4.8 MB at 401,059 ISIC ids; a
+    list of Python strings would be about 30), gathered a block at a time."""
+    blocks, block = [], []
+    for key in handle:
+        block.append(key.encode("utf-8", "surrogateescape"))
+        if len(block) == 65_536:
+            blocks.append(np.array(block))
+            block = []
+    if block or not blocks:
+        blocks.append(np.array(block, dtype="S1") if not block else np.array(block))
+    return np.concatenate(blocks)
 
 
 @lru_cache(maxsize=1)
