@@ -260,6 +260,26 @@ def test_the_sha256_lookup_takes_the_first_of_repeated_records_and_names_bad_val
         store.add_missing(images, tmp_path, lambda _m: None, processes=1)
 
 
+def test_image_columns_read_in_chunks_equal_the_table_and_keep_the_first_row_of_an_id(archive, tmp_path):
+    """The step reads its three columns as bytes a chunk at a time (no Python string per image):
+    the same columns as from the whole table, one row per id (its first), and the same pairs."""
+    root, images, _ = archive
+    doubled = pd.concat([images, images.iloc[[3]].assign(image="elsewhere.jpg")], ignore_index=True)
+    table = tmp_path / "metadata.csv"
+    doubled.assign(extra="x").to_csv(table, index=False)
+    read = near_dup_store.ImageColumns.read(table, rows=4)
+    whole = near_dup_store.ImageColumns.of(doubled)
+    for name in ("ids", "paths", "shas"):
+        np.testing.assert_array_equal(getattr(read, name), getattr(whole, name))
+    first = read.first_of_each_id()
+    assert len(first) == len(images) and b"elsewhere.jpg" not in set(first.paths)
+    from_columns = nd.find_near_duplicates(read, root, tmp_path / "state")
+    from_table = nd.find_near_duplicates(doubled, root, tmp_path / "state2")
+    pd.testing.assert_frame_equal(from_columns.pairs, from_table.pairs)
+    assert len(from_columns.pairs) and from_columns.images == from_table.images == len(images) - 1  # one broken
+    assert from_columns.unreadable == from_table.unreadable == ("ISIC_0000015",)
+
+
 def test_a_torn_signature_record_is_cut_off_and_that_image_hashed_again(archive, tmp_path):
     """A run killed mid-append leaves part of a record: the next run drops it, keeps the rest, finds the same pairs."""
     root, images, planted = archive

@@ -5,12 +5,14 @@ import hashlib
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from ..core import layout
 from ..core.atomic import write_bytes_if_changed
 from ..core.eda.review_sheet import closest, image_paths, pair_jpeg
+from ..core.splits.near_dup_store import ImageColumns
 from ..core.splits.near_duplicates import (
     CHECKS_STATE,
     DEFAULT_MAX_DISTANCE,
@@ -72,7 +74,8 @@ def near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCon
 def _near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesConfig,
                      root: Path) -> dg.MaterializeResult:
     transformed = root / layout.TRANSFORMED
-    images = layout.read_table(transformed / layout.METADATA_CSV, columns=["isic_id", "image", "sha256"])
+    # Bytes columns read a chunk at a time: at 401,059 images the table of Python strings was 88 MB.
+    images = ImageColumns.read(transformed / layout.METADATA_CSV)
     report = find_near_duplicates(
         images, transformed, root / layout.MERGED / layout.STATE_DIR,
         max_distance=config.max_distance, max_fine_distance=config.max_fine_distance,
@@ -105,12 +108,14 @@ def _near_duplicates(context: dg.AssetExecutionContext, config: NearDuplicatesCo
     )
 
 
-def review_sheet(pairs: pd.DataFrame, transformed: Path, images: pd.DataFrame, limit: int = REVIEW_PAIRS) -> str:
+def review_sheet(pairs: pd.DataFrame, transformed: Path, images: ImageColumns, limit: int = REVIEW_PAIRS) -> str:
     """The closest pairs side by side, as small embedded JPEGs, for a person to judge at a glance."""
     if pairs.empty:
         return "no near-duplicate pairs"
-    paired = images["isic_id"].isin(set(pairs["isic_id_a"]) | set(pairs["isic_id_b"]))
-    paths = image_paths(images[paired], transformed)  # only the paired ids, not a path per image
+    paired = np.isin(images.ids, [str(i).encode() for i in set(pairs["isic_id_a"]) | set(pairs["isic_id_b"])])
+    rows = pd.DataFrame({"isic_id": [v.decode() for v in images.ids[paired]],
+                         "image": [v.decode() for v in images.paths[paired]]})
+    paths = image_paths(rows, transformed)  # only the paired ids, not a path per image
     shown = closest(pairs, limit)
     lines = ["| pair | bits of 256 | similarity | images |", "|---|---:|---:|---|"]
     for row in shown.itertuples(index=False):

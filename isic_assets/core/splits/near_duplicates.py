@@ -53,7 +53,7 @@ from ..components import component_labels
 from ..compute.allocator import return_free_memory
 from ..scan_state import JsonlLog
 from . import image_signature, near_dup_quick_check, near_dup_search, near_dup_store
-from .near_dup_store import SignatureStore
+from .near_dup_store import ImageColumns, SignatureStore
 
 Log = Callable[[str], None]
 Accept = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -185,7 +185,7 @@ def _detail_correlation(target: np.ndarray, moving: np.ndarray, warp: np.ndarray
 
 
 def find_near_duplicates(
-    images: pd.DataFrame,
+    images: pd.DataFrame | ImageColumns,
     image_root: Path,
     state_dir: Path,
     *,
@@ -194,7 +194,8 @@ def find_near_duplicates(
     min_similarity: float = DEFAULT_MIN_SIMILARITY,
     log: Log = lambda _message: None,
 ) -> NearDuplicateReport:
-    """Confirmed near-duplicate pairs among ``images`` (columns ``isic_id``, ``image``, ``sha256``).
+    """Confirmed near-duplicate pairs among ``images`` (columns ``isic_id``, ``image``, ``sha256``, or
+    those columns as an ``ImageColumns``: no Python object per image, see ``ImageColumns.read``).
 
     ``image`` is relative to ``image_root`` (``data_transformed/``). Pairs of images with the same
     sha256 are left out: identical bytes are already a link of their own (grouping's ``sha256``).
@@ -204,20 +205,20 @@ def find_near_duplicates(
         raise ValueError(f"max_distance must be 0..63 bits, got {max_distance}")
     if not 0 <= max_fine_distance <= 256:
         raise ValueError(f"max_fine_distance must be 0..256 bits, got {max_fine_distance}")
-    for column in ("isic_id", "image", "sha256"):
-        if column not in images.columns:
-            raise ValueError(f"the image table has no {column} column (expected data_transformed/metadata.csv)")
-    images = images[["isic_id", "image", "sha256"]].drop_duplicates("isic_id").reset_index(drop=True)
+    columns = (images if isinstance(images, ImageColumns) else ImageColumns.of(images)).first_of_each_id()
+    del images
     for retired in _RETIRED_STATE:
         (Path(state_dir) / retired).unlink(missing_ok=True)
     clock = _Clock()
     store = SignatureStore(Path(state_dir) / HASHES_STATE)
-    hashed, unreadable = store.add_missing(images, Path(image_root), log)
+    hashed, unreadable = store.add_missing(columns, Path(image_root), log)
     clock.lap("hash")
-    usable = images[~images["isic_id"].isin(unreadable)].reset_index(drop=True)
-    store.keep_only(usable["sha256"])
-    rows = store.rows(usable["sha256"])
+    if unreadable:
+        columns = columns.take(~np.isin(columns.ids, np.array([i.encode() for i in unreadable])))
+    store.keep_only(columns.shas)
+    rows = store.rows(columns.shas)
     whole_keys, whole_fine = store.whole(rows)
+    return_free_memory()  # the lookups' temporaries, before the search builds its index
 
     def windows(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         return store.read(rows[lo:hi], "keys"), store.read(rows[lo:hi], "fine")
@@ -227,19 +228,18 @@ def find_near_duplicates(
     del whole_keys, whole_fine
     return_free_memory()  # the search's temporaries: not kept, nor counted again in each forked worker
     clock.lap("search")
-    shas = usable["sha256"].to_numpy()
+    shas = columns.shas
     found = found[shas[found["query"].to_numpy()] != shas[found["other"].to_numpy()]].reset_index(drop=True)
     quick = _quick_scores(store, rows, found)
     clock.lap("quick_check")
-    log(f"near-duplicates: {len(usable)} images hashed ({hashed} new), {reads} bucket entries read, "
+    log(f"near-duplicates: {len(columns)} images hashed ({hashed} new), {reads} bucket entries read, "
         f"{len(found)} candidate pairs, {int((quick >= near_dup_quick_check.MIN_QUICK).sum())} past the quick check")
     found = found[quick >= near_dup_quick_check.MIN_QUICK].reset_index(drop=True)
     return_free_memory()
-    scores, phases, checked = _confirm(usable, Path(image_root), found, Path(state_dir) / CHECKS_STATE)
+    scores, phases, checked = _confirm(columns, Path(image_root), found, Path(state_dir) / CHECKS_STATE)
     clock.lap("confirm")
     log(f"near-duplicates: seconds {clock.seconds}")
-    ids = usable["isic_id"].to_numpy()
-    a, b = ids[found["query"].to_numpy()], ids[found["other"].to_numpy()]
+    a, b = (_strings(columns.ids[found[side].to_numpy()]) for side in ("query", "other"))
     table = pd.DataFrame({
         "isic_id_a": np.minimum(a, b).astype(object) if len(a) else [],
         "isic_id_b": np.maximum(a, b).astype(object) if len(a) else [],
@@ -249,8 +249,13 @@ def find_near_duplicates(
     }, columns=PAIR_COLUMNS)
     table = table[(table["similarity"] >= min_similarity) & (phases >= MIN_ALIGNED_PHASE)]
     table = table.sort_values(["distance", "isic_id_a", "isic_id_b"], kind="stable").reset_index(drop=True)
-    return NearDuplicateReport(table, len(usable), hashed, len(found), checked, tuple(sorted(unreadable)),
+    return NearDuplicateReport(table, len(columns), hashed, len(found), checked, tuple(sorted(unreadable)),
                                candidates_found=len(quick), bucket_reads=reads, seconds=clock.seconds)
+
+
+def _strings(values: np.ndarray) -> np.ndarray:
+    """UTF-8 bytes back to Python strings (an object array), for the few rows that become output."""
+    return np.array([value.decode("utf-8", "surrogateescape") for value in values], dtype=object)
 
 
 class _Clock:
@@ -303,21 +308,22 @@ def _quick_slice(batch: list[tuple[int, int]]) -> list[tuple[int, np.ndarray]]:
     return out
 
 
-def _confirm(usable: pd.DataFrame, root: Path, found: pd.DataFrame, state_path: Path,
+def _confirm(usable: ImageColumns, root: Path, found: pd.DataFrame, state_path: Path,
              processes: int = near_dup_store.HASH_PROCESSES) -> tuple[np.ndarray, np.ndarray, int]:
     """``similarity`` of every candidate: from the cache, or computed in ``processes`` forked workers."""
     state = JsonlLog(state_path, ("pair",))
-    shas, paths = usable["sha256"].to_numpy(), usable["image"].to_numpy()
+    shas, paths = usable.shas, usable.paths
     scores = np.zeros(len(found), dtype=np.float64)
     phases = np.zeros(len(found), dtype=np.float64)
     pairs = list(found[["query", "other", "view"]].itertuples(index=False))
-    keys = [f"{shas[q]}:{shas[o]}:{view}" for q, o, view in pairs]
+    keys = [f"{shas[q].decode()}:{shas[o].decode()}:{view}" for q, o, view in pairs]
     todo = []
     try:
         for k, (key, (q, o, view)) in enumerate(zip(keys, pairs, strict=True)):
             record = state.get(key)
             if record is None:
-                todo.append((k, str(root / paths[q]), str(root / paths[o]), int(view)))
+                todo.append((k, str(root / paths[q].decode("utf-8", "surrogateescape")),
+                             str(root / paths[o].decode("utf-8", "surrogateescape")), int(view)))
             else:
                 scores[k], phases[k] = float(record["similarity"]), float(record["phase"])
         for k, (score, phase) in near_dup_store.run_batches(_similarities, todo, processes, _CONFIRM_BATCH):
