@@ -116,6 +116,9 @@ def search(whole_keys: np.ndarray, whole_fine: np.ndarray, windows: Windows, *, 
         if hits:  # each windowed image of the chunk keeps its closest partners: memory stays ~closest x n
             found.append(_closest_in_chunk(*(np.concatenate(column) for column in zip(*hits, strict=True)),
                                            closest))
+    # The index (134 MB of run bounds and 4 bytes an image a table) is not needed past the loop: freed
+    # before the partner caps, their temporaries take its place instead of stacking on it.
+    del index
     columns = ["query", "other", "view", "fine"]
     if not found:
         return pd.DataFrame(columns=columns, dtype=np.int64), reads
