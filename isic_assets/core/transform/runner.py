@@ -39,6 +39,7 @@ import numpy as np
 
 from .. import layout
 from ..atomic import atomic_write_json, remove_stale_temporaries
+from ..compute.allocator import return_free_memory
 from ..compute.dask_cluster import ClusterInfo
 from ..compute.engine import open_engine
 from ..compute.setting import LOCAL, ComputeChoice
@@ -175,6 +176,9 @@ def _transform_locked(
             f"(settings {fingerprint}, {workers} workers)"
         )
         if len(todo):
+            # Workers are forked next and count what this process holds: not the free heap the job
+            # table's chunked read and the plan left.
+            return_free_memory()
             _run(jobs, todo, compute, workers, lock_fd, settings, out_dir, state, report, log, time_limit_s)
     finally:
         state.close()
