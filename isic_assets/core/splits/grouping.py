@@ -112,13 +112,7 @@ def build_groups(
     kept_ids = clean_keys(metadata["isic_id"])
     if (kept_ids == "").any():
         raise ValueError("metadata has rows with an empty isic_id; every image needs an id to be grouped")
-    links = _with_pairs(duplicates, near_duplicates)
-    if links is not None and len(links) == 0:
-        links = None
-    if links is not None:
-        for column in ("isic_id", "kept_isic_id"):
-            if column not in links.columns:
-                raise ValueError(f"duplicates has no {column} column (expected merged_data/duplicates.csv)")
+    links = _links(duplicates, near_duplicates)
     n_own = len(kept_ids)
     # Every id named (the metadata's own first, then each dropped copy's, then the ids kept instead)
     # as a node number; -1 for an empty id.
@@ -135,6 +129,18 @@ def build_groups(
     left, right = _edges(metadata, links, own, kept_of)
     roots = component_labels(len(uniques), left, right)
     return _group_ids(kept_ids, roots[own[:n_own]])
+
+
+def _links(duplicates: pd.DataFrame | None, near_duplicates: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The duplicate and near-duplicate links as one table (None when there are none), checked for the
+    two columns every link needs."""
+    links = _with_pairs(duplicates, near_duplicates)
+    if links is None or len(links) == 0:
+        return None
+    for column in ("isic_id", "kept_isic_id"):
+        if column not in links.columns:
+            raise ValueError(f"duplicates has no {column} column (expected merged_data/duplicates.csv)")
+    return links
 
 
 def _with_pairs(duplicates: pd.DataFrame | None, pairs: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -307,13 +313,7 @@ def group_codes(ids: np.ndarray, keys: dict[str, np.ndarray], duplicates: pd.Dat
     """
     if len(ids) and (ids == b"").any():
         raise ValueError("metadata has rows with an empty isic_id; every image needs an id to be grouped")
-    links = _with_pairs(duplicates, near_duplicates)
-    if links is not None and len(links) == 0:
-        links = None
-    if links is not None:
-        for column in ("isic_id", "kept_isic_id"):
-            if column not in links.columns:
-                raise ValueError(f"duplicates has no {column} column (expected merged_data/duplicates.csv)")
+    links = _links(duplicates, near_duplicates)
     n_own = len(ids)
     names = [ids]
     if links is not None:
