@@ -273,6 +273,10 @@ def test_image_columns_read_in_chunks_equal_the_table_and_keep_the_first_row_of_
         np.testing.assert_array_equal(getattr(read, name), getattr(whole, name))
     first = read.first_of_each_id()
     assert len(first) == len(images) and b"elsewhere.jpg" not in set(first.paths)
+    no_digest = tmp_path / "no_digest.csv"
+    doubled.drop(columns=["sha256"]).to_csv(no_digest, index=False)
+    with pytest.raises(ValueError, match=r"no_digest\.csv: the image table has no sha256 column"):
+        near_dup_store.ImageColumns.read(no_digest)
     from_columns = nd.find_near_duplicates(read, root, tmp_path / "state")
     from_table = nd.find_near_duplicates(doubled, root, tmp_path / "state2")
     pd.testing.assert_frame_equal(from_columns.pairs, from_table.pairs)

@@ -116,7 +116,10 @@ class ImageColumns:
     def read(cls, path: Path, rows: int = 50_000) -> ImageColumns:
         """From a metadata.csv, a chunk of rows at a time (the whole text of the three columns is never
         held)."""
-        parts = [cls.of(chunk) for chunk in read_table_chunks(path, ["isic_id", "image", "sha256"], rows)]
+        try:
+            parts = [cls.of(chunk) for chunk in read_table_chunks(path, ["isic_id", "image", "sha256"], rows)]
+        except ValueError as exc:  # a missing column or a bad sha256: say which file
+            raise ValueError(f"{path}: {exc}") from exc
         if not parts:
             return cls.of(pd.DataFrame(columns=["isic_id", "image", "sha256"]))
         return cls(*(np.concatenate([getattr(part, name) for part in parts]) for name in ("ids", "paths", "shas")))
@@ -272,7 +275,8 @@ def _hash_positions(batch: list[tuple[int, np.ndarray]]) -> list[tuple[np.ndarra
     """``hash_batch`` of the images at the batch's positions of ``_TO_HASH`` (set before the fork)."""
     assert _TO_HASH is not None, "the images to hash are set before the workers start"
     ids, images, shas, root = _TO_HASH
-    return [hash_batch([(_text(ids[k]), f"{root}/{_text(images[k])}", shas[k].decode("ascii")) for k in positions])
+    return [hash_batch([(_text(ids[k]), os.path.join(root, _text(images[k])), shas[k].decode("ascii"))
+                        for k in positions])
             for _, positions in batch]
 
 
