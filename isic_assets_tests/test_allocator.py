@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,6 +11,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _plain_glibc_env() -> dict[str, str]:
+    """This environment without glibc's MALLOC_* tunables. Any of them (Dask's nanny puts
+    MALLOC_TRIM_THRESHOLD_ in os.environ of a process that started a cluster, as an earlier test in
+    the same pytest worker may have) turns off glibc's dynamic mmap threshold, and both tests measure
+    the allocator as a plain process starts it."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
+
 
 _FAULTS = textwrap.dedent("""
     import resource, sys
@@ -31,7 +41,9 @@ _FAULTS = textwrap.dedent("""
 
 def _faults(tuned: bool) -> int:
     code = _FAULTS.format(repo=str(REPO), tuned=tuned)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, env=_plain_glibc_env()
+    )
     return int(done.stdout.strip())
 
 
@@ -65,7 +77,9 @@ _TRIM = textwrap.dedent("""
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
 def test_the_heap_pages_a_phase_freed_go_back_to_the_system():
     code = _TRIM.format(repo=str(REPO))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120, env=_plain_glibc_env()
+    )
     freed, returned, after = done.stdout.split()
     # Freed numpy arrays below the raised mmap threshold stay in the process: 400 MiB still resident.
     assert int(freed) - int(after) > 300, done.stdout
