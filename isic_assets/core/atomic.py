@@ -63,15 +63,34 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def remove_stale_temporaries(folder: Path) -> int:
-    """Delete ``.tmp-*`` leftovers of a killed run in ``folder`` (not recursive); return how many."""
-    removed = 0
-    if not folder.is_dir():
+    """Delete ``.tmp-*`` leftovers of a killed run in ``folder`` (not recursive); return how many.
+
+    The folder is read an entry at a time and only the leftovers' names are kept: an images folder
+    holds one file per image, and ``Path.glob`` lists a folder whole before it matches (about 250
+    bytes an entry: 100 MiB at 401,059 images, the transform step's peak)."""
+    try:
+        entries = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError):
         return 0
-    for leftover in folder.glob(TMP_PREFIX + "*"):
+    with entries:
+        leftovers = [entry.path for entry in entries if entry.name.startswith(TMP_PREFIX)]
+    removed = 0
+    for leftover in leftovers:
         with contextlib.suppress(FileNotFoundError):
-            leftover.unlink()
+            os.unlink(leftover)
             removed += 1
     return removed
+
+
+def has_entries(folder: Path) -> bool:
+    """Whether ``folder`` holds anything, from its first entry (``any(folder.iterdir())`` reads the
+    whole listing into memory first); False when it does not exist."""
+    try:
+        entries = os.scandir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    with entries:
+        return next(entries, None) is not None
 
 
 def write_bytes_if_changed(path: Path, data: bytes) -> bool:

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from .. import layout
-from ..atomic import TMP_PREFIX, atomic_write_bytes, remove_stale_temporaries
+from ..atomic import TMP_PREFIX, atomic_write_bytes, has_entries, remove_stale_temporaries
 from ..compute.setting import LOCAL, ComputeChoice
 from ..operation.disk_space import disk_full_errors, ensure_free_space, format_bytes
 from .duplicates import (
@@ -190,7 +190,7 @@ def merge_sources(
     ordered = sorted(sources, key=lambda s: s.order)
     order = {s.name: s.order for s in ordered}
 
-    has_outputs = any(images_dir.iterdir())
+    has_outputs = has_entries(images_dir)
     state = MergeState(out_dir / STATE_DIR, log, has_outputs)
     try:
         with _harmonized_metadata(ordered, order, state, options.limits) as metadata:

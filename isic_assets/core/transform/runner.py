@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import layout
-from ..atomic import atomic_write_json, remove_stale_temporaries
+from ..atomic import atomic_write_json, has_entries, remove_stale_temporaries
 from ..compute.allocator import return_free_memory
 from ..compute.dask_cluster import ClusterInfo
 from ..compute.engine import open_engine
@@ -159,7 +159,7 @@ def _transform_locked(
             f"{STATE_FILE}; their images are not transformed again")
     try:
         absorb_journals(state, state_dir, log)  # what a killed run finished
-        if state_missing and next(iter(state.values()), None) is None and any(images_dir.iterdir()):
+        if state_missing and next(iter(state.values()), None) is None and has_entries(images_dir):
             log(f"transform: state file {state_dir / STATE_FILE} is missing although {images_dir} holds "
                 "outputs; every image is transformed again (the outputs come out identical)")
         # The sorted ids live for the sweep only: the workers, forked later, do not inherit them.
