@@ -113,3 +113,49 @@ def test_outputs_gathered_in_slices_are_sorted_and_looked_up_as_a_whole(monkeypa
     with pytest.raises(ValueError, match="two outputs"):
         TransformedOutputs(records + records[:1])
     assert len(TransformedOutputs()) == 0 and list(TransformedOutputs()) == []
+
+
+def test_hashes_are_held_as_raw_bytes_and_read_back_whole() -> None:
+    """A sha256 is its 32 raw bytes in both tables: one ending in zero bytes (which fixed-width bytes
+    would cut short) reads back whole, and a value that is not a hash is kept as given, by position."""
+    zero_tail = "ab" * 30 + "0000"
+    ids = [f"ISIC_{i}" for i in range(5)]
+    digests = [A, zero_tail, "A" * 64, f"{3:064x}", A + "\n"]
+    table = JobTable(Path("base"), ids, ["x.jpg"] * 5, digests, [""] * 5)
+    assert table.sha256.dtype.itemsize == 32
+    assert [table.sha256_at(i) for i in range(5)] == digests
+    assert table.bad_sha256 == {2: "A" * 64, 4: A + "\n"}
+    records = [{"isic_id": i, "width": 1, "height": 1, "out_bytes": 1, "out_sha256": d}
+               for i, d in zip(ids[:2], digests[:2], strict=True)]
+    outputs = TransformedOutputs(iter(records))
+    assert outputs["ISIC_1"].sha256 == zero_tail
+    assert outputs.sha256_strings(np.array([1, 0])) == [zero_tail, A]
+    with pytest.raises(ValueError, match="an output's sha256 must be 64 lower-case hex digits, got 'A"):
+        TransformedOutputs(iter([{**records[0], "out_sha256": "A" * 64}]))
+
+
+def test_a_bad_hash_in_a_later_chunk_is_named_as_given(tmp_path: Path) -> None:
+    """The chunked read keeps each bad hash at its position in the whole table, so the first malformed
+    job named is the one a check of every job in order names."""
+    ids = [f"ISIC_{i:07d}" for i in range(7)]
+    digests = [f"{i:064x}" for i in range(7)]
+    digests[5], digests[6] = "not-a-hash", "ABC"
+    frame = pd.DataFrame({"isic_id": ids, "image": [f"{i}.jpg" for i in ids], "sha256": digests,
+                          "exif_orientation": ""})
+    frame.to_csv(tmp_path / "metadata.csv", index=False)
+    table = JobTable.read(tmp_path, tmp_path / "metadata.csv", rows=2)
+    assert table.bad_sha256 == {5: "not-a-hash", 6: "ABC"}
+    assert [job.src_sha256 for job in table] == digests
+    with pytest.raises(ValueError, match=re.escape("job ISIC_0000005: src_sha256 must be 64 lower-case hex "
+                                                   "digits, got 'not-a-hash'")):
+        transform_images(table, tmp_path / "out", TransformSettings(size=16), log=_quiet)
+
+
+def test_a_state_record_whose_output_hash_is_not_a_hash_is_not_trusted() -> None:
+    from isic_assets.core.transform.records import valid_record
+
+    record = {"status": "ok", "src_sha256": A, "fingerprint": "f", "out": "images/ISIC_1.jpg", "out_bytes": 9,
+              "out_sha256": B, "width": 4, "height": 4, "sum": [1, 2, 3], "sumsq": [1, 4, 9], "pixels": 16}
+    assert valid_record(record)
+    for damaged in ("B" * 64, B[:-1], B + "\n", 7):
+        assert not valid_record({**record, "out_sha256": damaged}), damaged

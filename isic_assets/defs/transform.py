@@ -74,14 +74,14 @@ def transformed_images(context: dg.AssetExecutionContext, config: TransformConfi
 
 
 def data_version_digest(report: TransformReport) -> str:
-    """The fingerprint, then ``<id>:<sha256>`` of every output in id order (the UTF-8 bytes of each,
-    taken a slice of the bytes columns at a time)."""
+    """The fingerprint, then ``<id>:<sha256 as hex>`` of every output in id order (the UTF-8 bytes of
+    each, taken a slice of the columns at a time)."""
     digest = hashlib.sha256(report.fingerprint.encode())
     images, rows = report.images, 65_536
     for start in range(0, len(images), rows):
         for isic_id, sha256 in zip(images.ids[start : start + rows].tolist(),
                                    images.sha256[start : start + rows].tolist(), strict=True):
-            digest.update(isic_id + b":" + sha256)
+            digest.update(isic_id + b":" + sha256.hex().encode())
     return digest.hexdigest()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,10 @@ STATUS_FAILED = "failed"  # unreadable source, unexpected error, crash: reported
 STATUS_STARTED = "started"  # journal only
 _OK_FIELDS = ("src_sha256", "fingerprint", "out", "out_bytes", "out_sha256", "width", "height", "sum", "sumsq",
               "pixels")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")  # what a job's src_sha256 and a record's hashes must be (fullmatch)
+# A sha256 held as its 32 raw bytes: half its 64 hex characters. A void type, not fixed-width bytes,
+# which would drop a digest's trailing zero bytes.
+DIGEST = np.dtype("V32")
 
 
 @dataclass(frozen=True)
@@ -53,15 +58,16 @@ class JobTable(Sequence[TransformJob]):
     """The jobs of a whole archive as four numpy columns, each ``TransformJob`` made when it is asked for.
 
     A list of 400,000 jobs, each with its own ``Path``, costs about 250 MB, and even the ids alone as
-    Python strings about 70 bytes a job; here every text column is UTF-8 bytes of a fixed width (an
-    ISIC id 12 bytes, an image name about 25, a hash 64) and no Python object is held per job
-    (docs/PERFORMANCE.md "ISIC 2024 at archive scale"). The step's process forks its workers while it
-    holds this table, so every worker counts it too.
+    Python strings about 70 bytes a job; here the ids and image names are UTF-8 bytes of a fixed width
+    (an ISIC id 12 bytes, an image name about 25), each hash its 32 raw bytes, and no Python object is
+    held per job: about 75 bytes a job (docs/PERFORMANCE.md "ISIC 2024 at archive scale"). The step's
+    process forks its workers while it holds this table, so every worker counts it too.
 
     ``read`` builds it from the merged table, a chunk of rows at a time. An id that is not a
     string, or a value that fixed-width bytes cannot hold as it is (one ending in a NUL character),
     is refused here with the message ``transform_images`` gives for it; every other check of the
-    jobs is ``transform_images``'s.
+    jobs is ``transform_images``'s. A hash that is not 64 lower-case hex digits cannot be held as raw
+    bytes: it is kept as given in ``bad_sha256`` (by position, usually empty) for that check to name.
     """
 
     def __init__(self, base: Path, isic_ids: Sequence[str], images: Sequence[str], sha256: Sequence[str],
@@ -71,7 +77,7 @@ class JobTable(Sequence[TransformJob]):
         _refuse_unstorable(isic_ids, sha256)
         self.isic_ids = _utf8_column(isic_ids)
         self.images = _utf8_column(images)
-        self.sha256 = _utf8_column(sha256)
+        self.sha256, self.bad_sha256 = digest_column(sha256)
         # ``or 1``: an empty cell means no EXIF orientation, as upright.
         self.exif = np.asarray([int(v or 1) for v in exif_orientation], dtype=np.int64)
         if not len(self.isic_ids) == len(self.images) == len(self.sha256) == len(self.exif):
@@ -85,23 +91,24 @@ class JobTable(Sequence[TransformJob]):
         ever held: gathering the chunks' columns and joining them held the table twice, and what was
         freed then stayed in the heap that every forked worker inherits."""
         columns = ("isic_id", "image", "sha256", "exif_orientation")
-        count, widths = 0, [1, 1, 1]
+        count, widths = 0, [1, 1]
         for chunk in layout.read_table_chunks(path, columns=columns, rows=rows):
             count += len(chunk)
-            for number, name in enumerate(columns[:3]):
+            for number, name in enumerate(columns[:2]):
                 longest = pc.max(pc.binary_length(pa.array(chunk[name], type=pa.string()))).as_py()
                 widths[number] = max(widths[number], longest or 0)
         table = cls(base, [], [], [], [])
-        table.isic_ids, table.images, table.sha256 = (np.zeros(count, dtype=f"S{width}") for width in widths)
-        table.exif = np.zeros(count, dtype=np.int64)
+        table.isic_ids, table.images = (np.zeros(count, dtype=f"S{width}") for width in widths)
+        table.sha256, table.exif = np.zeros(count, dtype=DIGEST), np.zeros(count, dtype=np.int64)
         at = 0
         for chunk in layout.read_table_chunks(path, columns=columns, rows=rows):
             part = cls(base, chunk["isic_id"], chunk["image"], chunk["sha256"], chunk["exif_orientation"])
             if at + len(part) > count or any(getattr(part, name).itemsize > getattr(table, name).itemsize
-                                             for name in ("isic_ids", "images", "sha256")):
+                                             for name in ("isic_ids", "images")):
                 raise RuntimeError(f"{path} changed while it was read; run the step again")
             for name in ("isic_ids", "images", "sha256", "exif"):
                 getattr(table, name)[at : at + len(part)] = getattr(part, name)
+            table.bad_sha256.update((at + position, value) for position, value in part.bad_sha256.items())
             at += len(part)
         if at != count:
             raise RuntimeError(f"{path} changed while it was read; run the step again")
@@ -127,7 +134,9 @@ class JobTable(Sequence[TransformJob]):
                             self.sha256_at(index), int(self.exif[index]))
 
     def sha256_at(self, index: int) -> str:
-        return self.sha256[index].decode()
+        """The job's hash as 64 hex digits (or as given, when it is not a hash)."""
+        bad = self.bad_sha256.get(int(index))
+        return bad if bad is not None else self.sha256[index].tobytes().hex()
 
     def __iter__(self) -> Iterator[TransformJob]:
         for i in range(len(self)):
@@ -177,6 +186,30 @@ def find_sorted(sorted_ids: np.ndarray, isic_ids: Sequence[str] | np.ndarray) ->
     return np.where(found, at, -1).astype(np.int64)
 
 
+def digest_column(values: Sequence[Any], rows: int = 65_536) -> tuple[np.ndarray, dict[int, str]]:
+    """Hex sha256 values as a column of their raw bytes, and the values that are not 64 lower-case hex
+    digits, as given, by position (held as zero bytes in the column); converted ``rows`` at a time."""
+    column = np.zeros(len(values), dtype=DIGEST)
+    bad: dict[int, str] = {}
+    values = values if isinstance(values, list) else list(values)
+    for start in range(0, len(values), rows):
+        good, text = [], []
+        for position, value in enumerate(values[start : start + rows], start):
+            if isinstance(value, str) and SHA256_HEX.fullmatch(value):
+                good.append(position)
+                text.append(value)
+            else:
+                bad[position] = value
+        if good:
+            column[np.asarray(good, dtype=np.int64)] = np.frombuffer(bytes.fromhex("".join(text)), dtype=DIGEST)
+    return column, bad
+
+
+def digest_strings(column: np.ndarray) -> list[str]:
+    """A digest column's values as 64 hex digits each."""
+    return [value.hex() for value in column.tolist()]
+
+
 def _utf8_column(values: Sequence[Any]) -> np.ndarray:
     """``values`` as a fixed-width bytes column (an empty table gets width 1)."""
     encoded = [str(value).encode() for value in values]
@@ -204,10 +237,11 @@ class TransformedImage:
 
 
 class TransformedOutputs(Mapping[str, TransformedImage]):
-    """Every current output by id, as sorted numpy columns (ids and hashes as fixed-width bytes, about
-    100 bytes an image and no Python object per image, not 500 as a dict of ``TransformedImage``);
-    iterates in id order. ``positions`` looks many ids up at once; ``id_strings`` and ``sha256_strings``
-    give the text columns as strings a slice at a time."""
+    """Every current output by id, as sorted numpy columns (ids as fixed-width bytes, hashes as their
+    32 raw bytes, sizes in pixels as 32-bit integers: about 60 bytes an image and no Python object per
+    image, not 500 as a dict of ``TransformedImage``); iterates in id order. ``positions`` looks many
+    ids up at once; ``id_strings`` and ``sha256_strings`` give the ids and hashes as strings a slice
+    at a time."""
 
     _ROWS = 4096  # records gathered as Python values before they are copied into the columns
 
@@ -215,7 +249,7 @@ class TransformedOutputs(Mapping[str, TransformedImage]):
         """``capacity``: how many records there may be at most (the number of jobs), so the columns
         are made once at that size and filled, not joined from slices (which held the table twice,
         and left the slices' memory in the heap); the rows never filled are never touched."""
-        columns = [_Column(capacity, text) for text in (True, False, False, False, True)]
+        columns = [_Column(capacity, kind) for kind in (_TEXT, np.int32, np.int32, np.int64, _DIGEST)]
         rows: list[list] = [[] for _ in columns]
         fields = ("isic_id", "width", "height", "out_bytes", "out_sha256")
 
@@ -246,12 +280,12 @@ class TransformedOutputs(Mapping[str, TransformedImage]):
         return [value.decode() for value in self.ids[start:stop].tolist()]
 
     def sha256_strings(self, positions: np.ndarray) -> list[str]:
-        return [value.decode() for value in self.sha256[positions].tolist()]
+        return digest_strings(self.sha256[positions])
 
     def at(self, position: int) -> TransformedImage:
         return TransformedImage(output_name(self.ids[position].decode()), int(self.width[position]),
                                 int(self.height[position]), int(self.file_bytes[position]),
-                                self.sha256[position].decode())
+                                self.sha256[position].tobytes().hex())
 
     def __getitem__(self, isic_id: str) -> TransformedImage:
         position = int(self.positions([isic_id])[0]) if isinstance(isic_id, str) else -1
@@ -293,18 +327,30 @@ class TransformReport:
         return len(self.quarantine)
 
 
-class _Column:
-    """A numpy column filled a slice at a time: made at ``capacity`` rows, grown if more come; text as
-    fixed-width UTF-8 bytes, made wider (a copy of what is filled) if a longer value comes."""
+_TEXT, _DIGEST = "text", "digest"
 
-    def __init__(self, capacity: int, text: bool) -> None:
+
+class _Column:
+    """A numpy column filled a slice at a time: made at ``capacity`` rows, grown if more come. ``kind``
+    is a numpy integer type, ``_TEXT`` (fixed-width UTF-8 bytes, made wider, a copy of what is filled,
+    if a longer value comes) or ``_DIGEST`` (hex sha256 as raw bytes)."""
+
+    def __init__(self, capacity: int, kind: Any) -> None:
         self.array: np.ndarray | None = None
-        self.size, self.capacity, self.text = 0, max(capacity, 1), text
+        self.size, self.capacity, self.kind = 0, max(capacity, 1), kind
 
     def extend(self, values: list) -> None:
         if not values:
             return
-        incoming = _utf8_column(values) if self.text else np.asarray(values, dtype=np.int64)
+        if self.kind == _TEXT:
+            incoming = _utf8_column(values)
+        elif self.kind == _DIGEST:
+            incoming, bad = digest_column(values)
+            if bad:
+                value = next(iter(bad.values()))
+                raise ValueError(f"an output's sha256 must be 64 lower-case hex digits, got {value!r}")
+        else:
+            incoming = np.asarray(values, dtype=self.kind)
         need = self.size + len(incoming)
         if self.array is None or need > len(self.array) or incoming.dtype.itemsize > self.array.dtype.itemsize:
             length = max(need, self.capacity if self.array is None else len(self.array))
@@ -322,7 +368,7 @@ class _Column:
     def values(self) -> np.ndarray:
         """The filled rows (a view: the untouched rest costs no memory)."""
         if self.array is None:
-            return np.empty(0, dtype="S1" if self.text else np.int64)
+            return np.empty(0, dtype={_TEXT: "S1", _DIGEST: DIGEST}.get(self.kind, self.kind))
         return self.array[: self.size]
 
 
@@ -340,7 +386,8 @@ def valid_record(record: dict) -> bool:
     status = record.get("status")
     if status == STATUS_OK:
         return (all(record.get(k) is not None for k in _OK_FIELDS)
-                and len(record["sum"]) == 3 and len(record["sumsq"]) == 3)
+                and len(record["sum"]) == 3 and len(record["sumsq"]) == 3
+                and isinstance(record["out_sha256"], str) and SHA256_HEX.fullmatch(record["out_sha256"]) is not None)
     if status == STATUS_QUARANTINED:
         return all(record.get(k) is not None for k in ("src_sha256", "fingerprint", "reason"))
     return status in (STATUS_FAILED, STATUS_STARTED)

@@ -79,7 +79,6 @@ NORMALIZATION_FILE = layout.NORMALIZATION_JSON
 # is then killed by the kernel (compute/batches.item_time_limit) and replaced.
 DEFAULT_IMAGE_TIME_LIMIT_S = 60.0
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 STAGE = "transformed_images"
 
 
@@ -215,15 +214,18 @@ def _check_jobs(jobs: JobTable) -> None:
 
     The first job in table order that breaks a rule is the one named, as if they were checked one by
     one (its id first, then whether an earlier job has it, then its hash), but no Python object is
-    kept per job: ids and hashes are matched a chunk at a time, duplicates found by sorting."""
-    ids, digests = jobs.isic_ids, jobs.sha256
+    kept per job: ids are matched a chunk at a time, duplicates found by sorting, and the hashes were
+    checked as the table was made (``JobTable.bad_sha256``)."""
+    ids = jobs.isic_ids
     order = np.argsort(ids, kind="stable")
     ordered = ids[order]
     repeated = order[1:][ordered[1:] == ordered[:-1]]  # stable: each the later of two equal ids
     del ordered
     duplicate = int(repeated.min()) if len(repeated) else len(ids)
     unsafe = _first_mismatch(ids, _SAFE_ID, duplicate)
-    bad_digest = _first_mismatch(digests, _SHA256_HEX, min(unsafe, duplicate))
+    # The hashes were checked as the table was made: the ones that are not hashes are kept aside.
+    bad_digest = min((position for position in jobs.bad_sha256 if position < min(unsafe, duplicate)),
+                     default=len(ids))
     first = min(unsafe, duplicate, bad_digest)
     if first < len(ids):
         isic_id = ids[first].decode()
