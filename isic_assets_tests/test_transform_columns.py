@@ -151,7 +151,7 @@ def test_a_bad_hash_in_a_later_chunk_is_named_as_given(tmp_path: Path) -> None:
         transform_images(table, tmp_path / "out", TransformSettings(size=16), log=_quiet)
 
 
-def test_a_state_record_whose_output_hash_is_not_a_hash_is_not_trusted() -> None:
+def test_a_state_record_whose_output_hash_or_size_is_malformed_is_not_trusted() -> None:
     from isic_assets.core.transform.records import valid_record
 
     record = {"status": "ok", "src_sha256": A, "fingerprint": "f", "out": "images/ISIC_1.jpg", "out_bytes": 9,
@@ -159,3 +159,6 @@ def test_a_state_record_whose_output_hash_is_not_a_hash_is_not_trusted() -> None
     assert valid_record(record)
     for damaged in ("B" * 64, B[:-1], B + "\n", 7):
         assert not valid_record({**record, "out_sha256": damaged}), damaged
+    for damaged in (0, -4, 2**31, "4", 4.0):  # sizes are held as 32-bit integers
+        assert not valid_record({**record, "width": damaged}), damaged
+        assert not valid_record({**record, "height": damaged}), damaged

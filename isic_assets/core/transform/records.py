@@ -387,7 +387,8 @@ def valid_record(record: dict) -> bool:
     if status == STATUS_OK:
         return (all(record.get(k) is not None for k in _OK_FIELDS)
                 and len(record["sum"]) == 3 and len(record["sumsq"]) == 3
-                and isinstance(record["out_sha256"], str) and SHA256_HEX.fullmatch(record["out_sha256"]) is not None)
+                and isinstance(record["out_sha256"], str) and SHA256_HEX.fullmatch(record["out_sha256"]) is not None
+                and all(isinstance(record[k], int) and 0 < record[k] < 2**31 for k in ("width", "height")))
     if status == STATUS_QUARANTINED:
         return all(record.get(k) is not None for k in ("src_sha256", "fingerprint", "reason"))
     return status in (STATUS_FAILED, STATUS_STARTED)
