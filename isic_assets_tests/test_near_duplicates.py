@@ -541,3 +541,19 @@ def test_two_different_pictures_bent_onto_each_other_are_not_confirmed_but_a_re_
     assert look_alike, "the two different pictures were not even candidates: the test means nothing"
     assert max(c["similarity"] for c in look_alike) >= nd.DEFAULT_MIN_SIMILARITY  # the detail alone passes
     assert max(c["phase"] for c in look_alike) < nd.MIN_ALIGNED_PHASE
+
+
+def test_image_columns_read_an_empty_table_and_name_a_bad_digest_in_a_later_chunk(tmp_path):
+    """The two-pass read: a header without rows is no images; a sha256 too long for a record, in the
+    third chunk, is named with its file and id as the whole-table read names it."""
+    empty = tmp_path / "empty.csv"
+    pd.DataFrame(columns=["isic_id", "image", "sha256"]).to_csv(empty, index=False)
+    assert len(near_dup_store.ImageColumns.read(empty, rows=2)) == 0
+    ids = [f"ISIC_{i:07d}" for i in range(6)]
+    digests = [f"{i:064x}" for i in range(6)]
+    digests[5] = "e" * 65
+    table = tmp_path / "metadata.csv"
+    pd.DataFrame({"isic_id": ids, "image": [f"images/{i}.jpg" for i in ids], "sha256": digests}).to_csv(
+        table, index=False)
+    with pytest.raises(ValueError, match=r"metadata\.csv: ISIC_0000005: sha256 'e{65}' is longer than 64"):
+        near_dup_store.ImageColumns.read(table, rows=2)

@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from ..atomic import atomic_open
 from ..compute.batches import batches_of
 from ..compute.fork_pool import forked_results
-from ..layout import read_table_chunks
+from ..layout import read_table_chunks, row_count_and_widths, table_columns
 from . import image_signature, near_dup_quick_check
 
 Log = Callable[[str], None]
@@ -114,15 +114,33 @@ class ImageColumns:
 
     @classmethod
     def read(cls, path: Path, rows: int = 50_000) -> ImageColumns:
-        """From a metadata.csv, a chunk of rows at a time (the whole text of the three columns is never
-        held)."""
-        try:
-            parts = [cls.of(chunk) for chunk in read_table_chunks(path, ["isic_id", "image", "sha256"], rows)]
-        except ValueError as exc:  # a missing column or a bad sha256: say which file
-            raise ValueError(f"{path}: {exc}") from exc
-        if not parts:
-            return cls.of(pd.DataFrame(columns=["isic_id", "image", "sha256"]))
-        return cls(*(np.concatenate([getattr(part, name) for part in parts]) for name in ("ids", "paths", "shas")))
+        """From a metadata.csv, a chunk of rows at a time, twice: the row count and the widths of the
+        ids and paths first, then the columns made at that size and filled (the whole text of the
+        three columns is never held, nor the columns twice: gathering the chunks' columns and joining
+        them took the step 118 MiB over its start at 401,059 images, for 40 MB of columns)."""
+        names = ["isic_id", "image", "sha256"]
+        header = table_columns(path)
+        for column in names:
+            if column not in header:
+                raise ValueError(f"{path}: the image table has no {column} column "
+                                 "(expected data_transformed/metadata.csv)")
+        count, (id_width, path_width) = row_count_and_widths(path, names[:2], rows)
+        whole = cls(np.zeros(count, dtype=f"S{id_width}"), np.zeros(count, dtype=f"S{path_width}"),
+                    np.zeros(count, dtype="S64"))
+        at = 0
+        for chunk in read_table_chunks(path, names, rows):
+            try:
+                part = cls.of(chunk)
+            except ValueError as exc:  # a bad sha256: say which file
+                raise ValueError(f"{path}: {exc}") from exc
+            end = at + len(part)
+            if end > count or part.ids.itemsize > id_width or part.paths.itemsize > path_width:
+                raise RuntimeError(f"{path} changed while it was read; run the step again")
+            whole.ids[at:end], whole.paths[at:end], whole.shas[at:end] = part.ids, part.paths, part.shas
+            at = end
+        if at != count:
+            raise RuntimeError(f"{path} changed while it was read; run the step again")
+        return whole
 
     def take(self, rows: np.ndarray) -> ImageColumns:
         return ImageColumns(self.ids[rows], self.paths[rows], self.shas[rows])

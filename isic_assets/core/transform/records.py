@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from .. import layout
 from ..scan_state import SqliteLog, iter_jsonl
@@ -91,12 +89,7 @@ class JobTable(Sequence[TransformJob]):
         ever held: gathering the chunks' columns and joining them held the table twice, and what was
         freed then stayed in the heap that every forked worker inherits."""
         columns = ("isic_id", "image", "sha256", "exif_orientation")
-        count, widths = 0, [1, 1]
-        for chunk in layout.read_table_chunks(path, columns=columns, rows=rows):
-            count += len(chunk)
-            for number, name in enumerate(columns[:2]):
-                longest = pc.max(pc.binary_length(pa.array(chunk[name], type=pa.string()))).as_py()
-                widths[number] = max(widths[number], longest or 0)
+        count, widths = layout.row_count_and_widths(path, columns[:2], rows)
         table = cls(base, [], [], [], [])
         table.isic_ids, table.images = (np.zeros(count, dtype=f"S{width}") for width in widths)
         table.sha256, table.exif = np.zeros(count, dtype=DIGEST), np.zeros(count, dtype=np.int64)
