@@ -162,3 +162,40 @@ def test_a_state_record_whose_output_hash_or_size_is_malformed_is_not_trusted() 
     for damaged in (0, -4, 2**31, "4", 4.0):  # sizes are held as 32-bit integers
         assert not valid_record({**record, "width": damaged}), damaged
         assert not valid_record({**record, "height": damaged}), damaged
+
+
+def _table_of(ids: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"isic_id": ids, "image": [f"images/{i}.jpg" for i in ids],
+                         "sha256": [f"{n:064x}" for n in range(len(ids))], "exif_orientation": ""})
+
+
+@pytest.mark.parametrize("change", [
+    lambda ids: ids + ["ISIC_0000009"],  # a row more than the first pass counted
+    lambda ids: ids[:-1],  # a row fewer
+    lambda ids: ids[:-1] + ["ISIC_LONGER_THAN_THE_FIRST_PASS"],  # wider than the column made
+])
+def test_a_table_rewritten_between_the_two_passes_is_an_error_naming_it(tmp_path: Path, monkeypatch,
+                                                                       change) -> None:
+    """Both readers of the two-pass kind (the transform's jobs, near_duplicates' columns) refuse a
+    table that changed after the first pass counted and measured it: nothing cut, nothing left unset."""
+    from isic_assets.core import layout
+    from isic_assets.core.splits import near_dup_store
+
+    ids = [f"ISIC_{n:07d}" for n in range(5)]
+    path = tmp_path / "metadata.csv"
+    first_pass = layout.row_count_and_widths
+
+    def then_rewritten(table: Path, columns, rows):
+        measured = first_pass(table, columns, rows)
+        _table_of(change(ids)).to_csv(table, index=False)  # as another run would rewrite it
+        return measured
+
+    for module, read in ((layout, lambda: JobTable.read(tmp_path, path, rows=2)),
+                         (near_dup_store, lambda: near_dup_store.ImageColumns.read(path, rows=2))):
+        _table_of(ids).to_csv(path, index=False)
+        monkeypatch.setattr(module, "row_count_and_widths", then_rewritten)
+        with pytest.raises(RuntimeError, match=re.escape(f"{path} changed while it was read")):
+            read()
+        monkeypatch.undo()
+        _table_of(ids).to_csv(path, index=False)
+        assert len(read()) == 5  # unchanged between the passes: read whole
